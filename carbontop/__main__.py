@@ -1,0 +1,3 @@
+from carbontop.cli import main
+
+raise SystemExit(main())

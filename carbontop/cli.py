@@ -1,0 +1,249 @@
+"""Entry points: `carbontop` (the app), `carbontop sweep` (headless), `open`, `show`, `export`, `runs`.
+
+Every failure a user can cause ends in one sentence on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from carbontop import __version__
+from carbontop.errors import CarbontopError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+# flag -> RunConfig field, for the sweep and the app
+SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--model", "model", {"help": "preset (tiny, llama2-7b, llama2-13b, gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local model folder; for --engine openai the served model name"}),
+    ("--engine", "engine", {"choices": ["hf", "trtllm", "openai"], "help": "inference engine (default hf)"}),
+    ("--weights", "weights", {"choices": ["dummy", "auto"], "help": "dummy: random weights from the architecture config; auto: the folder's weights"}),
+    ("--dtype", "dtype", {"choices": ["auto", "bf16", "fp16", "fp32"], "help": "default: bf16 on a GPU, fp32 on the CPU"}),
+    ("--device", "device", {"choices": ["auto", "cpu", "cuda"], "help": "default: cuda where a GPU is visible"}),
+    ("--gpus", "gpus", {"help": "GPU indices to use and measure, e.g. 0 or 0,1"}),
+    ("--compile", "compile", {"choices": ["auto", "on", "off"], "help": "compile + CUDA graphs in the hf engine (auto: on for cuda)"}),
+    ("--url", "url", {"help": "openai engine: server base URL, e.g. http://localhost:8000"}),
+    ("--arch", "arch", {"help": "openai engine: preset or folder with the served model's architecture (for MFU/MBU)"}),
+    ("--kv-cache-fraction", "kv_cache_fraction", {"help": "trtllm: share of free GPU memory for the KV cache (default 0.9)"}),
+    ("--dataset", "dataset", {"help": "sharegpt (default), synthetic, or a ShareGPT-format JSON file"}),
+    ("--num-prompts", "num_prompts", {"help": "prompts per point (default 100 on a GPU, 16 on a CPU)"}),
+    ("--max-input-len", "max_input_len", {"help": "longest prompt in tokens (default: 1000 Llama, 500 GPT-2, 128 tiny)"}),
+    ("--max-output-len", "max_output_len", {"help": "longest output in tokens (same defaults)"}),
+    ("--batch-sizes", "batch_sizes", {"help": "auto (double until OOM, then bisect) or a list like 1,2,4,8"}),
+    ("--max-batch", "max_batch", {"help": "where auto stops if nothing failed (default 1024 on a GPU, 16 on a CPU)"}),
+    ("--intensity", "intensity", {"help": "grid carbon intensity, gCO2e/kWh (default 413, the paper's Wisconsin reading)"}),
+    ("--zone", "zone", {"help": "Electricity Maps zone id for a built-in annual average (FR, DE, US-MIDW-MISO, ...)"}),
+    ("--trace", "trace", {"help": "hourly intensity CSV in Electricity Maps' export format"}),
+    ("--trace-shift-h", "trace_shift_h", {"help": "shift the trace's clock by this many hours"}),
+    ("--emaps-zone", "emaps_zone", {"help": "Electricity Maps API v3 zone (token in ELECTRICITYMAPS_TOKEN)"}),
+    ("--pue", "pue", {"help": "power usage effectiveness (default 1.0)"}),
+    ("--lifetime-years", "lifetime_years", {"help": "GPU lifetime for embodied carbon (default 5)"}),
+    ("--slo-s-per-token", "slo_s_per_token", {"help": "latency target per user (default 0.2 s/token = 5 tokens/s)"}),
+    ("--slo-tpot-p90-s", "slo_tpot_p90_s", {"help": "optional TPOT p90 target in seconds"}),
+    ("--seed", "seed", {"help": "seed of the prompt sample (default 0)"}),
+    ("--out", "out", {"help": "run directory (default: a new folder under the data dir)"}),
+]
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="a run TOML; flags override it")
+    for flag, dest, kw in SWEEP_FLAGS:
+        parser.add_argument(flag, dest=dest, default=None, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="carbontop",
+        description="Measure what LLM inference costs in energy and carbon. With no command, opens the app.",
+    )
+    parser.add_argument("--version", action="version", version=f"carbontop {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    app = sub.add_parser("app", help="open the app (the default)")
+    _add_config_flags(app)
+    sweep = sub.add_parser("sweep", help="run a batch-size sweep headless and print the table")
+    _add_config_flags(sweep)
+    sweep.add_argument("--quiet", action="store_true", help="print only the final table")
+    open_ = sub.add_parser("open", help="open a saved run in the app (no GPU needed)")
+    open_.add_argument("run_dir", type=Path)
+    show = sub.add_parser("show", help="print a saved run's table")
+    show.add_argument("run_dir", type=Path)
+    export = sub.add_parser("export", help="export a saved run's points to CSV")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("-o", "--output", type=Path, help="file or folder (default: ./<run>-points.csv)")
+    sub.add_parser("runs", help="list saved runs")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from carbontop.config import from_mapping, load_toml, load_user_defaults
+
+    cfg = load_user_defaults()
+    if getattr(args, "config", None):
+        cfg = load_toml(args.config, cfg)
+    flags = {dest: getattr(args, dest) for _, dest, _ in SWEEP_FLAGS if getattr(args, dest, None) is not None}
+    return from_mapping(flags, cfg, origin="the command line")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command in (None, "app"):
+            return _app(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "open":
+            return _open(args)
+        if args.command == "show":
+            return _show(args)
+        if args.command == "export":
+            return _export(args)
+        if args.command == "runs":
+            return _runs()
+    except CarbontopError as exc:
+        print(f"carbontop: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("carbontop: interrupted.", file=sys.stderr)
+        return EXIT_CANCELLED
+    parser.print_help()
+    return EXIT_USAGE
+
+
+def _app(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args) if args.command == "app" else None
+    from carbontop.tui.app import run_app
+
+    return run_app(cfg)
+
+
+def _open(args: argparse.Namespace) -> int:
+    from carbontop.core.store import load_run
+
+    load_run(args.run_dir, with_power=False)  # a bad path fails here, in one sentence
+    from carbontop.tui.app import run_app
+
+    return run_app(None, open_run=args.run_dir)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from carbontop.core import events
+    from carbontop.core.runner import SweepRunner
+    from carbontop.report import print_summary
+
+    cfg = config_from_args(args)
+    err = Console(stderr=True, highlight=False)
+    quiet = args.quiet
+
+    def on_event(event: Any) -> None:
+        if quiet:
+            return
+        if isinstance(event, events.SweepStarted):
+            estimated = " (energy estimated: no hardware counter)" if event.energy_estimated else ""
+            err.print(f"[bold]carbontop[/] sweep on {', '.join(event.devices)}{estimated} -> {event.run_dir}")
+        elif isinstance(event, events.PhaseChanged):
+            at = f" batch {event.batch_size}" if event.batch_size else ""
+            detail = f" ({event.detail})" if event.detail else ""
+            err.print(f"  {event.phase}{at}{detail}")
+        elif isinstance(event, events.PointFinished):
+            p = event.point
+            if p.status.value == "ok":
+                err.print(
+                    f"  batch {p.batch_size}: {p.tokens_per_s:.1f} tok/s, "
+                    f"{(p.j_per_token or 0):.4g} J/tok, {p.energy_source}"
+                )
+            else:
+                err.print(f"  batch {p.batch_size}: [yellow]{p.status.value}[/] {p.message}")
+        elif isinstance(event, events.BoundaryChanged) and event.smallest_failed is not None:
+            err.print(f"  boundary: {event.largest_ok} fits, {event.smallest_failed} does not")
+
+    runner = SweepRunner(cfg, on_event)
+    runner.prepare()
+    for warning in runner.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            runner.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            failure.append(exc)
+
+    # The sweep runs in a thread so that Ctrl-C reaches the main thread, which cancels it
+    # cleanly: the engine child is stopped and every finished point is kept.
+    thread = threading.Thread(target=target, name="carbontop-sweep", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        err.print("cancelling: the running point stops, finished points are kept…")
+        runner.cancel()
+        thread.join()
+    from carbontop.core.store import load_run
+
+    print_summary(load_run(runner.run_dir, with_power=False), _stdout_console())
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, CarbontopError):
+            raise exc
+        raise CarbontopError(f"The sweep stopped on an unexpected error: {exc}")
+    return EXIT_CANCELLED if runner.cancelled else EXIT_OK
+
+
+def _stdout_console() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    # piped into a file or a script: do not squeeze the table into 80 columns
+    return console if console.is_terminal else Console(width=200)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from carbontop.core.store import load_run
+    from carbontop.report import print_summary
+
+    print_summary(load_run(args.run_dir, with_power=False), _stdout_console())
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from carbontop.core.store import export_points_csv
+
+    dest = args.output or Path.cwd()
+    written = export_points_csv(args.run_dir, dest)
+    print(written)
+    return EXIT_OK
+
+
+def _runs() -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from carbontop.core.store import default_runs_dir, list_runs, load_run
+
+    runs = list_runs()
+    if not runs:
+        print(f"No runs yet under {default_runs_dir()}.")
+        return EXIT_OK
+    table = Table("run", "model", "device", "state", "points")
+    for path in runs:
+        run = load_run(path, with_power=False)
+        table.add_row(str(path), str(run.config.get("model", "")),
+                      ", ".join(run.environment.get("devices", [])), run.status, str(len(run.points)))
+    Console().print(table)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,255 @@
+"""Run configuration: one dataclass, loaded from TOML and flags, validated in one place.
+
+Precedence, lowest first: built-in defaults, the user's config file (platformdirs config dir),
+a `--config run.toml`, then command-line flags or the TUI form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from carbontop.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+APP_NAME = "carbontop"
+
+ENGINES = ("hf", "trtllm", "openai")
+WEIGHTS = ("dummy", "auto")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+COMPILE_MODES = ("auto", "on", "off")
+
+# The paper's one reading: Electricity Maps, Wisconsin (MISO), 2024-05-03 (Lim, Pan, Zhou, CMU).
+PAPER_INTENSITY_GCO2E_PER_KWH = 413.0
+# Human reading speed the paper uses as its latency bar: 5 tokens/s per user.
+DEFAULT_SLO_S_PER_TOKEN = 0.2
+
+
+def config_dir() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def user_config_path() -> Path:
+    return config_dir() / "config.toml"
+
+
+@dataclass
+class RunConfig:
+    # what runs
+    model: str = "tiny"  # preset name or a local model folder (or the served name, for openai)
+    engine: str = "hf"
+    weights: str = "dummy"
+    dtype: str = "auto"  # bf16 on a GPU, fp32 on the CPU
+    device: str = "auto"  # cuda where a GPU is visible, else cpu
+    gpus: list[int] | None = None  # NVML indices in use; None = all visible to the engine
+    compile: str = "auto"  # CUDA graphs / compile in the built-in engine: on for cuda, off for cpu
+    url: str | None = None  # openai engine: base URL of the server
+    arch: str | None = None  # openai engine: preset or folder whose architecture the server runs
+    kv_cache_fraction: float = 0.9  # trtllm: share of free GPU memory for the KV cache
+    # the workload
+    dataset: str = "sharegpt"  # "sharegpt", "synthetic" or a path to a ShareGPT-format JSON
+    num_prompts: int | None = None  # None: 100 (the paper's count) on a GPU, 16 on a CPU
+    max_input_len: int | None = None  # None: the model preset's default (1000 Llama, 500 GPT-2)
+    max_output_len: int | None = None
+    min_len: int = 4
+    seed: int = 0
+    # the sweep
+    batch_sizes: str | list[int] = "auto"  # "auto" (double to OOM, then bisect) or a list
+    max_batch: int | None = None  # auto stops here if nothing failed: None = 1024 on GPU, 64 on CPU
+    # carbon
+    intensity: float = PAPER_INTENSITY_GCO2E_PER_KWH  # gCO2e/kWh, constant source
+    zone: str | None = None  # built-in annual average for an Electricity Maps zone id
+    trace: str | None = None  # hourly CSV in Electricity Maps' export format
+    trace_shift_h: float = 0.0  # shift the trace's clock by this many hours onto the run's
+    emaps_zone: str | None = None  # Electricity Maps API v3, token in ELECTRICITYMAPS_TOKEN
+    emaps_token: str | None = field(default=None, repr=False)  # never written into a run
+    pue: float = 1.0
+    lifetime_years: float = 5.0
+    slo_s_per_token: float = DEFAULT_SLO_S_PER_TOKEN
+    slo_tpot_p90_s: float | None = None
+    # output
+    out: str | None = None  # run directory; None = a new one under the data dir
+    sample_interval_s: float = 0.1
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def to_dict(self, *, secrets: bool = False) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if not secrets:
+            d.pop("emaps_token", None)
+        return {k: v for k, v in d.items() if v is not None}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def batch_plan(self) -> list[int] | None:
+        """The explicit batch sizes, or None for the automatic search."""
+        if isinstance(self.batch_sizes, str):
+            return None if self.batch_sizes == "auto" else parse_batch_sizes(self.batch_sizes)
+        return list(self.batch_sizes)
+
+    def carbon_source_kind(self) -> str:
+        if self.trace:
+            return "trace"
+        if self.emaps_zone:
+            return "electricitymaps"
+        if self.zone:
+            return "zone"
+        return "constant"
+
+
+FIELD_NAMES = {f.name for f in fields(RunConfig)}
+
+
+def parse_batch_sizes(text: str) -> list[int] | None:
+    """'auto' -> None; '1,2,4' -> [1, 2, 4]. Raises ConfigError with a sentence."""
+    text = text.strip()
+    if text == "auto":
+        return None
+    try:
+        sizes = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ConfigError(
+            f"Batch sizes must be 'auto' or a comma-separated list of whole numbers, not '{text}'.",
+            "batch_sizes",
+        ) from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise ConfigError("Every batch size must be 1 or more.", "batch_sizes")
+    return sorted(set(sizes))
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Bring a TOML or form value to the field's type, with a sentence when it cannot be."""
+    ints = {"num_prompts", "max_input_len", "max_output_len", "min_len", "seed", "max_batch"}
+    floats = {
+        "intensity", "pue", "lifetime_years", "slo_s_per_token", "slo_tpot_p90_s",
+        "kv_cache_fraction", "trace_shift_h", "sample_interval_s",
+    }
+    if value is None or value == "":
+        return None
+    try:
+        if name in ints:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if name in floats:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+    except (TypeError, ValueError):
+        kind = "a whole number" if name in ints else "a number"
+        raise ConfigError(f"'{name}' must be {kind}, not '{value}'.", name) from None
+    if name == "batch_sizes":
+        if isinstance(value, list):
+            return parse_batch_sizes(",".join(str(v) for v in value)) or "auto"
+        parsed = parse_batch_sizes(str(value))
+        return "auto" if parsed is None else parsed
+    if name == "gpus":
+        if isinstance(value, str):
+            try:
+                return [int(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise ConfigError(f"'gpus' must be GPU indices like 0,1, not '{value}'.", name) from None
+        return [int(v) for v in value]
+    return str(value) if not isinstance(value, str) else value
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every field; raise ConfigError naming the field and saying what is wrong."""
+
+    def bad(name: str, msg: str) -> ConfigError:
+        return ConfigError(msg, name)
+
+    if cfg.engine not in ENGINES:
+        raise bad("engine", f"Engine must be one of {', '.join(ENGINES)}, not '{cfg.engine}'.")
+    if cfg.weights not in WEIGHTS:
+        raise bad("weights", f"Weights must be 'dummy' or 'auto', not '{cfg.weights}'.")
+    if cfg.dtype not in DTYPES:
+        raise bad("dtype", f"dtype must be one of {', '.join(DTYPES)}, not '{cfg.dtype}'.")
+    if cfg.device not in DEVICES:
+        raise bad("device", f"Device must be one of {', '.join(DEVICES)}, not '{cfg.device}'.")
+    if cfg.compile not in COMPILE_MODES:
+        raise bad("compile", f"compile must be one of {', '.join(COMPILE_MODES)}, not '{cfg.compile}'.")
+    if not cfg.model:
+        raise bad("model", "Name a model: a preset such as 'tiny' or 'llama2-7b', or a model folder.")
+    if cfg.num_prompts is not None and cfg.num_prompts < 1:
+        raise bad("num_prompts", "The number of prompts must be at least 1.")
+    for name in ("max_input_len", "max_output_len"):
+        v = getattr(cfg, name)
+        if v is not None and v < cfg.min_len:
+            raise bad(name, f"'{name}' must be at least the minimum length ({cfg.min_len}).")
+    if cfg.min_len < 1:
+        raise bad("min_len", "The minimum length must be at least 1 token.")
+    if cfg.max_batch is not None and cfg.max_batch < 1:
+        raise bad("max_batch", "The largest batch must be at least 1.")
+    if cfg.intensity < 0:
+        raise bad("intensity", "Carbon intensity cannot be negative.")
+    if cfg.pue < 1.0:
+        raise bad("pue", "PUE is at least 1.0 (all facility energy over IT energy).")
+    if cfg.lifetime_years <= 0:
+        raise bad("lifetime_years", "The GPU lifetime must be more than 0 years.")
+    if cfg.slo_s_per_token <= 0:
+        raise bad("slo_s_per_token", "The latency target must be more than 0 s per token.")
+    if not 0.0 < cfg.kv_cache_fraction <= 1.0:
+        raise bad("kv_cache_fraction", "The KV-cache memory fraction must be in (0, 1].")
+    if cfg.sample_interval_s <= 0:
+        raise bad("sample_interval_s", "The sampling interval must be more than 0 s.")
+    if cfg.engine == "openai" and not cfg.url:
+        raise bad("url", "The openai engine needs --url, the server's base address (http://host:port).")
+    if cfg.url and not cfg.url.startswith(("http://", "https://")):
+        raise bad("url", f"The server URL must start with http:// or https://, not '{cfg.url}'.")
+    if cfg.batch_plan() is None and cfg.batch_sizes != "auto":
+        raise bad("batch_sizes", "Batch sizes must be 'auto' or a list of whole numbers.")
+    return cfg
+
+
+def from_mapping(data: dict[str, Any], base: RunConfig | None = None, *, origin: str = "") -> RunConfig:
+    """Overlay a mapping (TOML table, flags, form) on a base config, coercing each value."""
+    cfg = base or RunConfig()
+    changes: dict[str, Any] = {}
+    where = f" in {origin}" if origin else ""
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in FIELD_NAMES:
+            raise ConfigError(f"Unknown setting '{key}'{where}.", name)
+        changes[name] = _coerce(name, value)
+    return dataclasses.replace(cfg, **changes)
+
+
+def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
+    """Read a run TOML (flat keys, or a [run] table as run.toml writes it)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not valid TOML: {exc}.") from None
+    except OSError as exc:
+        raise ConfigError(f"Config file {path} cannot be read: {exc.strerror}.") from None
+    if "run" in data and isinstance(data["run"], dict):
+        data = data["run"]
+    data = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    return from_mapping(data, base, origin=str(path))
+
+
+def load_user_defaults() -> RunConfig:
+    """The user's config file if there is one, else the built-in defaults."""
+    path = user_config_path()
+    if path.exists():
+        return load_toml(path)
+    return RunConfig()

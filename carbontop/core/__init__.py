@@ -1,0 +1,1 @@
+"""The measuring core: pure Python, importable without Textual, torch or pynvml."""

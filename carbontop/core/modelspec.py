@@ -1,0 +1,251 @@
+"""Model presets and the arithmetic of one token: FLOPs done and bytes read.
+
+Presets carry the real architecture numbers from each model's published config.json, so that a
+sweep with random ("dummy") weights costs exactly what the real model costs: with output lengths
+forced, speed and energy do not depend on the weight values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from carbontop.errors import ConfigError
+
+BYTES_PER_ELEMENT = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+
+# Architecture configs as published on the Hugging Face hub (meta-llama/Llama-2-*-hf and
+# openai-community/gpt2*), reduced to the fields that shape compute and memory.
+_LLAMA2_COMMON: dict[str, Any] = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_act": "silu",
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "vocab_size": 32000,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+_GPT2_COMMON: dict[str, Any] = {
+    "model_type": "gpt2",
+    "architectures": ["GPT2LMHeadModel"],
+    "n_positions": 1024,
+    "vocab_size": 50257,
+    "activation_function": "gelu_new",
+    "layer_norm_epsilon": 1e-5,
+    "tie_word_embeddings": True,
+    "bos_token_id": 50256,
+    "eos_token_id": 50256,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # meta-llama/Llama-2-7b-hf config.json
+    "llama2-7b": {
+        **_LLAMA2_COMMON,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+    },
+    # meta-llama/Llama-2-13b-hf config.json
+    "llama2-13b": {
+        **_LLAMA2_COMMON,
+        "hidden_size": 5120,
+        "intermediate_size": 13824,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 40,
+    },
+    # openai-community/gpt2 (124M), gpt2-medium (355M), gpt2-large (774M), gpt2-xl (1.5B)
+    "gpt2": {**_GPT2_COMMON, "n_embd": 768, "n_layer": 12, "n_head": 12},
+    "gpt2-medium": {**_GPT2_COMMON, "n_embd": 1024, "n_layer": 24, "n_head": 16},
+    "gpt2-large": {**_GPT2_COMMON, "n_embd": 1280, "n_layer": 36, "n_head": 20},
+    "gpt2-xl": {**_GPT2_COMMON, "n_embd": 1600, "n_layer": 48, "n_head": 25},
+    # A small Llama-shaped model (about 12M parameters, most of them in the 32k vocabulary) that
+    # sweeps in seconds on a CPU. Not a real model: it exists to exercise the whole pipeline.
+    "tiny": {
+        **_LLAMA2_COMMON,
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 2048,
+    },
+}
+
+# Default maximum prompt and output lengths, as the paper filtered ShareGPT: 1,000 tokens for
+# Llama-class models, 500 for GPT-2 (whose context is 1,024). The tiny model keeps runs short.
+DEFAULT_MAX_LEN = {"llama": 1000, "gpt2": 500}
+TINY_MAX_LEN = 128
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape of a decoder-only transformer, enough to count its FLOPs and bytes."""
+
+    name: str
+    family: str  # "llama" or "gpt2"
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    vocab_size: int
+    max_positions: int
+    tied_embeddings: bool
+    hf_config: dict[str, Any]
+    path: str | None = None  # a local folder, where the model came from one
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def d_attn(self) -> int:
+        return self.n_heads * self.d_head
+
+    @property
+    def nonembedding_params(self) -> int:
+        """Parameters of the transformer blocks and final norm (Kaplan et al.'s N)."""
+        d, L, kv = self.d_model, self.n_layers, self.n_kv_heads * self.d_head
+        if self.family == "gpt2":
+            attn = d * 3 * d + 3 * d + d * d + d
+            mlp = d * self.d_ff + self.d_ff + self.d_ff * d + d
+            norms = 4 * d
+            return L * (attn + mlp + norms) + 2 * d
+        attn = d * self.d_attn + 2 * d * kv + self.d_attn * d
+        mlp = 3 * d * self.d_ff
+        norms = 2 * d
+        return L * (attn + mlp + norms) + d
+
+    @property
+    def embedding_params(self) -> int:
+        pos = self.max_positions * self.d_model if self.family == "gpt2" else 0
+        return self.vocab_size * self.d_model + pos
+
+    @property
+    def lm_head_params(self) -> int:
+        return self.vocab_size * self.d_model
+
+    @property
+    def total_params(self) -> int:
+        head = 0 if self.tied_embeddings else self.lm_head_params
+        return self.nonembedding_params + self.embedding_params + head
+
+    @property
+    def default_max_len(self) -> int:
+        if self.name == "tiny":
+            return TINY_MAX_LEN
+        return DEFAULT_MAX_LEN.get(self.family, 1000)
+
+    # ---- FLOPs ----------------------------------------------------------------------------
+
+    def flops_per_token(self, context: int) -> float:
+        """Forward FLOPs of one token that attends to `context` tokens (Kaplan et al. 2020, table 1):
+        2 x N (non-embedding) + 2 x d_model x vocab (the LM head) + 2 x n_layer x context x d_attn."""
+        return 2.0 * (self.nonembedding_params + self.lm_head_params) + (
+            2.0 * self.n_layers * context * self.d_attn
+        )
+
+    def request_flops(self, input_tokens: int, output_tokens: int) -> float:
+        """FLOPs of one request: prefill of every prompt token (token i attends to i tokens) and
+        every decode step (the first output token comes out of the prefill, so O - 1 steps; step j
+        attends to input + j tokens). Padding is not useful work and is not counted."""
+        i, o = input_tokens, output_tokens
+        token_part = 2.0 * (self.nonembedding_params + self.lm_head_params) * (i + max(o - 1, 0))
+        attn_contexts = i * (i + 1) / 2 + sum_range(i + 1, i + o - 1)
+        return token_part + 2.0 * self.n_layers * self.d_attn * attn_contexts
+
+    # ---- bytes ----------------------------------------------------------------------------
+
+    def weight_bytes_per_step(self, dtype: str) -> float:
+        """Weight bytes one decode step must read: every block and the LM head; of the input
+        embedding only a few rows, so it is left out."""
+        return (self.nonembedding_params + self.lm_head_params) * BYTES_PER_ELEMENT[dtype]
+
+    def kv_bytes_per_token(self, dtype: str) -> float:
+        """KV-cache bytes of one cached token: K and V for every layer and KV head."""
+        return 2.0 * self.n_layers * self.n_kv_heads * self.d_head * BYTES_PER_ELEMENT[dtype]
+
+
+def sum_range(lo: int, hi: int) -> float:
+    """lo + (lo+1) + ... + hi, 0 when hi < lo."""
+    if hi < lo:
+        return 0.0
+    return (lo + hi) * (hi - lo + 1) / 2
+
+
+def spec_from_hf_config(name: str, cfg: dict[str, Any], path: str | None = None) -> ModelSpec:
+    """Read the numbers that matter from an HF config.json (Llama-like or GPT-2)."""
+    mt = cfg.get("model_type", "")
+    try:
+        if mt == "gpt2":
+            d = int(cfg["n_embd"])
+            return ModelSpec(
+                name=name,
+                family="gpt2",
+                n_layers=int(cfg["n_layer"]),
+                d_model=d,
+                n_heads=int(cfg["n_head"]),
+                n_kv_heads=int(cfg["n_head"]),
+                d_ff=int(cfg.get("n_inner") or 4 * d),
+                vocab_size=int(cfg["vocab_size"]),
+                max_positions=int(cfg.get("n_positions", 1024)),
+                tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+                hf_config=cfg,
+                path=path,
+            )
+        d = int(cfg["hidden_size"])
+        heads = int(cfg["num_attention_heads"])
+        return ModelSpec(
+            name=name,
+            family="llama",
+            n_layers=int(cfg["num_hidden_layers"]),
+            d_model=d,
+            n_heads=heads,
+            n_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            d_ff=int(cfg["intermediate_size"]),
+            vocab_size=int(cfg["vocab_size"]),
+            max_positions=int(cfg.get("max_position_embeddings", 4096)),
+            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            hf_config=cfg,
+            path=path,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"The model config of '{name}' lacks a field carbontop needs ({exc}); "
+            "Llama-like and GPT-2 decoder configs are supported.",
+            "model",
+        ) from None
+
+
+def resolve_model(model: str) -> ModelSpec:
+    """A preset name or a local folder with a config.json."""
+    if model in PRESETS:
+        return spec_from_hf_config(model, dict(PRESETS[model]))
+    path = Path(model).expanduser()
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if not cfg_file.exists():
+            raise ConfigError(f"The model folder {path} has no config.json.", "model")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{cfg_file} cannot be read as JSON: {exc}.", "model") from None
+        return spec_from_hf_config(path.name, cfg, str(path.resolve()))
+    names = ", ".join(PRESETS)
+    raise ConfigError(
+        f"Unknown model '{model}': use a preset ({names}) or the path of a local model folder.",
+        "model",
+    )
+
+
+def folder_has_weights(path: str) -> bool:
+    p = Path(path)
+    return any(p.glob("*.safetensors")) or any(p.glob("*.bin"))

@@ -1,0 +1,132 @@
+"""Plain records that flow between the workload, the engines, telemetry, metrics and the store.
+
+They are dataclasses of built-in types so that they cross the process boundary to the engine
+child (pickled through a pipe) and land in CSV files without conversion code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request of the workload: what goes in and exactly how many tokens must come out."""
+
+    prompt_id: str
+    input_tokens: int
+    output_tokens: int
+    text: str | None = None  # None for synthetic prompts; engines then make token ids themselves
+    token_ids: tuple[int, ...] | None = None  # set when a real tokenizer counted the input
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompts: tuple[Prompt, ...]
+    source: str  # "sharegpt:<path>", "synthetic", or a file path
+    lengths_exact: bool  # False when token counts are the documented estimate, not a tokenizer's
+    tokenizer: str | None = None  # what counted the tokens
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """What the engine saw of one request. Times are seconds; absolute times are Unix epoch."""
+
+    batch_size: int
+    request_index: int  # position in the point's request list
+    batch_index: int  # which static batch ran it; -1 where the engine batches continuously
+    input_tokens: int
+    output_tokens: int
+    start_s: float  # Unix time the request was submitted
+    ttft_s: float  # time to first token, from start_s
+    e2e_s: float  # time to last token, from start_s
+
+
+class PointStatus(str, Enum):
+    OK = "ok"
+    OOM = "oom"
+    KV_BOUND = "kv_bound"  # ran, but the engine kept fewer requests in flight than asked
+    CRASHED = "crashed"
+    CANCELLED = "cancelled"
+    ERROR = "error"  # the engine reported a failure that is not memory (server error, bad reply)
+
+    @property
+    def is_boundary(self) -> bool:
+        """True where the batch size did not fit: the sweep narrows the search below it."""
+        return self in (PointStatus.OOM, PointStatus.KV_BOUND, PointStatus.CRASHED)
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """What the engine child returns for one sweep point that ran to the end."""
+
+    batch_size: int
+    window_start_s: float  # Unix time the first request was submitted
+    window_end_s: float  # Unix time the last request finished
+    records: tuple[RequestRecord, ...]
+    concurrency_reached: int | None = None  # engines that schedule themselves report this
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One telemetry reading of one device."""
+
+    t_s: float  # Unix time of the reading
+    gpu_index: int  # NVML index; -1 for the CPU package
+    power_w: float | None  # instant power
+    energy_j: float | None  # cumulative energy counter (NVML total energy, RAPL), in joules
+    mem_used_bytes: int | None = None
+    mem_total_bytes: int | None = None
+    util_pct: float | None = None
+    temp_c: float | None = None
+    sm_clock_mhz: float | None = None
+
+
+@dataclass(frozen=True)
+class EnergyReading:
+    """Energy over one time window, from the counter where there is one."""
+
+    energy_j: float
+    source: str  # "nvml-counter", "nvml-power-integrated", "rapl", "estimate"
+    integrated_j: float | None  # trapezoid of instant power over the same window, as a check
+    per_gpu_j: dict[int, float] = field(default_factory=dict)
+    estimated: bool = False  # True when no hardware measured it (TDP x load model)
+    n_samples: int = 0
+
+
+@dataclass
+class PointResult:
+    """Every figure of one sweep point, as points.csv holds it. None means 'not measurable here'."""
+
+    batch_size: int
+    status: PointStatus
+    message: str = ""
+    n_requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    duration_s: float | None = None
+    window_start_s: float | None = None
+    window_end_s: float | None = None
+    tokens_per_s: float | None = None
+    s_per_token: float | None = None
+    ttft_p50_s: float | None = None
+    ttft_p90_s: float | None = None
+    tpot_p50_s: float | None = None
+    tpot_p90_s: float | None = None
+    energy_j: float | None = None
+    energy_source: str = ""
+    energy_integrated_j: float | None = None
+    idle_corrected_energy_j: float | None = None
+    j_per_token: float | None = None
+    intensity_gco2e_per_kwh: float | None = None  # energy-weighted mean over the window
+    gco2e_per_token: float | None = None  # operational, PUE included
+    embodied_gco2e_per_token: float | None = None
+    total_gco2e_per_token: float | None = None
+    mfu: float | None = None
+    mbu: float | None = None
+    peak_mem_gb: float | None = None
+    avg_power_w: float | None = None
+    concurrency_reached: int | None = None

@@ -1,0 +1,413 @@
+"""The sweep, end to end: workload -> engine child -> telemetry -> metrics -> carbon -> store.
+
+`SweepRunner.run()` blocks; the TUI calls it from a thread worker and the headless CLI from the
+main thread. Everything it learns goes to `on_event` (see events.py) and into the run directory
+as it happens, so a crash, a cancel or a power cut keeps every finished point.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from carbontop import __version__
+from carbontop.config import RunConfig, validate
+from carbontop.core import carbon, events, metrics
+from carbontop.core.hardware import GpuSpec, lookup_gpu, peak_bandwidth_bytes_s, peak_flops
+from carbontop.core.modelspec import ModelSpec, folder_has_weights, resolve_model
+from carbontop.core.records import EngineRun, PointResult, PointStatus, Workload
+from carbontop.core.store import RunWriter, new_run_dir
+from carbontop.core.sweep import BatchPlanner
+from carbontop.core.tokenize import load_token_counter
+from carbontop.core.workload import build_workload, requests_for_point
+from carbontop.engines.base import EngineSpec
+from carbontop.errors import ConfigError, CarbontopError
+
+OnEvent = Callable[[Any], None]
+
+IDLE_MEASURE_S = 3.0
+POWER_FLUSH_S = 1.0
+# With no GPU there is no memory boundary to find: the automatic search stops here instead.
+CPU_MAX_BATCH = 16
+GPU_MAX_BATCH = 1024
+CPU_NUM_PROMPTS = 16
+GPU_NUM_PROMPTS = 100
+
+
+def detect_device() -> str:
+    """'cuda' where NVML sees a GPU, else 'cpu'. The parent never initialises CUDA itself."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return "cuda" if pynvml.nvmlDeviceGetCount() > 0 else "cpu"
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no library, no driver, no GPU: all mean CPU
+        return "cpu"
+
+
+class SweepRunner:
+    def __init__(self, config: RunConfig, on_event: OnEvent | None = None) -> None:
+        self.config = config
+        self.on_event: OnEvent = on_event or (lambda _e: None)
+        self.sampler: Any = None
+        self.run_dir: Path | None = None
+        self.points: list[PointResult] = []
+        self.recommended_batch: int | None = None
+        self.warnings: list[str] = []
+        self._cancel = threading.Event()
+        self._prepared = False
+        self._writer: RunWriter | None = None
+        self._host: Any = None
+        self._last_flush = 0.0
+
+    # ---- set-up ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Resolve everything a sweep needs; raise CarbontopError (one sentence) if it cannot run."""
+        from carbontop.telemetry.sampler import TelemetrySampler
+        from carbontop.telemetry.sources import open_power_source
+
+        cfg = validate(self.config)
+        device = cfg.device if cfg.device != "auto" else detect_device()
+        if cfg.engine == "trtllm" and device != "cuda":
+            raise ConfigError("TensorRT-LLM needs an NVIDIA GPU, and none is visible here.", "engine")
+        dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
+        if device == "cpu" and dtype in ("bf16", "fp16") and cfg.engine == "hf":
+            self.warnings.append(f"{dtype} on the CPU is slow and unrepresentative; fp32 is the usual choice.")
+        num_prompts = cfg.num_prompts if cfg.num_prompts is not None else (
+            GPU_NUM_PROMPTS if device == "cuda" else CPU_NUM_PROMPTS)
+        max_batch = cfg.max_batch or (GPU_MAX_BATCH if device == "cuda" else CPU_MAX_BATCH)
+
+        self.model: ModelSpec | None = self._resolve_model(cfg)
+        model_path = self.model.path if self.model else None
+        if cfg.weights == "auto" and cfg.engine == "hf":
+            if not model_path or not folder_has_weights(model_path):
+                raise ConfigError(
+                    "--weights auto needs a local model folder with weights (*.safetensors); "
+                    "presets run with --weights dummy.", "weights")
+        default_len = self.model.default_max_len if self.model else 1000
+        max_in = cfg.max_input_len or default_len
+        max_out = cfg.max_output_len or default_len
+        if self.model and max_in + max_out > self.model.max_positions:
+            raise ConfigError(
+                f"{self.model.name} holds {self.model.max_positions} positions, fewer than "
+                f"{max_in} input + {max_out} output tokens; lower --max-input-len/--max-output-len.",
+                "max_input_len")
+
+        counter = load_token_counter(model_path)
+        self.workload: Workload = build_workload(
+            cfg.dataset, num_prompts, max_in, max_out, counter, min_len=cfg.min_len, seed=cfg.seed)
+        self.num_prompts = num_prompts
+        self.planner = BatchPlanner(cfg.batch_plan(), max_batch=max_batch)
+        self.intensity = carbon.make_intensity_source(cfg)
+
+        source = open_power_source(device, cfg.gpus)
+        names = source.device_names()
+        self.gpu_indices = [i for i in names if i >= 0]
+        self.device_names = [names[i] for i in sorted(names)]
+        self.gpu_specs: list[GpuSpec | None] = [lookup_gpu(names[i]) for i in self.gpu_indices]
+        for index, spec in zip(self.gpu_indices, self.gpu_specs, strict=True):
+            if spec is None:
+                self.warnings.append(
+                    f"GPU '{names[index]}' is not in carbontop's GPU table: MFU, MBU and embodied "
+                    "carbon are left empty for it.")
+            elif spec.embodied_kgco2e is None:
+                self.warnings.append(
+                    f"No published embodied footprint for '{names[index]}': embodied carbon is left empty.")
+        self.n_gpus = max(len(self.gpu_indices), 1)
+        self.device = device
+        self.dtype = dtype
+        self.engine_spec = EngineSpec(
+            engine=cfg.engine,
+            model=cfg.model,
+            model_config=dict(self.model.hf_config) if self.model else None,
+            model_path=model_path,
+            weights=cfg.weights,
+            dtype=dtype,
+            device=device,
+            gpus=tuple(cfg.gpus or ()),
+            compile=(cfg.compile == "on") or (cfg.compile == "auto" and device == "cuda"),
+            url=cfg.url,
+            kv_cache_fraction=cfg.kv_cache_fraction,
+            max_input_len=max_in,
+            max_output_len=max_out,
+            seed=cfg.seed,
+        )
+        label = f"{Path(cfg.model).name}-{cfg.engine}"
+        self.run_dir = Path(cfg.out).expanduser() if cfg.out else new_run_dir(label=label)
+        self._writer = RunWriter(self.run_dir, self._meta(source))
+        self.sampler = TelemetrySampler(source, interval_s=cfg.sample_interval_s)
+        self.sampler.start()
+        self._prepared = True
+
+    def _resolve_model(self, cfg: RunConfig) -> ModelSpec | None:
+        if cfg.engine == "openai":
+            # The served name rarely is a preset or a folder; FLOPs need an architecture.
+            arch = cfg.arch or cfg.model
+            try:
+                return resolve_model(arch)
+            except ConfigError:
+                if cfg.arch:
+                    raise
+                self.warnings.append(
+                    f"'{cfg.model}' is not a preset or a local folder: MFU and MBU need --arch "
+                    "(a preset or a model folder with the same architecture).")
+                return None
+        return resolve_model(cfg.model)
+
+    def _meta(self, source: Any) -> dict[str, Any]:
+        from carbontop.telemetry.sources import nvml_environment
+
+        cfg = self.config
+        env: dict[str, Any] = {
+            "carbontop": __version__,
+            "host": platform.node(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "device": self.device,
+            "devices": self.device_names,
+            "gpu_indices": self.gpu_indices,
+            "power_source": source.kind,
+            "energy_estimated": bool(source.estimated),
+            "nvml": nvml_environment() if source.kind == "nvml" else {},
+        }
+        run = cfg.to_dict()
+        run.update({"resolved_dtype": self.dtype, "resolved_device": self.device,
+                    "resolved_num_prompts": self.num_prompts, "max_batch": self.planner.max_batch,
+                    "resolved_max_input_len": self.engine_spec.max_input_len,
+                    "resolved_max_output_len": self.engine_spec.max_output_len})
+        model = {}
+        if self.model:
+            model = {"name": self.model.name, "family": self.model.family,
+                     "parameters": self.model.total_params,
+                     "nonembedding_parameters": self.model.nonembedding_params,
+                     "layers": self.model.n_layers, "d_model": self.model.d_model,
+                     "heads": self.model.n_heads, "kv_heads": self.model.n_kv_heads,
+                     "vocab": self.model.vocab_size}
+        wl = self.workload
+        lengths_in = [p.input_tokens for p in wl.prompts]
+        lengths_out = [p.output_tokens for p in wl.prompts]
+        return {
+            "run": run,
+            "environment": env,
+            "model": model,
+            "workload": {
+                "source": wl.source, "lengths_exact": wl.lengths_exact,
+                "tokenizer": wl.tokenizer or "", "notes": list(wl.notes),
+                "prompts": len(wl.prompts),
+                "mean_input_tokens": sum(lengths_in) / len(lengths_in),
+                "mean_output_tokens": sum(lengths_out) / len(lengths_out),
+            },
+            "carbon": {"source": self.intensity.kind, "description": self.intensity.description,
+                       "pue": cfg.pue, "lifetime_years": cfg.lifetime_years},
+            "warnings": {"messages": list(self.warnings)},
+        }
+
+    # ---- the sweep ------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def run(self) -> None:
+        if not self._prepared:
+            self.prepare()
+        assert self._writer is not None and self.run_dir is not None
+        state, message = "done", ""
+        try:
+            self._emit(events.SweepStarted(
+                run_dir=str(self.run_dir), planned=self.planner.planned(), auto=self.planner.auto,
+                devices=tuple(self.device_names), energy_estimated=bool(self.sampler.source.estimated)))
+            self._measure_idle()
+            if not self.cancelled:
+                self._sweep()
+            if self.cancelled:
+                state, message = "cancelled", "cancelled by the user"
+        except CarbontopError as exc:
+            state, message = "error", str(exc)
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure must still save the run
+            state, message = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            self._shutdown(state, message)
+        if state == "error":
+            raise CarbontopError(message)
+
+    def _emit(self, event: Any) -> None:
+        try:
+            self.on_event(event)
+        except Exception:  # noqa: BLE001 - a viewer's bug must not stop a measurement
+            pass
+
+    def _tick(self) -> None:
+        now = time.time()
+        if now - self._last_flush >= POWER_FLUSH_S and self._writer is not None:
+            self._writer.write_samples(self.sampler.drain_new())
+            self._last_flush = now
+
+    def _measure_idle(self) -> None:
+        self._emit(events.PhaseChanged("idle-power", detail=f"{IDLE_MEASURE_S:.0f} s before loading"))
+        self.idle_power_w = self.sampler.measure_idle_power_w(IDLE_MEASURE_S)
+        self._writer.update_meta("environment", {"idle_power_w": self.idle_power_w})
+
+    def _start_engine(self) -> None:
+        from carbontop.engines.host import EngineHost
+
+        self._emit(events.PhaseChanged("starting", detail="engine process"))
+        self._host = EngineHost(self.engine_spec, log_path=self._writer.engine_log)
+        info = self._host.start(self._relay(None), self._cancel.is_set)
+        self._writer.update_meta("engine", info)
+
+    def _relay(self, batch_size: int | None, started: list[float] | None = None) -> Callable[[str, dict], None]:
+        def on_message(kind: str, payload: dict[str, Any]) -> None:
+            if kind == "phase":
+                self._emit(events.PhaseChanged(payload.get("phase", ""), batch_size, payload.get("detail", "")))
+                if payload.get("phase") == "measuring" and started is not None:
+                    started[0] = time.time()
+            elif kind == "progress" and batch_size is not None:
+                done, total = int(payload["done"]), int(payload["total"])
+                elapsed = time.time() - (started[0] if started else time.time())
+                eta = elapsed / done * (total - done) if done else None
+                self._emit(events.PointProgress(batch_size, done, total, elapsed, eta))
+            self._tick()
+        return on_message
+
+    def _sweep(self) -> None:
+        from carbontop.engines.host import Cancelled
+
+        try:
+            self._start_engine()
+        except Cancelled:
+            return
+        while not self.cancelled:
+            batch_size = self.planner.next()
+            if batch_size is None:
+                break
+            if self._host is None or not self._host.alive:
+                self._emit(events.PhaseChanged("restarting", batch_size, "fresh engine process"))
+                try:
+                    self._start_engine()
+                except Cancelled:
+                    return
+            prompts = requests_for_point(self.workload, batch_size, self.num_prompts)
+            self._emit(events.PointStarted(batch_size, len(prompts)))
+            started = [time.time()]
+            outcome = self._host.run_point(batch_size, prompts, self._relay(batch_size, started),
+                                           self._cancel.is_set)
+            point = self._point(batch_size, outcome)
+            self.points.append(point)
+            self._writer.write_samples(self.sampler.drain_new())
+            self._writer.write_point(point, outcome.run.records if outcome.run else ())
+            self._emit(events.PointFinished(point))
+            if point.status is PointStatus.CANCELLED:
+                break
+            if point.status is PointStatus.ERROR:
+                # not a memory boundary: the same failure would repeat at every size
+                raise CarbontopError(f"Batch {batch_size} failed: {point.message}")
+            self.planner.report(batch_size, fits=point.status is PointStatus.OK)
+            if point.status.is_boundary:
+                self._host.kill()
+            self._emit(events.BoundaryChanged(self.planner.largest_ok, self.planner.smallest_failed,
+                                              self.planner.next()))
+
+    def _point(self, batch_size: int, outcome: Any) -> PointResult:
+        run: EngineRun | None = outcome.run
+        if run is None:
+            return PointResult(batch_size=batch_size, status=outcome.status, message=outcome.message,
+                               concurrency_reached=outcome.concurrency_reached)
+        return self.compute_point(run, outcome.status, outcome.message)
+
+    def compute_point(self, run: EngineRun, status: PointStatus, message: str = "") -> PointResult:
+        cfg = self.config
+        records = run.records
+        t0, t1 = run.window_start_s, run.window_end_s
+        duration_s = t1 - t0
+        # the sampler must have read past the window's end before the energy is taken
+        self.sampler.wait_for(t1, timeout_s=max(2.0, 5 * cfg.sample_interval_s))
+        energy = self.sampler.energy_between(t0, t1)
+        chunks = self.sampler.energy_chunks(t0, t1)
+        self.intensity.refresh(t0, t1)
+        out_tokens = sum(r.output_tokens for r in records)
+        lat = metrics.latency_figures(records, duration_s)
+        op_g = carbon.operational_gco2e(chunks, self.intensity, cfg.pue)
+        emb_g = carbon.embodied_gco2e(self.gpu_specs, duration_s, cfg.lifetime_years) if self.gpu_specs else None
+        spec0 = self.gpu_specs[0] if self.gpu_specs and all(self.gpu_specs) else None
+        mfu = mbu = None
+        if self.model is not None and spec0 is not None:
+            mfu = metrics.mfu(records, self.model, duration_s, peak_flops(spec0, self.dtype), self.n_gpus)
+            traffic = metrics.decode_traffic(records, self.model, self.dtype)
+            mbu = metrics.mbu(traffic, peak_bandwidth_bytes_s(spec0), self.n_gpus)
+        peak = self.sampler.peak_mem_bytes(t0, t1)
+        per_tok = (lambda g: g / out_tokens if g is not None and out_tokens else None)
+        op_per_tok = per_tok(op_g)
+        emb_per_tok = per_tok(emb_g)
+        notes = [message] if message else []
+        notes.extend(n for n in run.notes if n)
+        return PointResult(
+            batch_size=run.batch_size,
+            status=status,
+            message="; ".join(notes),
+            n_requests=len(records),
+            input_tokens=sum(r.input_tokens for r in records),
+            output_tokens=out_tokens,
+            duration_s=duration_s,
+            window_start_s=t0,
+            window_end_s=t1,
+            tokens_per_s=lat.tokens_per_s,
+            s_per_token=lat.s_per_token,
+            ttft_p50_s=lat.ttft_p50_s,
+            ttft_p90_s=lat.ttft_p90_s,
+            tpot_p50_s=lat.tpot_p50_s,
+            tpot_p90_s=lat.tpot_p90_s,
+            energy_j=energy.energy_j,
+            energy_source=energy.source,
+            energy_integrated_j=energy.integrated_j,
+            idle_corrected_energy_j=metrics.idle_corrected_energy_j(energy, self.idle_power_w, duration_s),
+            j_per_token=energy.energy_j / out_tokens if out_tokens else None,
+            intensity_gco2e_per_kwh=carbon.mean_intensity(chunks, self.intensity),
+            gco2e_per_token=op_per_tok,
+            embodied_gco2e_per_token=emb_per_tok,
+            total_gco2e_per_token=(op_per_tok + emb_per_tok) if op_per_tok is not None and emb_per_tok is not None else op_per_tok,
+            mfu=mfu,
+            mbu=mbu,
+            peak_mem_gb=peak / 1e9 if peak is not None else None,
+            avg_power_w=energy.energy_j / duration_s if duration_s > 0 else None,
+            concurrency_reached=run.concurrency_reached,
+        )
+
+    def _shutdown(self, state: str, message: str) -> None:
+        if self._host is not None:
+            self._host.stop()
+            self._host = None
+        ok = [p for p in self.points if p.status is PointStatus.OK]
+        self.recommended_batch = carbon.recommend_batch(
+            ok, self.config.slo_s_per_token, self.config.slo_tpot_p90_s) if ok else None
+        if self.sampler is not None:
+            self.sampler.stop()
+            if self._writer is not None:
+                self._writer.write_samples(self.sampler.drain_new())
+        if self._writer is not None:
+            try:
+                extremes = carbon.intensity_extremes(self.intensity)
+            except CarbontopError:
+                extremes = None
+            if extremes is not None:
+                self._writer.update_meta("carbon", {"cleanest_gco2e_per_kwh": extremes[0],
+                                                    "dirtiest_gco2e_per_kwh": extremes[1]})
+            summary: dict[str, Any] = {"message": message, "points": len(self.points),
+                                       "largest_ok_batch": self.planner.largest_ok,
+                                       "smallest_failed_batch": self.planner.smallest_failed}
+            if self.recommended_batch is not None:
+                summary["recommended_batch"] = self.recommended_batch
+            self._writer.finish(state, **summary)
+        self._emit(events.SweepFinished(str(self.run_dir), state, message, self.recommended_batch))
+

@@ -1,0 +1,69 @@
+"""The contract between the engine host (parent side) and an engine (child side).
+
+An engine lives in a child process. The host constructs it with an `EngineSpec`, calls `load()`
+once, then `run_point()` once per sweep point. It reports what it is doing through `emit`
+(phases and progress), and signals a batch that does not fit by raising `EngineOOM`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from carbontop.core.records import EngineRun, Prompt
+
+# emit(kind, payload): kind is "phase" ({"phase": str, "detail": str}) or
+# "progress" ({"done": int, "total": int}). Emitting is cheap; engines emit per batch, not per token.
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything an engine needs, resolved by the parent (plain data: it is pickled)."""
+
+    engine: str  # "hf", "trtllm", "openai"
+    model: str  # preset name, model folder, or the server's model name
+    model_config: dict[str, Any] | None  # HF-style architecture config for presets and dummy weights
+    model_path: str | None  # local folder with config/weights/tokenizer, if any
+    weights: str  # "dummy" or "auto"
+    dtype: str  # "bf16", "fp16", "fp32" (resolved, never "auto")
+    device: str  # "cpu" or "cuda" (resolved)
+    gpus: tuple[int, ...] = ()
+    compile: bool = False
+    url: str | None = None
+    kv_cache_fraction: float = 0.9
+    max_input_len: int = 1024
+    max_output_len: int = 1024
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EngineOOM(Exception):
+    """The batch does not fit in memory (the engine's own report, normalised)."""
+
+
+class EngineKVBound(Exception):
+    """The engine ran fewer requests at once than asked; carries the concurrency reached."""
+
+    def __init__(self, message: str, concurrency_reached: int) -> None:
+        super().__init__(message)
+        self.concurrency_reached = concurrency_reached
+
+
+class EngineFailure(Exception):
+    """A failure that is not memory: a server error, a bad reply, a broken model."""
+
+
+class Engine(Protocol):
+    def __init__(self, spec: EngineSpec, emit: Emit) -> None: ...
+
+    def load(self) -> dict[str, Any]:
+        """Load the model (outside every measured window); return facts for run.toml."""
+        ...
+
+    def run_point(self, batch_size: int, prompts: Sequence[Prompt]) -> EngineRun:
+        """Run all `prompts` at `batch_size` (warm-up first, outside the window) and time them."""
+        ...
+
+    def close(self) -> None: ...

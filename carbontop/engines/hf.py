@@ -1,0 +1,381 @@
+"""The built-in engine: stock transformers modules driven by a lean static-batch decode loop.
+
+Why not `model.generate`? Its per-step Python (logits processors, stopping criteria, a host sync
+to check for finished rows) costs more than a whole decode step of a 7B model on a modern GPU, so
+the GPU idles while still drawing power, and carbon per token is overstated. Here:
+
+* the model is the library's own (LlamaForCausalLM, GPT2LMHeadModel, ...), never a copy;
+* the KV cache is the library's StaticCache, allocated once per sweep point, so addresses are fixed;
+* on CUDA the decode step (forward + greedy pick) is captured once per batch size into a CUDA
+  graph -- optionally after torch.compile fuses its small kernels -- and replayed every step; the
+  capture happens in the warm-up, outside the measured window;
+* per-step timestamps come from CUDA events, so the loop never waits for the GPU mid-batch.
+
+Static batching as in the paper: each batch of b requests is left-padded to its longest prompt and
+runs until its longest output is done; every request is timed to its own last token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from carbontop.core.records import EngineRun, Prompt, RequestRecord
+from carbontop.engines.base import Emit, EngineOOM, EngineSpec
+from carbontop.errors import EngineUnavailable
+
+WARMUP_DECODE_STEPS = 3
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers renamed `past_key_values` to `cache`; pass whichever this version takes."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class HFEngine:
+    def __init__(self, spec: EngineSpec, emit: Emit) -> None:
+        self.spec = spec
+        self.emit = emit
+        self.model: Any = None
+        self.decode_mode = "eager"  # "eager", "cuda-graph" or "compiled+cuda-graph"
+        self._compiled_step: Any = None
+        self._compile_failed = False
+        self._graph_failed = False
+
+    # ---- loading ------------------------------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        try:
+            import torch
+            import transformers
+            from transformers import AutoConfig, AutoModelForCausalLM
+        except ImportError:
+            raise EngineUnavailable(
+                "The hf engine needs torch and transformers: install torch for your machine, "
+                "then pip install 'carbontop[hf]'."
+            ) from None
+        self.torch = torch
+        spec = self.spec
+        torch.manual_seed(spec.seed)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[spec.dtype]
+        if spec.device == "cuda":
+            if not torch.cuda.is_available():
+                raise EngineUnavailable("The hf engine was asked for CUDA but torch sees no GPU here.")
+            self.device = torch.device("cuda", 0)
+        else:
+            self.device = torch.device("cpu")
+
+        self.emit("phase", {"phase": "loading", "detail": f"{spec.model} ({spec.weights} weights)"})
+        try:
+            if spec.weights == "auto" and spec.model_path:
+                model = AutoModelForCausalLM.from_pretrained(
+                    spec.model_path, dtype=self.dtype, attn_implementation="sdpa",
+                    local_files_only=True, low_cpu_mem_usage=True,
+                ).to(self.device)
+            else:
+                cfg = dict(spec.model_config or {})
+                model_type = cfg.pop("model_type")
+                config = AutoConfig.for_model(model_type, **cfg)
+                # Random weights straight on the device: nothing to read, nothing to download.
+                with self.device:
+                    model = AutoModelForCausalLM.from_config(
+                        config, dtype=self.dtype, attn_implementation="sdpa"
+                    )
+        except torch.cuda.OutOfMemoryError as exc:
+            raise EngineOOM(f"the weights alone do not fit: {exc}") from None
+        model.eval()
+        model.requires_grad_(False)
+        self.model = model
+        self.cache_kw = _cache_kwarg(model)
+        self.vocab_size = int(model.config.vocab_size)
+        self.pad_id = 0
+        info: dict[str, Any] = {
+            "engine": "hf",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "model_class": type(model).__name__,
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "dtype": spec.dtype,
+            "device": spec.device,
+            "attn_implementation": "sdpa",
+        }
+        if spec.device == "cuda":
+            info["cuda_device"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
+        else:
+            info["cpu_threads"] = torch.get_num_threads()
+        return info
+
+    def close(self) -> None:
+        self.model = None
+
+    # ---- one sweep point ----------------------------------------------------------------
+
+    def run_point(self, batch_size: int, prompts: Sequence[Prompt]) -> EngineRun:
+        torch = self.torch
+        batches = [list(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
+        max_in = max(p.input_tokens for p in prompts)
+        max_out = max(p.output_tokens for p in prompts)
+        cache_len = max_in + max_out
+        state: _PointState | None = None
+        try:
+            with torch.inference_mode():
+                state = _PointState(self, batch_size, cache_len)
+                self._warm_up(state, batches[0])
+                self.emit("phase", {"phase": "measuring",
+                                    "detail": f"{len(prompts)} requests in {len(batches)} static batches"})
+                self._sync()
+                window_start = time.time()
+                records: list[RequestRecord] = []
+                for index, batch in enumerate(batches):
+                    records.extend(self._run_batch(state, index, batch, batch_size))
+                    self.emit("progress", {"done": len(records), "total": len(prompts)})
+                self._sync()
+                window_end = time.time()
+        except torch.cuda.OutOfMemoryError as exc:
+            raise EngineOOM(_first_line(exc)) from None
+        finally:
+            del state
+            if self.spec.device == "cuda":
+                torch.cuda.empty_cache()
+        return EngineRun(
+            batch_size=batch_size,
+            window_start_s=window_start,
+            window_end_s=window_end,
+            records=tuple(records),
+            notes=(f"decode: {self.decode_mode}",),
+        )
+
+    def _sync(self) -> None:
+        if self.spec.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def _warm_up(self, state: _PointState, batch: list[Prompt]) -> None:
+        """Run one batch's prefill and a few decode steps, compiling and capturing the decode
+        step for this batch size. Nothing here is timed."""
+        torch = self.torch
+        want_compile = self.spec.compile and self.spec.device == "cuda" and not self._compile_failed
+        phase = "compiling" if want_compile else "warmup"
+        self.emit("phase", {"phase": phase, "detail": f"batch {state.batch_size}"})
+        state.start_batch(self._input_ids(batch, state.batch_size))
+        state.prefill()
+        if self.spec.device == "cuda":
+            if want_compile:
+                if self._compiled_step is None:
+                    torch._dynamo.config.cache_size_limit = 64
+                    self._compiled_step = torch.compile(_decode_step, fullgraph=False)
+                try:
+                    state.step_fn = self._compiled_step
+                    for _ in range(WARMUP_DECODE_STEPS):
+                        state.advance()
+                        state.eager_step()
+                except Exception as exc:  # noqa: BLE001 - fall back to the uncompiled step
+                    self._compile_failed = True
+                    print(f"carbontop: torch.compile failed, using the eager step: {exc}", flush=True)
+                    state.step_fn = _decode_step
+            if not self._graph_failed:
+                try:
+                    state.capture_graph()
+                except Exception as exc:  # noqa: BLE001 - fall back to eager replay
+                    self._graph_failed = True
+                    print(f"carbontop: CUDA graph capture failed, decoding eagerly: {exc}", flush=True)
+                    state.graph = None
+        for _ in range(WARMUP_DECODE_STEPS):
+            state.advance()
+            state.step()
+        self._sync()
+        if state.graph is not None:
+            self.decode_mode = "compiled+cuda-graph" if state.step_fn is not _decode_step else "cuda-graph"
+        else:
+            self.decode_mode = "compiled" if state.step_fn is not _decode_step else "eager"
+
+    def _input_ids(self, batch: list[Prompt], batch_size: int) -> list[list[int]]:
+        rows = []
+        for prompt in batch:
+            if prompt.token_ids is not None and len(prompt.token_ids) == prompt.input_tokens:
+                rows.append([t % self.vocab_size for t in prompt.token_ids])
+            else:
+                # No tokenizer: token ids do not change the cost, only the count does.
+                gen = self.torch.Generator().manual_seed(hash(prompt.prompt_id) & 0xFFFFFFFF)
+                ids = self.torch.randint(3, self.vocab_size, (prompt.input_tokens,), generator=gen)
+                rows.append(ids.tolist())
+        while len(rows) < batch_size:  # a short last batch still runs at full width
+            rows.append(rows[-1])
+        return rows
+
+    def _run_batch(self, state: _PointState, index: int, batch: list[Prompt],
+                   batch_size: int) -> list[RequestRecord]:
+        self._sync()
+        start_s = time.time()
+        state.start_batch(self._input_ids(batch, batch_size))
+        steps = max(p.output_tokens for p in batch) - 1
+        token_times = state.generate(steps, start_s)
+        records = []
+        for j, prompt in enumerate(batch):
+            records.append(
+                RequestRecord(
+                    batch_size=batch_size,
+                    request_index=index * batch_size + j,
+                    batch_index=index,
+                    input_tokens=prompt.input_tokens,
+                    output_tokens=prompt.output_tokens,
+                    start_s=start_s,
+                    ttft_s=token_times[0] - start_s,
+                    e2e_s=token_times[prompt.output_tokens - 1] - start_s,
+                )
+            )
+        return records
+
+
+def _decode_step(model: Any, cache_kw: str, cache: Any, tokens: Any, positions: Any, mask: Any) -> Any:
+    out = model(input_ids=tokens, position_ids=positions, attention_mask=mask,
+                use_cache=True, **{cache_kw: cache})
+    return out.logits[:, -1, :].argmax(dim=-1)
+
+
+class _PointState:
+    """The fixed-address buffers of one sweep point: KV cache, decode inputs, the captured graph.
+
+    Masks are explicit 4D boolean masks (True = may attend), which transformers passes through
+    unchanged, so no mask is built (and no host sync happens) inside the captured step. Left
+    padding is handled by masking the pad positions and starting each row's positions at 0.
+    """
+
+    def __init__(self, engine: HFEngine, batch_size: int, cache_len: int) -> None:
+        from transformers import StaticCache
+
+        torch = engine.torch
+        self.engine = engine
+        self.torch = torch
+        self.batch_size = batch_size
+        self.cache_len = cache_len
+        dev = engine.device
+        self.cache = StaticCache(config=engine.model.config, max_cache_len=cache_len)
+        self.tokens = torch.zeros((batch_size, 1), dtype=torch.long, device=dev)
+        self.positions = torch.zeros((batch_size, 1), dtype=torch.long, device=dev)
+        self.mask = torch.zeros((batch_size, 1, 1, cache_len), dtype=torch.bool, device=dev)
+        self.next_tokens = torch.zeros((batch_size,), dtype=torch.long, device=dev)
+        self.k_range = torch.arange(cache_len, device=dev)
+        self.step_fn: Any = _decode_step
+        self.graph: Any = None
+        self.graph_out: Any = None
+        self.prompt_len = 0
+        self.cursor = 0  # cache position the next decode token is written to
+
+    # -- batch set-up --
+
+    def start_batch(self, rows: list[list[int]]) -> None:
+        torch = self.torch
+        dev = self.engine.device
+        self.prompt_len = max(len(r) for r in rows)
+        pads = [self.prompt_len - len(r) for r in rows]
+        ids = [[self.engine.pad_id] * p + r for p, r in zip(pads, rows, strict=True)]
+        self.input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
+        self.pads = torch.tensor(pads, dtype=torch.long, device=dev).view(-1, 1)
+        self.cache.reset()
+
+    def prefill(self) -> None:
+        torch = self.torch
+        length = self.prompt_len
+        q = torch.arange(length, device=self.engine.device).view(1, length, 1)
+        k = self.k_range.view(1, 1, -1)
+        pads = self.pads.view(-1, 1, 1)
+        # causal, not into the left padding; a pad row attends to itself so no row is all-masked
+        mask = ((k <= q) & (k >= pads)) | (k == q)
+        positions = (torch.arange(length, device=self.engine.device).view(1, -1) - self.pads).clamp(min=0)
+        out = self.engine.model(
+            input_ids=self.input_ids, position_ids=positions, attention_mask=mask.unsqueeze(1),
+            use_cache=True, logits_to_keep=1, **{self.engine.cache_kw: self.cache},
+        )
+        self.next_tokens.copy_(out.logits[:, -1, :].argmax(dim=-1))
+        # decode inputs for the first step
+        self.mask.copy_(((self.k_range.view(1, -1) >= self.pads) & (self.k_range.view(1, -1) < length)).view(self.batch_size, 1, 1, -1))
+        self.positions.copy_(length - self.pads - 1)
+        self.cursor = length
+
+    def advance(self) -> None:
+        """Feed the last picked tokens as the next step's input."""
+        self.tokens.copy_(self.next_tokens.view(-1, 1))
+        self.positions.add_(1)
+        self.mask[:, :, :, self.cursor] = True
+        self.cursor += 1
+
+    # -- the decode step --
+
+    def eager_step(self) -> None:
+        self.next_tokens.copy_(
+            self.step_fn(self.engine.model, self.engine.cache_kw, self.cache, self.tokens,
+                         self.positions, self.mask)
+        )
+
+    def capture_graph(self) -> None:
+        torch = self.torch
+        # The cache's write cursor lives on the device and advances inside the step, so the
+        # captured graph is valid for every position. Warm up on a side stream, then capture.
+        saved = self.cache_cursor_snapshot()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.eager_step()
+                self.restore_cursor(saved)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.graph_out = self.step_fn(self.engine.model, self.engine.cache_kw, self.cache,
+                                          self.tokens, self.positions, self.mask)
+        self.graph = graph
+        torch.cuda.synchronize()
+
+    def cache_cursor_snapshot(self) -> list[Any]:
+        return [layer.cumulative_length.clone() for layer in self._layers()]
+
+    def restore_cursor(self, saved: list[Any]) -> None:
+        for layer, value in zip(self._layers(), saved, strict=True):
+            layer.cumulative_length.copy_(value)
+
+    def _layers(self) -> list[Any]:
+        return [layer for layer in self.cache.layers if hasattr(layer, "cumulative_length")]
+
+    def step(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+            self.next_tokens.copy_(self.graph_out)
+        else:
+            self.eager_step()
+
+    def generate(self, steps: int, start_s: float) -> list[float]:
+        """Prefill and `steps` decode steps; returns the Unix time each output token was ready."""
+        torch = self.torch
+        if steps + self.prompt_len > self.cache_len:
+            raise ValueError("cache too short for this batch")
+        if self.engine.spec.device != "cuda":
+            self.prefill()
+            times = [time.time()]
+            for _ in range(steps):
+                self.advance()
+                self.step()
+                times.append(time.time())
+            return times
+        # On the GPU: events instead of syncs, so the host keeps queuing work.
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 2)]
+        events[0].record()
+        host_t0 = time.time()
+        self.prefill()
+        events[1].record()
+        for s in range(steps):
+            self.advance()
+            self.step()
+            events[s + 2].record()
+        events[-1].synchronize()
+        # events[0] ran as soon as it was queued (the stream was idle after the batch's sync)
+        return [host_t0 + events[0].elapsed_time(ev) / 1000.0 for ev in events[1:]]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,106 @@
+"""The results table as text (rich), shared by `carbontop sweep` and `carbontop show`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from carbontop.core.store import SavedRun
+
+# (column in points.csv, header, format); multipliers turn SI units into what people read
+COLUMNS: list[tuple[str, str, str, float]] = [
+    ("tokens_per_s", "tok/s", "{:.1f}", 1.0),
+    ("s_per_token", "s/tok", "{:.4f}", 1.0),
+    ("ttft_p50_s", "TTFT s", "{:.3f}", 1.0),
+    ("tpot_p50_s", "TPOT ms", "{:.2f}", 1000.0),
+    ("j_per_token", "J/tok", "{:.3g}", 1.0),
+    ("gco2e_per_token", "op g/tok", "{:.3g}", 1.0),
+    ("embodied_gco2e_per_token", "emb g/tok", "{:.3g}", 1.0),
+    ("total_gco2e_per_token", "gCO2e/tok", "{:.3g}", 1.0),
+    ("mfu", "MFU %", "{:.2f}", 100.0),
+    ("mbu", "MBU %", "{:.1f}", 100.0),
+    ("peak_mem_gb", "peak GB", "{:.1f}", 1.0),
+    ("avg_power_w", "W", "{:.0f}", 1.0),
+]
+
+
+def fmt(value: Any, pattern: str, scale: float = 1.0) -> str:
+    if value is None or value == "":
+        return "–"
+    try:
+        return pattern.format(float(value) * scale)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def points_table(run: SavedRun) -> Table:
+    recommended = run.meta.get("status", {}).get("recommended_batch")
+    table = Table(title=f"{run.config.get('model', '?')} on {', '.join(run.environment.get('devices', [])) or '?'}",
+                  header_style="bold", title_justify="left")
+    # TTFT/TPOT p50 and p90, intensity and the rest stay in points.csv; a column that no point
+    # could measure here (MFU on a CPU, say) is left out rather than printed as dashes
+    shown = [c for c in COLUMNS if any(row.get(c[0]) not in (None, "") for row in run.points)]
+    table.add_column("batch", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for _, header, _, _ in shown:
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in run.points:
+        mark = " *" if recommended is not None and row.get("batch_size") == recommended else ""
+        status = str(row.get("status", ""))
+        cells = [fmt(row.get(key), pattern, scale) for key, _, pattern, scale in shown]
+        table.add_row(f"{row.get('batch_size')}{mark}", status, *cells,
+                      style=None if status == "ok" else "dim")
+    return table
+
+
+def print_summary(run: SavedRun, console: Console) -> None:
+    console.print(points_table(run))
+    status = run.meta.get("status", {})
+    carbon = run.meta.get("carbon", {})
+    workload = run.meta.get("workload", {})
+    lines = [f"run: {run.path} ({run.status})"]
+    if status.get("largest_ok_batch") is not None:
+        bound = f"largest batch that ran: {status['largest_ok_batch']}"
+        if status.get("smallest_failed_batch") is not None:
+            bound += f"; {status['smallest_failed_batch']} did not fit"
+        lines.append(bound)
+    if status.get("recommended_batch") is not None:
+        slo = run.config.get("slo_s_per_token", 0.2)
+        lines.append(f"recommended batch (lowest total gCO2e/token within {slo} s/token): {status['recommended_batch']} *")
+    elif run.points:
+        lines.append("no batch met the latency target: none recommended")
+    if carbon.get("description"):
+        lines.append(f"carbon: {carbon['description']}; PUE {carbon.get('pue', 1.0)}")
+    if carbon.get("cleanest_gco2e_per_kwh") is not None:
+        lines.append(extremes_line(run))
+    energy_sources = {str(p.get("energy_source")) for p in run.points if p.get("energy_source")}
+    if energy_sources:
+        lines.append("energy: " + ", ".join(sorted(energy_sources)))
+    if run.environment.get("energy_estimated"):
+        lines.append("energy is estimated from the CPU's TDP and load: no hardware counter was readable")
+    if workload and not workload.get("lengths_exact", True):
+        lines.append("token counts are estimated: the model folder has no tokenizer")
+    if status.get("message") and run.status != "done":
+        lines.append(f"stopped: {status['message']}")
+    for warning in run.meta.get("warnings", {}).get("messages", []):
+        lines.append(f"warning: {warning}")
+    for line in lines:
+        console.print(line, highlight=False)
+
+
+def extremes_line(run: SavedRun) -> str:
+    """Carbon per token of the recommended (or best) point at the trace's cleanest and dirtiest hour."""
+    carbon = run.meta.get("carbon", {})
+    clean, dirty = carbon["cleanest_gco2e_per_kwh"], carbon["dirtiest_gco2e_per_kwh"]
+    pue = float(carbon.get("pue", 1.0))
+    parts = []
+    for row in run.points:
+        if row.get("status") != "ok" or row.get("j_per_token") is None:
+            continue
+        emb = row.get("embodied_gco2e_per_token") or 0.0
+        at = [float(row["j_per_token"]) / 3.6e6 * g * pue + emb for g in (clean, dirty)]
+        parts.append(f"b{row['batch_size']}: {at[0]:.3g}–{at[1]:.3g}")
+    return (f"at the trace's cleanest ({clean:.0f} g/kWh) and dirtiest ({dirty:.0f} g/kWh) hour, "
+            "total gCO2e/tok would be " + ", ".join(parts))

@@ -1,0 +1,528 @@
+"""Power sources: where a reading of power and energy comes from.
+
+Three sources, best first:
+
+- `NvmlSource`: NVIDIA GPUs through NVML (package nvidia-ml-py, module `pynvml`). Energy comes from
+  the total-energy counter (mJ since the driver loaded, Volta and newer), which is the trustworthy
+  total; instant power on A100/H100 is sampled only about a quarter of the time (Yang et al.,
+  "Part-time Power Measurements", SC24), so it is kept for graphs and as a check.
+- `RaplSource`: the CPU packages' RAPL counters under Linux powercap.
+- `EstimateSource`: no hardware measures anything; CPU power is modelled from TDP and load.
+
+Every source returns `Sample`s with `t_s = time.time()`, so that they line up with the engine's
+request times. `pynvml` is imported inside functions only, so that the core stays importable
+without it.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from carbontop.core.records import Sample
+from carbontop.errors import CarbontopError, ConfigError
+
+# nvmlFieldValue ids (nvml.h): NVML_FI_DEV_POWER_AVERAGE = 185, NVML_FI_DEV_POWER_INSTANT = 186.
+NVML_FI_DEV_POWER_INSTANT = 186
+
+# CodeCarbon's fallback TDP when the CPU model is not in its table: POWER_CONSTANT = 85 (W),
+# codecarbon/external/hardware.py (mlco2/codecarbon).
+DEFAULT_CPU_TDP_W = 85.0
+# CodeCarbon's "cpu_load" mode, machine tracking (CPU._get_power_from_cpu_load in the same file):
+# power = TDP x (0.1 + 0.9 x load^3), "cubic relationship with minimum 10% of TDP".
+ESTIMATE_IDLE_SHARE = 0.1
+ESTIMATE_LOAD_EXPONENT = 3.0
+
+
+class PowerSource(Protocol):
+    kind: str  # "nvml", "rapl" or "estimate"
+    estimated: bool  # True only for the estimate source
+    has_energy_counter: bool  # True where energy_j comes from a hardware counter
+
+    def device_names(self) -> dict[int, str]: ...
+
+    def read(self) -> list[Sample]: ...
+
+    def close(self) -> None: ...
+
+
+class NvmlUnavailable(CarbontopError):
+    """NVML cannot be used here (no package, no driver, no GPU); 'auto' then falls back to the CPU."""
+
+
+# ---------------------------------------------------------------------------------------------
+# NVML
+
+
+def _nvml_init() -> Any:
+    """Import pynvml and initialise NVML, or raise NvmlUnavailable with one sentence."""
+    try:
+        import pynvml
+    except ImportError:
+        raise NvmlUnavailable(
+            "NVML is not available because the nvidia-ml-py package is not installed."
+        ) from None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as err:
+        raise NvmlUnavailable(
+            f"NVML could not start ({err}); is the NVIDIA driver installed and loaded?"
+        ) from None
+    return pynvml
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _field_value(pynvml: Any, fv: Any) -> float:
+    """The number inside an nvmlFieldValue_t, whatever its declared type."""
+    v = fv.value
+    by_type = {
+        pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+        pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    }
+    return float(getattr(v, by_type.get(fv.valueType, "uiVal")))
+
+
+class NvmlSource:
+    """Per-GPU readings through NVML. Any one reading that fails is None, never a crash."""
+
+    kind = "nvml"
+    estimated = False
+
+    def __init__(self, gpu_indices: Sequence[int] | None = None) -> None:
+        pynvml = _nvml_init()
+        self._pynvml = pynvml
+        self._closed = False
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+            if count == 0:
+                raise NvmlUnavailable("NVML started but found no NVIDIA GPU on this machine.")
+            indices = list(range(count)) if gpu_indices is None else [int(i) for i in gpu_indices]
+            for i in indices:
+                if not 0 <= i < count:
+                    raise CarbontopError(
+                        f"GPU {i} does not exist; this machine has {count} GPU(s), "
+                        f"numbered 0 to {count - 1}."
+                    )
+            self._handles = {i: pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices}
+            self._names = {i: _text(pynvml.nvmlDeviceGetName(h)) for i, h in self._handles.items()}
+        except pynvml.NVMLError as err:
+            self.close()
+            raise NvmlUnavailable(f"NVML could not list the GPUs ({err}).") from None
+        except CarbontopError:
+            self.close()
+            raise
+        # Readings a GPU answered with NotSupported are not asked again: each one costs a driver
+        # call on every tick. {(gpu, what)}.
+        self._unsupported: set[tuple[int, str]] = set()
+        for i, h in self._handles.items():
+            self._call(i, "energy", pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
+        self.has_energy_counter = all((i, "energy") not in self._unsupported for i in self._handles)
+
+    def device_names(self) -> dict[int, str]:
+        return dict(self._names)
+
+    def _call(self, gpu: int, what: str, fn: Any, *args: Any) -> Any:
+        """fn(*args), or None where it fails; NotSupported is remembered so it is not asked again."""
+        if (gpu, what) in self._unsupported:
+            return None
+        pynvml = self._pynvml
+        try:
+            return fn(*args)
+        except pynvml.NVMLError as err:
+            if isinstance(err, (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound)):
+                self._unsupported.add((gpu, what))
+            return None
+
+    def _instant_power_w(self, gpu: int, handle: Any) -> float | None:
+        pynvml = self._pynvml
+        if (gpu, "power_instant") not in self._unsupported:
+            values = self._call(
+                gpu,
+                "power_instant",
+                pynvml.nvmlDeviceGetFieldValues,
+                handle,
+                [NVML_FI_DEV_POWER_INSTANT],
+            )
+            if values is not None:
+                fv = values[0]
+                if fv.nvmlReturn == pynvml.NVML_SUCCESS:
+                    return _field_value(pynvml, fv) / 1000.0  # mW
+                if fv.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED:
+                    self._unsupported.add((gpu, "power_instant"))
+        # A 1 s average on Ampere and newer except A100 (FACTS.md); better than nothing.
+        mw = self._call(gpu, "power_usage", pynvml.nvmlDeviceGetPowerUsage, handle)
+        return None if mw is None else mw / 1000.0
+
+    def read(self) -> list[Sample]:
+        pynvml = self._pynvml
+        out: list[Sample] = []
+        for i, h in self._handles.items():
+            mj = self._call(i, "energy", pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
+            # The time that matters for interpolation is the counter's, so take it right after.
+            t_s = time.time()
+            power_w = self._instant_power_w(i, h)
+            mem = self._call(i, "memory", pynvml.nvmlDeviceGetMemoryInfo, h)
+            util = self._call(i, "util", pynvml.nvmlDeviceGetUtilizationRates, h)
+            temp = self._call(
+                i, "temp", pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU
+            )
+            clock = self._call(i, "clock", pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
+            out.append(
+                Sample(
+                    t_s=t_s,
+                    gpu_index=i,
+                    power_w=power_w,
+                    energy_j=None if mj is None else mj / 1000.0,
+                    mem_used_bytes=None if mem is None else int(mem.used),
+                    mem_total_bytes=None if mem is None else int(mem.total),
+                    util_pct=None if util is None else float(util.gpu),
+                    temp_c=None if temp is None else float(temp),
+                    sm_clock_mhz=None if clock is None else float(clock),
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._pynvml.nvmlShutdown()
+        except self._pynvml.NVMLError:
+            pass
+
+
+def nvml_environment() -> dict[str, object]:
+    """Driver, NVML and CUDA driver versions, and per GPU its name, memory and power limit.
+
+    Nothing that identifies the machine (serial, UUID, PCI bus) is included: run directories
+    get shared. Returns {} when NVML cannot start.
+    """
+    try:
+        pynvml = _nvml_init()
+    except NvmlUnavailable:
+        return {}
+
+    def get(fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except pynvml.NVMLError:
+            return None
+
+    try:
+        env: dict[str, object] = {}
+        driver = get(pynvml.nvmlSystemGetDriverVersion)
+        env["driver_version"] = None if driver is None else _text(driver)
+        nvml_version = get(pynvml.nvmlSystemGetNVMLVersion)
+        env["nvml_version"] = None if nvml_version is None else _text(nvml_version)
+        cuda = get(pynvml.nvmlSystemGetCudaDriverVersion)  # e.g. 12040 for 12.4
+        env["cuda_driver_version"] = None if cuda is None else f"{cuda // 1000}.{cuda % 1000 // 10}"
+        gpus: list[dict[str, object]] = []
+        for i in range(get(pynvml.nvmlDeviceGetCount) or 0):
+            h = get(pynvml.nvmlDeviceGetHandleByIndex, i)
+            if h is None:
+                continue
+            name = get(pynvml.nvmlDeviceGetName, h)
+            mem = get(pynvml.nvmlDeviceGetMemoryInfo, h)
+            limit_mw = get(pynvml.nvmlDeviceGetEnforcedPowerLimit, h)
+            cc = get(pynvml.nvmlDeviceGetCudaComputeCapability, h)
+            gpus.append(
+                {
+                    "index": i,
+                    "name": None if name is None else _text(name),
+                    "memory_total_bytes": None if mem is None else int(mem.total),
+                    "power_limit_w": None if limit_mw is None else limit_mw / 1000.0,
+                    "compute_capability": None if cc is None else f"{cc[0]}.{cc[1]}",
+                    "energy_counter": get(pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
+                    is not None,
+                }
+            )
+        env["gpus"] = gpus
+        return env
+    finally:
+        get(pynvml.nvmlShutdown)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: /proc helpers shared by RAPL and the estimate
+
+
+def cpu_model_name(proc_dir: str | Path = "/proc") -> str:
+    """The CPU's model name from /proc/cpuinfo ('model name' on x86, other keys on Arm)."""
+    try:
+        text = (Path(proc_dir) / "cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and value.strip():
+            found.setdefault(key.strip().lower(), value.strip())
+    for key in ("model name", "hardware", "processor", "cpu model"):
+        value = found.get(key)
+        if value and not value.isdigit():  # on x86 'processor' is just the CPU number
+            return value
+    return platform.processor() or platform.machine() or "unknown model"
+
+
+def _read_meminfo(proc_dir: Path) -> tuple[int | None, int | None]:
+    """(used, total) bytes of system memory; used = MemTotal - MemAvailable."""
+    fields: dict[str, int] = {}
+    try:
+        with open(proc_dir / "meminfo") as f:
+            for line in f:  # the two wanted lines come first; stop there (this runs every tick)
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemFree", "MemAvailable"):
+                    fields[key] = int(rest.split()[0]) * 1024  # says kB, means KiB
+                    if "MemAvailable" in fields and "MemTotal" in fields:
+                        break
+        total = fields["MemTotal"]
+        return total - fields.get("MemAvailable", fields.get("MemFree", 0)), total
+    except (OSError, KeyError, ValueError, IndexError):
+        return None, None
+
+
+class _CpuLoad:
+    """Whole-machine CPU load from the deltas of /proc/stat's first line."""
+
+    def __init__(self, proc_dir: Path) -> None:
+        self._path = proc_dir / "stat"
+        self._last = self._jiffies()
+        self.load = 0.0  # 0..1, over the span between the last two reads
+
+    def _jiffies(self) -> tuple[int, int] | None:
+        """(busy, total) jiffies since boot, or None where /proc/stat cannot be read."""
+        try:
+            with open(self._path) as f:
+                parts = f.readline().split()
+        except OSError:
+            return None
+        if not parts or parts[0] != "cpu":
+            return None
+        # user nice system idle iowait irq softirq steal [guest guest_nice]; guest time is already
+        # inside user and nice, so only the first eight columns make up the total.
+        values = [int(x) for x in parts[1:9]]
+        total = sum(values)
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        return total - idle, total
+
+    def update(self) -> float:
+        now = self._jiffies()
+        if now is not None and self._last is not None:
+            d_total = now[1] - self._last[1]
+            if d_total > 0:  # under one jiffy since the last read: keep the last load
+                self.load = min(1.0, max(0.0, (now[0] - self._last[0]) / d_total))
+        if now is not None:
+            self._last = now
+        return self.load
+
+
+# ---------------------------------------------------------------------------------------------
+# RAPL
+
+
+class RaplSource:
+    """CPU package energy from Linux powercap RAPL counters, summed over the packages.
+
+    Reads /sys/class/powercap/intel-rapl:N/energy_uj for the package domains (intel-rapl:N, not
+    the sub-domains intel-rapl:N:M, which are parts of a package; not 'psys', which is the whole
+    platform and would count the packages twice). The counters wrap at max_energy_range_uj; the
+    source unwraps them into one running total, in joules since the source was opened.
+    """
+
+    kind = "rapl"
+    estimated = False
+    has_energy_counter = True
+
+    def __init__(
+        self, powercap_dir: str | Path = "/sys/class/powercap", proc_dir: str | Path = "/proc"
+    ) -> None:
+        self._proc_dir = Path(proc_dir)
+        root = Path(powercap_dir)
+        domains: list[Path] = []
+        for path in sorted(root.glob("intel-rapl:*")):
+            if path.name.count(":") != 1:
+                continue
+            try:
+                name = (path / "name").read_text().strip()
+            except OSError:
+                name = "package"
+            if name.startswith("package"):
+                domains.append(path)
+        if not domains:
+            raise CarbontopError(f"No RAPL package counter was found under {root}.")
+        self._domains = domains
+        try:
+            self._max_uj = [int((d / "max_energy_range_uj").read_text()) for d in domains]
+            self._last_uj = [self._read_uj(d) for d in domains]
+        except (OSError, ValueError) as err:
+            # Since the PLATYPUS fix (CVE-2020-8694) energy_uj is readable by root only on most
+            # distributions.
+            raise CarbontopError(
+                f"The RAPL counters under {root} cannot be read ({err.__class__.__name__})."
+            ) from None
+        self._total_uj = 0
+        self._last_t = time.time()
+        self._last_total_j = 0.0
+        self._load = _CpuLoad(self._proc_dir)
+        self._name = f"CPU: {cpu_model_name(self._proc_dir)}"
+
+    @staticmethod
+    def _read_uj(domain: Path) -> int:
+        with open(domain / "energy_uj") as f:
+            return int(f.read())
+
+    def device_names(self) -> dict[int, str]:
+        return {-1: self._name}
+
+    def read(self) -> list[Sample]:
+        for k, domain in enumerate(self._domains):
+            try:
+                raw = self._read_uj(domain)
+            except (OSError, ValueError):
+                continue  # this domain's energy since the last good read is added next time
+            delta = raw - self._last_uj[k]
+            if delta < 0:  # wrapped past max_energy_range_uj
+                delta += self._max_uj[k]
+            self._total_uj += delta
+            self._last_uj[k] = raw
+        t_s = time.time()
+        energy_j = self._total_uj / 1e6
+        dt = t_s - self._last_t
+        power_w = (energy_j - self._last_total_j) / dt if dt > 0 else None
+        self._last_t, self._last_total_j = t_s, energy_j
+        load = self._load.update()
+        used, total = _read_meminfo(self._proc_dir)
+        return [
+            Sample(
+                t_s=t_s,
+                gpu_index=-1,
+                power_w=power_w,
+                energy_j=energy_j,
+                mem_used_bytes=used,
+                mem_total_bytes=total,
+                util_pct=100.0 * load,
+            )
+        ]
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimate
+
+
+class EstimateSource:
+    """CPU power modelled from TDP and load, where no counter can be read. estimated=True.
+
+    Model (CodeCarbon's "cpu_load" mode for a whole machine, codecarbon/external/hardware.py,
+    CPU._get_power_from_cpu_load):
+
+        power_w = tdp_w x (0.1 + 0.9 x load^3)
+
+    where load (0..1) is the whole machine's busy share of CPU time over the span since the last
+    read, from /proc/stat. Without a TDP it uses CodeCarbon's generic 85 W (POWER_CONSTANT).
+    Energy is this power integrated over time (each span's power times its length, exact for the
+    model because the load is that span's mean), so energy_j runs like a counter from 0 at open.
+    It is a guess: a real CPU's power depends on frequency, memory traffic and the whole board.
+    """
+
+    kind = "estimate"
+    estimated = True
+    has_energy_counter = False  # energy_j is the model's integral, not a hardware counter
+
+    def __init__(self, tdp_w: float | None = None, proc_dir: str | Path = "/proc") -> None:
+        if tdp_w is not None and tdp_w <= 0:
+            raise ConfigError(f"The CPU TDP must be more than 0 W, not {tdp_w}.", "tdp_w")
+        self.tdp_is_default = tdp_w is None
+        self.tdp_w = DEFAULT_CPU_TDP_W if tdp_w is None else float(tdp_w)
+        self._proc_dir = Path(proc_dir)
+        self._name = f"CPU: {cpu_model_name(self._proc_dir)}"
+        self._load = _CpuLoad(self._proc_dir)
+        self._last_t = time.time()
+        self._energy_j = 0.0
+        generic = " (generic)" if self.tdp_is_default else ""
+        self.note = (
+            f"CPU power estimated as {self.tdp_w:g} W TDP{generic} x (0.1 + 0.9 x load^3), "
+            "CodeCarbon's load model; no hardware counter was readable."
+        )
+
+    def power_w(self, load: float) -> float:
+        return self.tdp_w * (
+            ESTIMATE_IDLE_SHARE + (1.0 - ESTIMATE_IDLE_SHARE) * load**ESTIMATE_LOAD_EXPONENT
+        )
+
+    def device_names(self) -> dict[int, str]:
+        return {-1: self._name}
+
+    def read(self) -> list[Sample]:
+        load = self._load.update()
+        t_s = time.time()
+        power_w = self.power_w(load)
+        self._energy_j += power_w * max(0.0, t_s - self._last_t)
+        self._last_t = t_s
+        used, total = _read_meminfo(self._proc_dir)
+        return [
+            Sample(
+                t_s=t_s,
+                gpu_index=-1,
+                power_w=power_w,
+                energy_j=self._energy_j,
+                mem_used_bytes=used,
+                mem_total_bytes=total,
+                util_pct=100.0 * load,
+            )
+        ]
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def open_power_source(device: str, gpus: Sequence[int] | None = None) -> PowerSource:
+    """The best source for a device.
+
+    'cuda': NVML, or CarbontopError where NVML or a GPU is missing or a named index does not exist.
+    'cpu': RAPL where its counters are readable, else the estimate.
+    'auto': NVML where it starts and sees a GPU, else as 'cpu'. A GPU index that does not exist
+    is still an error: the user named it.
+    """
+    if device == "cuda":
+        return NvmlSource(gpus)
+    if device == "auto":
+        try:
+            return NvmlSource(gpus)
+        except NvmlUnavailable:
+            pass
+    elif device != "cpu":
+        raise ConfigError(f"Device must be one of auto, cpu, cuda, not '{device}'.", "device")
+    try:
+        return RaplSource()
+    except CarbontopError:
+        return EstimateSource()
+
+
+__all__ = [
+    "DEFAULT_CPU_TDP_W",
+    "EstimateSource",
+    "NVML_FI_DEV_POWER_INSTANT",
+    "NvmlSource",
+    "NvmlUnavailable",
+    "PowerSource",
+    "RaplSource",
+    "cpu_model_name",
+    "nvml_environment",
+    "open_power_source",
+]

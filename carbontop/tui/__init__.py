@@ -1,0 +1,1 @@
+"""The Textual app that `carbontop` opens. Import `carbontop.tui.app` for `run_app`."""

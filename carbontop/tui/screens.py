@@ -1,0 +1,268 @@
+"""Modal screens: help, confirm, error, export path, open a saved run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from carbontop.errors import CarbontopError
+
+# (key, what it does): the help screen's list; the footer shows the same keys
+KEYS: tuple[tuple[str, str], ...] = (
+    ("s", "Start a sweep with the run configuration (fields are checked first)"),
+    ("c", "Cancel the sweep: the running point stops, finished points stay"),
+    ("e", "Export the results to CSV (asks for a path)"),
+    ("o", "Open a saved run directory (table and power trace, no GPU needed)"),
+    ("f", "Show or hide the run configuration form"),
+    ("t", "Next colour theme"),
+    ("?", "This help"),
+    ("q", "Quit (asks first while a sweep runs); ctrl+q does the same"),
+    ("tab / shift+tab", "Move between the form fields and the panes"),
+    ("escape", "Leave a form field (so the letter keys act again); close a dialog"),
+    ("↑ ↓ ← →", "Move in the results table (scroll right for more columns)"),
+)
+
+
+class _Dialog(ModalScreen[Any]):
+    DEFAULT_CSS = """
+    _Dialog { align: center middle; }
+    _Dialog > Vertical {
+        width: 76; max-width: 95%; height: auto; max-height: 90%;
+        border: thick $primary; background: $surface; padding: 0 1;
+    }
+    _Dialog .title { text-style: bold; width: 1fr; margin-bottom: 1; }
+    _Dialog .buttons { height: auto; align-horizontal: right; margin-top: 1; }
+    _Dialog Button { margin-left: 1; }
+    _Dialog .error-line { color: $error; height: auto; }
+    """
+
+
+class HelpScreen(_Dialog):
+    BINDINGS = [
+        Binding("escape", "close", "Close"),
+        Binding("question_mark", "close", "Close", show=False),
+        Binding("q", "close", "Close", show=False),
+    ]
+
+    def compose(self) -> ComposeResult:
+        width = max(len(k) for k, _ in KEYS)
+        lines = "\n".join(f"[b $accent]{k.ljust(width)}[/]  {text}" for k, text in KEYS)
+        with Vertical():
+            yield Label("carbontop: keys", classes="title")
+            yield Static(lines, id="help-keys")
+            yield Static(
+                "\n[$text-muted]Figures: tok/s = output tokens / wall time; s/tok = mean end-to-end time "
+                "per output token; J/tok from the GPU energy counter; gCO2e/tok = energy × PUE × grid "
+                "intensity (operational); MFU / MBU against the card's dense peak.[/]"
+            )
+            with Horizontal(classes="buttons"):
+                yield Button("Close", variant="primary", id="close")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmScreen(_Dialog):
+    """A yes/no question; dismisses with True for yes."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n", "answer(False)", "No"),
+        Binding("escape", "answer(False)", "No", show=False),
+    ]
+
+    def __init__(self, title: str, question: str, yes: str = "Yes", no: str = "No") -> None:
+        super().__init__()
+        self._title, self._question, self._yes, self._no = title, question, yes, no
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self._title, classes="title")
+            yield Static(self._question)
+            with Horizontal(classes="buttons"):
+                yield Button(f"{self._no} (n)", id="no")
+                yield Button(f"{self._yes} (y)", variant="error", id="yes")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class ErrorScreen(_Dialog):
+    """A failure the user should read: one sentence, or an unexpected error's text."""
+
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("enter", "close", "Close", show=False)]
+
+    def __init__(self, title: str, message: str) -> None:
+        super().__init__()
+        self._title, self._message = title, message
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="error-dialog"):
+            yield Label(self._title, classes="title")
+            yield Static(self._message, markup=False, id="error-message")
+            with Horizontal(classes="buttons"):
+                yield Button("OK", variant="primary", id="ok")
+
+    def on_mount(self) -> None:
+        self.query_one("#ok", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class ExportScreen(_Dialog):
+    """Asks where to write the CSV; dismisses with a Path, or None when cancelled."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, default: Path) -> None:
+        super().__init__()
+        self._default = default
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Export the results to CSV", classes="title")
+            yield Label("File to write (enter to export, escape to cancel):")
+            yield Input(str(self._default), id="export-path")
+            yield Static("", classes="error-line", id="export-error")
+            with Horizontal(classes="buttons"):
+                yield Button("Cancel", id="cancel")
+                yield Button("Export", variant="primary", id="export")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def _submit(self) -> None:
+        text = self.query_one(Input).value.strip()
+        if not text:
+            self.query_one("#export-error", Static).update("Give a file path.")
+            return
+        self.dismiss(Path(text).expanduser())
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self._submit()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "export":
+            self._submit()
+        else:
+            self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def recent_runs(runs_dir: Path | None, limit: int = 30) -> list[Path]:
+    """Run directories under `runs_dir` (those with a run.toml), newest first."""
+    if runs_dir is None or not runs_dir.is_dir():
+        return []
+    found: list[tuple[float, Path]] = []
+    for child in runs_dir.iterdir():
+        marker = child / "run.toml"
+        try:
+            if child.is_dir() and marker.exists():
+                found.append((marker.stat().st_mtime, child))
+        except OSError:
+            continue
+    found.sort(reverse=True)
+    return [p for _, p in found[:limit]]
+
+
+class OpenScreen(_Dialog):
+    """Asks for a run directory (typed, or picked from the recent ones); dismisses with what
+    `loader` returned for it, or None. A path the loader refuses keeps the dialog open."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    OpenScreen OptionList { height: auto; max-height: 12; margin-top: 1; }
+    """
+
+    def __init__(self, loader: Callable[[Path], Any], recent: list[Path], start: str = "") -> None:
+        super().__init__()
+        self._loader = loader
+        self._recent = recent
+        self._start = start
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Open a saved run", classes="title")
+            yield Label("Run directory (enter to open, escape to cancel):")
+            yield Input(self._start, placeholder="path/to/run-directory", id="open-path")
+            yield Static("", classes="error-line", id="open-error")
+            if self._recent:
+                yield Label("Recent runs (newest first):")
+                now = time.time()
+                yield OptionList(
+                    *[Option(f"{p.name}  [dim]{_age(now - p.stat().st_mtime)}[/]", id=str(p))
+                      for p in self._recent],
+                    id="recent-runs",
+                )
+            else:
+                yield Label("[dim]No runs in the default runs folder yet.[/]")
+            with Horizontal(classes="buttons"):
+                yield Button("Cancel", id="cancel")
+                yield Button("Open", variant="primary", id="open")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def _try_open(self, text: str) -> None:
+        text = text.strip()
+        if not text:
+            self.query_one("#open-error", Static).update("Give a run directory.")
+            return
+        try:
+            saved = self._loader(Path(text).expanduser())
+        except CarbontopError as exc:
+            self.query_one("#open-error", Static).update(str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a damaged run must not take the app down
+            self.query_one("#open-error", Static).update(f"{type(exc).__name__}: {exc}")
+            return
+        self.dismiss(saved)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self._try_open(event.value)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        path = event.option.id or ""
+        self.query_one(Input).value = path
+        self._try_open(path)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "open":
+            self._try_open(self.query_one(Input).value)
+        else:
+            self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{max(0, int(seconds // 60))} min ago"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h ago"
+    return f"{int(seconds // 86400)} d ago"

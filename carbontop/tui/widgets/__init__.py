@@ -1,0 +1,1 @@
+"""The app's panes: run configuration, live telemetry, sweep progress, results."""

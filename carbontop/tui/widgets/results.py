@@ -1,0 +1,164 @@
+"""The results table: one row per finished point, units in the headers, the best point marked."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+from carbontop.tui import format as fmt
+from carbontop.tui.widgets.sweep import status_name
+
+BEST_MARK = "★"
+RECOMMENDED_MARK = "✓"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # PointResult field (points.csv column)
+    header: str  # two lines at most: units always in the header
+    render: Callable[[Any], str]
+
+
+def _num(row: Mapping[str, Any], key: str) -> float | None:
+    value = row.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+# The first eleven fit 80 columns; the rest are there on a wide terminal (or by scrolling right).
+COLUMNS: tuple[Column, ...] = (
+    Column("tokens_per_s", "tok/s", lambda v: fmt.sig(v, 4) if v is not None and v < 1000 else fmt.fixed(v, 0)),
+    Column("s_per_token", "s/tok", lambda v: fmt.sig(v, 3)),
+    Column("ttft_p50_s", "TTFT\np50 s", lambda v: fmt.sig(v, 3)),
+    Column("tpot_p50_s", "TPOT\np50 ms", lambda v: fmt.sig(None if v is None else v * 1000, 3)),
+    Column("j_per_token", "J/tok", lambda v: fmt.sig(v, 3)),
+    Column("gco2e_per_token", "gCO2e\n/tok", fmt.carbon),
+    Column("mfu", "MFU\n%", lambda v: fmt.fixed(v, 1, 100.0)),
+    Column("mbu", "MBU\n%", lambda v: fmt.fixed(v, 1, 100.0)),
+    Column("peak_mem_gb", "peak\nGB", lambda v: fmt.fixed(v, 1)),
+    Column("ttft_p90_s", "TTFT\np90 s", lambda v: fmt.sig(v, 3)),
+    Column("tpot_p90_s", "TPOT\np90 ms", lambda v: fmt.sig(None if v is None else v * 1000, 3)),
+    Column("energy_j", "energy\nJ", lambda v: fmt.sig(v, 4)),
+    Column("avg_power_w", "power\nW", lambda v: fmt.fixed(v, 0)),
+    Column("embodied_gco2e_per_token", "embodied\ngCO2e/tok", fmt.carbon),
+    Column("total_gco2e_per_token", "total\ngCO2e/tok", fmt.carbon),
+    Column("intensity_gco2e_per_kwh", "grid\ngCO2e/kWh", lambda v: fmt.fixed(v, 0)),
+    Column("duration_s", "time\ns", lambda v: fmt.sig(v, 3)),
+)
+STATUS_WORDS = {"ok": "ok", "kv_bound": "KV", "oom": "OOM", "crashed": "crash",
+                "cancelled": "cancel", "error": "error"}
+
+
+def point_row(point: Any) -> dict[str, Any]:
+    """A PointResult (live) or a points.csv row (saved run) as one plain dict."""
+    if dataclasses.is_dataclass(point) and not isinstance(point, type):
+        row = dataclasses.asdict(point)
+    else:
+        row = dict(point)
+    row["status"] = status_name(row.get("status")) or "ok"
+    row["batch_size"] = int(float(row["batch_size"]))
+    return row
+
+
+def best_batch(rows: Mapping[int, Mapping[str, Any]]) -> int | None:
+    """The finished point with the lowest operational gCO2e per token (ties: the smaller batch)."""
+    scored = [
+        (value, b) for b, row in rows.items()
+        if row.get("status") == "ok" and (value := _num(row, "gco2e_per_token")) is not None
+    ]
+    return min(scored)[1] if scored else None
+
+
+class ResultsPane(Vertical):
+    DEFAULT_CSS = """
+    ResultsPane { height: 1fr; }
+    ResultsPane DataTable { height: 1fr; }
+    ResultsPane #results-caption { height: auto; color: $text-muted; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.recommended: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield DataTable(header_height=2, cursor_type="row", zebra_stripes=True, id="results-table")
+        yield Static("", id="results-caption")
+
+    def on_mount(self) -> None:
+        self.border_title = "Results"
+        table = self.query_one(DataTable)
+        table.add_column(Text("batch"), key="batch_size")
+        table.add_column(Text("status"), key="status")
+        for column in COLUMNS:
+            table.add_column(Text(column.header, justify="right"), key=column.key)
+        self._redraw()
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one(DataTable)
+
+    def clear(self) -> None:
+        self.rows = {}
+        self.recommended = None
+        self._redraw()
+
+    def add_point(self, point: Any) -> None:
+        row = point_row(point)
+        self.rows[row["batch_size"]] = row
+        self._redraw()
+
+    def set_points(self, points: list[Any], recommended: int | None = None) -> None:
+        self.rows = {}
+        for point in points:
+            row = point_row(point)
+            self.rows[row["batch_size"]] = row
+        self.recommended = recommended
+        self._redraw()
+
+    def set_recommended(self, batch_size: int | None) -> None:
+        self.recommended = batch_size
+        self._redraw()
+
+    def _redraw(self) -> None:
+        """Rebuild in batch order: the search runs sizes out of order, and marks move."""
+        table = self.table
+        cursor = table.cursor_row
+        table.clear()
+        best = best_batch(self.rows)
+        for b in sorted(self.rows):
+            row = self.rows[b]
+            marks = (BEST_MARK if b == best else "") + (RECOMMENDED_MARK if b == self.recommended else "")
+            status = row["status"]
+            cells: list[Any] = [
+                Text(f"{marks}{b}".rjust(5), style="bold" if marks else ""),
+                Text(STATUS_WORDS.get(status, status), style="" if status == "ok" else "italic"),
+            ]
+            for column in COLUMNS:
+                cells.append(Text(column.render(_num(row, column.key)), justify="right"))
+            table.add_row(*cells, key=str(b))
+        if self.rows:
+            table.move_cursor(row=min(cursor, len(self.rows) - 1))
+        caption = self.query_one("#results-caption", Static)
+        if not self.rows:
+            caption.update("Rows appear here as sweep points finish.")
+            return
+        notes = []
+        if best is not None:
+            notes.append(f"{BEST_MARK} lowest gCO2e/token: batch {best}")
+        if self.recommended is not None:
+            notes.append(f"{RECOMMENDED_MARK} recommended: batch {self.recommended}")
+        caption.update("  ·  ".join(notes) if notes else "No point finished cleanly yet.")

@@ -1,0 +1,178 @@
+"""The sweep pane: every batch size tried or planned, the running point's progress and phase,
+and how the search is narrowing the out-of-memory boundary."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import ProgressBar, Static
+
+from carbontop.tui.format import duration
+
+# status -> (mark, theme colour); the words are in the pane's subtitle as a legend
+STATUS_MARKS: dict[str, tuple[str, str]] = {
+    "pending": ("·", "$text-muted"),
+    "running": ("▶", "$accent"),
+    "ok": ("✓", "$success"),
+    "kv_bound": ("KV", "$warning"),
+    "oom": ("OOM", "$error"),
+    "crashed": ("crash", "$error"),
+    "cancelled": ("cancelled", "$warning"),
+    "error": ("error", "$error"),
+}
+LEGEND = "✓ done  ▶ running  · pending  OOM/KV/crash: did not fit"
+
+PHASES = {
+    "loading": "loading model",
+    "idle-power": "measuring idle power",
+    "warmup": "warm-up",
+    "compiling": "compiling",
+    "measuring": "measuring",
+    "restarting": "restarting engine",
+}
+
+
+def status_name(status: object) -> str:
+    """PointStatus members and the strings of a saved run both come out as 'ok', 'oom', ..."""
+    value = getattr(status, "value", status)
+    return str(value or "").lower()
+
+
+class SweepPane(Vertical):
+    DEFAULT_CSS = """
+    SweepPane { height: auto; }
+    SweepPane #sweep-points { height: auto; }
+    SweepPane #sweep-progress-row { height: 1; }
+    SweepPane #sweep-phase { width: auto; max-width: 30; padding-right: 1; color: $accent; }
+    SweepPane ProgressBar { width: auto; }
+    SweepPane ProgressBar Bar { width: 20; }
+    SweepPane #sweep-eta { width: 1fr; padding-left: 1; color: $text-muted; }
+    SweepPane #sweep-status { height: auto; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.points: dict[int, str] = {}
+        self.auto = False
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="sweep-points")
+        with Horizontal(id="sweep-progress-row"):
+            yield Static("", id="sweep-phase")
+            yield ProgressBar(total=None, show_eta=False, id="sweep-progress")
+            yield Static("", id="sweep-eta")
+        yield Static("", id="sweep-status")
+
+    def on_mount(self) -> None:
+        self.border_title = "Sweep"
+        self.border_subtitle = LEGEND
+        self.reset("No sweep yet. [b]s[/b] starts one with the run configuration ([b]f[/b] shows it).")
+
+    # ---- state changes ------------------------------------------------------------------
+
+    def reset(self, status: str = "") -> None:
+        self.points = {}
+        self.auto = False
+        self._render_points()
+        self.set_phase("")
+        self.query_one("#sweep-progress", ProgressBar).update(total=None, progress=0)
+        self.query_one("#sweep-progress-row").display = False
+        self.set_status(status)
+
+    def started(self, planned: tuple[int, ...], auto: bool, run_dir: str) -> None:
+        self.auto = auto
+        for b in planned:
+            self.points.setdefault(int(b), "pending")
+        self.border_title = f"Sweep · {run_dir}" if run_dir else "Sweep"
+        self._render_points()
+        plan = "doubling until memory runs out, then bisecting" if auto else "the listed batch sizes"
+        self.set_status(f"Running {plan}.")
+
+    def set_phase(self, phase: str, batch_size: int | None = None, detail: str = "") -> None:
+        text = PHASES.get(phase, phase)
+        if batch_size is not None and text:
+            text = f"{text} · batch {batch_size}"
+        if detail:
+            text = f"{text} ({detail})" if text else detail
+        widget = self.query_one("#sweep-phase", Static)
+        widget.update(text)
+        if text:
+            self.query_one("#sweep-progress-row").display = True
+
+    def point_started(self, batch_size: int, n_requests: int) -> None:
+        for b, s in self.points.items():  # at most one point runs at a time
+            if s == "running":
+                self.points[b] = "pending"
+        self.points[int(batch_size)] = "running"
+        self._render_points()
+        self.query_one("#sweep-progress-row").display = True
+        self.query_one("#sweep-progress", ProgressBar).update(total=max(1, n_requests), progress=0)
+        self.query_one("#sweep-eta", Static).update(f"0/{n_requests} requests")
+
+    def progress(self, batch_size: int, done: int, total: int, elapsed_s: float, eta_s: float | None) -> None:
+        self.query_one("#sweep-progress", ProgressBar).update(total=max(1, total), progress=done)
+        eta = f" · ETA {duration(eta_s)}" if eta_s is not None else ""
+        self.query_one("#sweep-eta", Static).update(f"{done}/{total} requests · {duration(elapsed_s)}{eta}")
+
+    def point_finished(self, batch_size: int, status: object) -> None:
+        self.points[int(batch_size)] = status_name(status) or "ok"
+        self._render_points()
+        self.query_one("#sweep-progress", ProgressBar).update(total=None, progress=0)
+        self.query_one("#sweep-eta", Static).update("")
+
+    def boundary(self, largest_ok: int | None, smallest_failed: int | None, next_batch: int | None) -> None:
+        if next_batch is not None:
+            self.points.setdefault(int(next_batch), "pending")
+            self._render_points()
+        parts = []
+        if largest_ok is not None:
+            parts.append(f"fits at {largest_ok}")
+        if smallest_failed is not None:
+            parts.append(f"fails at {smallest_failed}")
+        if next_batch is not None:
+            parts.append(f"next {next_batch}")
+        elif largest_ok is not None and smallest_failed is not None:
+            parts.append("boundary found")
+        self.set_status("Memory boundary: " + " · ".join(parts) if parts else "")
+
+    def finished(self, status: str, message: str = "", recommended: int | None = None) -> None:
+        self.auto = False
+        for b, s in self.points.items():
+            if s == "running":
+                self.points[b] = "cancelled" if status == "cancelled" else "error"
+        self._render_points()
+        self.set_phase("")
+        self.query_one("#sweep-progress-row").display = False
+        done = sum(1 for s in self.points.values() if s == "ok")
+        words = {"done": "Sweep finished", "cancelled": "Sweep cancelled", "error": "Sweep failed"}
+        text = f"{words.get(status, 'Sweep ' + status)}: {done} point{'s' if done != 1 else ''} measured."
+        if recommended is not None:
+            text += f" Recommended batch: [b]{recommended}[/b]."
+        if message:
+            text += f" {message}"
+        self.set_status(text)
+
+    def show_saved(self, statuses: dict[int, str], run_status: str, path: str) -> None:
+        self.points = {int(b): status_name(s) for b, s in statuses.items()}
+        self.border_title = f"Sweep · {path}"
+        self._render_points()
+        self.set_phase("")
+        self.query_one("#sweep-progress-row").display = False
+        self.set_status(f"Saved run ({run_status or 'unknown status'}), {len(self.points)} points.")
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#sweep-status", Static).update(text)
+
+    # ---- drawing ------------------------------------------------------------------------
+
+    def _render_points(self) -> None:
+        if not self.points:
+            self.query_one("#sweep-points", Static).update("[$text-muted]batch sizes: none yet[/]")
+            return
+        chips = []
+        for b in sorted(self.points):
+            mark, colour = STATUS_MARKS.get(self.points[b], (self.points[b], "$text"))
+            style = f"bold {colour}" if self.points[b] == "running" else colour
+            chips.append(f"[{style}]{b} {mark}[/]")
+        suffix = " [$text-muted]…[/]" if self.auto else ""
+        self.query_one("#sweep-points", Static).update("batch  " + "  ".join(chips) + suffix)

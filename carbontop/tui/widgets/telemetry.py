@@ -1,0 +1,211 @@
+"""Live telemetry: per device, power (W) and memory used (GB) over the last minute."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Label, Static
+
+from carbontop.tui.widgets.sparkline import RangeSparkline
+
+WINDOW_S = 60.0
+GB = 1e9
+
+
+def _get(sample: Any, name: str) -> Any:
+    """Samples are records.Sample objects (live) or dicts (a saved run's power.csv rows)."""
+    if isinstance(sample, Mapping):
+        return sample.get(name)
+    return getattr(sample, name, None)
+
+
+@dataclass
+class DeviceSeries:
+    """What one device row shows, already reduced to plain numbers."""
+
+    index: int
+    name: str
+    times: list[float] = field(default_factory=list)
+    power_w: list[float | None] = field(default_factory=list)
+    mem_gb: list[float | None] = field(default_factory=list)
+    mem_total_gb: float | None = None
+
+    @classmethod
+    def from_samples(cls, index: int, name: str, samples: Iterable[Any]) -> DeviceSeries:
+        series = cls(index=index, name=name)
+        for s in samples:
+            t = _get(s, "t_s")
+            if t is None:
+                continue
+            series.times.append(float(t))
+            p = _get(s, "power_w")
+            series.power_w.append(None if p is None else float(p))
+            m = _get(s, "mem_used_bytes")
+            series.mem_gb.append(None if m is None else float(m) / GB)
+            total = _get(s, "mem_total_bytes")
+            if total:
+                series.mem_total_gb = float(total) / GB
+        return series
+
+
+def _stats(values: list[float | None]) -> tuple[float, float, float] | None:
+    """(current, min, max) of the readings there are."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return present[-1], min(present), max(present)
+
+
+def device_label(index: int, name: str) -> str:
+    if index < 0:
+        return name or "CPU"
+    return f"GPU {index} · {name}" if name else f"GPU {index}"
+
+
+class DeviceView(Vertical):
+    """Name line, then a power row and a memory row: label, sparkline, current/min/max."""
+
+    DEFAULT_CSS = """
+    DeviceView { height: auto; }
+    DeviceView .device-name { text-style: bold; height: 1; }
+    DeviceView Horizontal { height: auto; }
+    DeviceView .metric { width: 7; color: $text-muted; }
+    DeviceView .stats { width: 27; padding-left: 1; }
+    """
+
+    def __init__(self, index: int) -> None:
+        super().__init__(id=f"device-{'cpu' if index < 0 else index}", classes="device")
+        self.index = index
+        # ceilings only grow, so a busy minute and the idle one after it share one scale
+        self._power_ceiling_w = 0.0
+        self._mem_ceiling_gb = 0.0
+        self._pending: tuple[DeviceSeries, float, float, str] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label("", classes="device-name")
+        with Horizontal():
+            yield Label("power", classes="metric")
+            yield RangeSparkline(classes="power")
+            yield Label("", classes="stats power-stats")
+        with Horizontal():
+            yield Label("memory", classes="metric")
+            yield RangeSparkline(classes="memory")
+            yield Label("", classes="stats memory-stats")
+
+    def on_mount(self) -> None:
+        if self._pending is not None:
+            series, t_end, span_s, suffix = self._pending
+            self.show(series, t_end=t_end, span_s=span_s, suffix=suffix)
+
+    def show(self, series: DeviceSeries, *, t_end: float, span_s: float, suffix: str = "") -> None:
+        if not self.is_mounted:  # just mounted by the pane: draw once the rows exist
+            self._pending = (series, t_end, span_s, suffix)
+            return
+        self.query_one(".device-name", Label).update(device_label(series.index, series.name) + suffix)
+        power = _stats(series.power_w)
+        if power:
+            self._power_ceiling_w = max(self._power_ceiling_w, power[2])
+        self.query_one(".power", RangeSparkline).set_series(
+            series.times, series.power_w, t_end=t_end, span_s=span_s, v_max=self._power_ceiling_w
+        )
+        self.query_one(".power-stats", Label).update(
+            f"{power[0]:5.0f} W  min {power[1]:.0f} max {power[2]:.0f}" if power else "  n/a"
+        )
+        mem = _stats(series.mem_gb)
+        if mem:
+            self._mem_ceiling_gb = max(self._mem_ceiling_gb, series.mem_total_gb or mem[2])
+        self.query_one(".memory", RangeSparkline).set_series(
+            series.times, series.mem_gb, t_end=t_end, span_s=span_s, v_max=self._mem_ceiling_gb
+        )
+        self.query_one(".memory-stats", Label).update(
+            f"{mem[0]:5.1f} GB min {mem[1]:.1f} max {mem[2]:.1f}" if mem else "  n/a"
+        )
+
+
+class TelemetryPane(VerticalScroll):
+    """One DeviceView per device; fed by the app from a live sampler or a saved power trace."""
+
+    DEFAULT_CSS = """
+    TelemetryPane { height: auto; }
+    TelemetryPane #telemetry-note { color: $text-muted; height: auto; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("Waiting for the first power reading…", id="telemetry-note")
+
+    def on_mount(self) -> None:
+        self.border_title = "Telemetry"
+
+    def note(self, text: str) -> None:
+        note = self.query_one("#telemetry-note", Static)
+        note.update(text)
+        note.display = bool(text)
+
+    def clear_devices(self) -> None:
+        for view in list(self.query(DeviceView)):
+            view.remove()
+
+    def _view(self, index: int) -> DeviceView:
+        for view in self.query(DeviceView):
+            if view.index == index:
+                return view
+        view = DeviceView(index)
+        self.mount(view)
+        return view
+
+    def _show(self, devices: list[DeviceSeries], t_end: float, span_s: float, suffix: str) -> None:
+        wanted = {d.index for d in devices}
+        for view in list(self.query(DeviceView)):
+            if view.index not in wanted:
+                view.remove()
+        for series in sorted(devices, key=lambda d: d.index):
+            self._view(series.index).show(series, t_end=t_end, span_s=span_s, suffix=suffix)
+
+    def show_live(self, sampler: Any) -> None:
+        """Pull the last minute from a TelemetrySampler (or anything with the same methods)."""
+        source = getattr(sampler, "source", None)
+        kind = getattr(source, "kind", "") or ""
+        estimated = bool(getattr(source, "estimated", False))
+        self.border_title = "Telemetry" + (f" · {kind}" if kind else "") + (" · estimated" if estimated else "")
+        latest: dict[int, Any] = sampler.latest() or {}
+        if not latest:
+            self.note("Waiting for the first power reading…")
+            return
+        self.note("")
+        names: dict[int, str] = {}
+        if source is not None and hasattr(source, "device_names"):
+            names = dict(source.device_names() or {})
+        t_end = max(float(_get(s, "t_s") or 0.0) for s in latest.values())
+        devices = [
+            DeviceSeries.from_samples(index, names.get(index, ""), sampler.samples(t0=t_end - WINDOW_S, gpu=index))
+            for index in latest
+        ]
+        self._show(devices, t_end, WINDOW_S, " · estimated" if estimated else "")
+
+    def show_trace(self, rows: list[dict[str, Any]], names: Mapping[int, str] | None = None,
+                   *, estimated: bool = False) -> None:
+        """A saved run's whole power trace (power.csv rows), on one screen width."""
+        self.border_title = "Power trace · saved run" + (" · estimated" if estimated else "")
+        by_device: dict[int, list[dict[str, Any]]] = {}
+        for row in rows:
+            index = row.get("gpu_index")
+            if index is None or row.get("t_s") is None:
+                continue
+            by_device.setdefault(int(index), []).append(row)
+        if not by_device:
+            self.clear_devices()
+            self.note("This run has no power readings.")
+            return
+        self.note("")
+        t_start = min(float(r["t_s"]) for rs in by_device.values() for r in rs)
+        t_end = max(float(r["t_s"]) for rs in by_device.values() for r in rs)
+        names = names or {}
+        devices = [
+            DeviceSeries.from_samples(i, names.get(i, ""), sorted(rs, key=lambda r: float(r["t_s"])))
+            for i, rs in by_device.items()
+        ]
+        self._show(devices, t_end, max(1.0, t_end - t_start), " · estimated" if estimated else "")

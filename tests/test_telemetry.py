@@ -1,0 +1,628 @@
+"""Telemetry: NVML (through a fake pynvml), RAPL (a fake sysfs tree), the estimate, the sampler."""
+
+from __future__ import annotations
+
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from carbontop.core.records import Sample
+from carbontop.errors import CarbontopError, ConfigError
+from carbontop.telemetry import sources
+from carbontop.telemetry.sampler import TelemetrySampler
+from carbontop.telemetry.sources import (
+    EstimateSource,
+    NvmlSource,
+    RaplSource,
+    cpu_model_name,
+    nvml_environment,
+    open_power_source,
+)
+
+# ---------------------------------------------------------------------------------------------
+# fakes
+
+
+class FakeClock:
+    """Stands in for the `time` module inside carbontop.telemetry.sources."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def time(self) -> float:
+        return self.t
+
+
+class FakeGpu:
+    def __init__(self, name: str = "NVIDIA H100 80GB HBM3") -> None:
+        self.name = name
+        self.energy_mj: int | None = 0  # None: the counter raises NotSupported
+        self.instant_mw: int | None = 300_000  # None: field 186 answers NOT_SUPPORTED
+        self.average_mw = 250_000
+        self.mem_used = 10 * 2**30
+        self.mem_total = 80 * 2**30
+        self.util = 87
+        self.temp: int | None = 55  # None: a transient NVMLError
+        self.clock = 1980
+
+
+def make_fake_pynvml(gpus: list[FakeGpu], init_error: str | None = None) -> types.ModuleType:
+    m = types.ModuleType("pynvml")
+    m.calls = {"field": 0, "power_usage": 0, "init": 0, "shutdown": 0}
+
+    class NVMLError(Exception):
+        pass
+
+    class NVMLError_NotSupported(NVMLError):  # noqa: N801 - pynvml's names
+        pass
+
+    class NVMLError_FunctionNotFound(NVMLError):  # noqa: N801
+        pass
+
+    class NVMLError_LibraryNotFound(NVMLError):  # noqa: N801
+        pass
+
+    class NVMLError_Unknown(NVMLError):  # noqa: N801
+        pass
+
+    m.NVMLError = NVMLError
+    m.NVMLError_NotSupported = NVMLError_NotSupported
+    m.NVMLError_FunctionNotFound = NVMLError_FunctionNotFound
+    m.NVMLError_LibraryNotFound = NVMLError_LibraryNotFound
+    m.NVML_SUCCESS = 0
+    m.NVML_ERROR_NOT_SUPPORTED = 3
+    m.NVML_TEMPERATURE_GPU = 0
+    m.NVML_CLOCK_SM = 1
+    for k, name in enumerate(
+        ["DOUBLE", "UNSIGNED_INT", "UNSIGNED_LONG", "UNSIGNED_LONG_LONG", "SIGNED_LONG_LONG"]
+    ):
+        setattr(m, f"NVML_VALUE_TYPE_{name}", k)
+
+    def nvmlInit() -> None:
+        m.calls["init"] += 1
+        if init_error:
+            raise NVMLError_LibraryNotFound(init_error)
+
+    def nvmlShutdown() -> None:
+        m.calls["shutdown"] += 1
+
+    def gpu(h: int) -> FakeGpu:
+        return gpus[h]
+
+    def energy(h: int) -> int:
+        if gpu(h).energy_mj is None:
+            raise NVMLError_NotSupported("Not Supported")
+        return gpu(h).energy_mj
+
+    def field_values(h: int, ids: list[int]) -> list[types.SimpleNamespace]:
+        m.calls["field"] += 1
+        assert ids == [186]
+        mw = gpu(h).instant_mw
+        value = types.SimpleNamespace(uiVal=mw or 0, dVal=0.0)
+        return [types.SimpleNamespace(valueType=1, value=value, nvmlReturn=0 if mw else 3)]
+
+    def power_usage(h: int) -> int:
+        m.calls["power_usage"] += 1
+        return gpu(h).average_mw
+
+    def temperature(h: int, sensor: int) -> int:
+        assert sensor == m.NVML_TEMPERATURE_GPU
+        if gpu(h).temp is None:
+            raise NVMLError_Unknown("Unknown Error")
+        return gpu(h).temp
+
+    m.nvmlInit = nvmlInit
+    m.nvmlShutdown = nvmlShutdown
+    m.nvmlDeviceGetCount = lambda: len(gpus)
+    m.nvmlDeviceGetHandleByIndex = lambda i: i
+    m.nvmlDeviceGetName = lambda h: gpu(h).name
+    m.nvmlDeviceGetTotalEnergyConsumption = energy
+    m.nvmlDeviceGetFieldValues = field_values
+    m.nvmlDeviceGetPowerUsage = power_usage
+    m.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(
+        used=gpu(h).mem_used, total=gpu(h).mem_total, free=gpu(h).mem_total - gpu(h).mem_used
+    )
+    m.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=gpu(h).util, memory=10)
+    m.nvmlDeviceGetTemperature = temperature
+    m.nvmlDeviceGetClockInfo = lambda h, clock: gpu(h).clock
+    m.nvmlSystemGetDriverVersion = lambda: "550.54.15"
+    m.nvmlSystemGetNVMLVersion = lambda: "12.550.54.15"
+    m.nvmlSystemGetCudaDriverVersion = lambda: 12040
+    m.nvmlDeviceGetEnforcedPowerLimit = lambda h: 700_000
+    m.nvmlDeviceGetCudaComputeCapability = lambda h: (9, 0)
+    return m
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(sources, "time", fake)
+    return fake
+
+
+def install(monkeypatch: pytest.MonkeyPatch, gpus: list[FakeGpu], **kw: str) -> types.ModuleType:
+    fake = make_fake_pynvml(gpus, **kw)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    return fake
+
+
+class ListSource:
+    """A source for the sampler tests; the samples are fed by hand through _ingest."""
+
+    def __init__(self, kind: str = "nvml", devices: tuple[int, ...] = (0,)) -> None:
+        self.kind = kind
+        self.estimated = kind == "estimate"
+        self.has_energy_counter = True
+        self._devices = devices
+
+    def device_names(self) -> dict[int, str]:
+        return {i: f"dev{i}" for i in self._devices}
+
+    def read(self) -> list[Sample]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def s(t: float, e: float | None, p: float | None, gpu: int = 0, mem: int | None = None) -> Sample:
+    return Sample(t_s=t, gpu_index=gpu, power_w=p, energy_j=e, mem_used_bytes=mem)
+
+
+# GPU 0: counter 0, 100, 300, 600 J at t = 0..3; power 80, 120, 250, 350 W.
+GPU0 = [s(0, 0, 80), s(1, 100, 120), s(2, 300, 250), s(3, 600, 350)]
+
+
+def sampler_with(samples: list[Sample], kind: str = "nvml", devices=(0,)) -> TelemetrySampler:
+    sampler = TelemetrySampler(ListSource(kind, devices), interval_s=1.0)
+    sampler._ingest(samples)
+    return sampler
+
+
+# ---------------------------------------------------------------------------------------------
+# NVML source
+
+
+def test_nvml_read_units_and_names(monkeypatch, clock):
+    gpus = [FakeGpu(), FakeGpu("NVIDIA H200")]
+    gpus[0].energy_mj = 123_456
+    install(monkeypatch, gpus)
+    src = NvmlSource()
+    assert src.kind == "nvml" and not src.estimated and src.has_energy_counter
+    assert src.device_names() == {0: "NVIDIA H100 80GB HBM3", 1: "NVIDIA H200"}
+    first, second = src.read()
+    assert first == Sample(
+        t_s=1000.0,
+        gpu_index=0,
+        power_w=300.0,  # 300,000 mW from field 186
+        energy_j=123.456,  # 123,456 mJ
+        mem_used_bytes=10 * 2**30,
+        mem_total_bytes=80 * 2**30,
+        util_pct=87.0,
+        temp_c=55.0,
+        sm_clock_mhz=1980.0,
+    )
+    assert second.gpu_index == 1
+    src.close()
+    src.close()  # idempotent
+
+
+def test_nvml_selected_gpus_and_bad_index(monkeypatch):
+    fake = install(monkeypatch, [FakeGpu(), FakeGpu(), FakeGpu()])
+    src = NvmlSource([2])
+    assert [x.gpu_index for x in src.read()] == [2]
+    with pytest.raises(CarbontopError, match="GPU 5 does not exist"):
+        NvmlSource([0, 5])
+    with pytest.raises(CarbontopError, match="GPU 5 does not exist"):
+        open_power_source("auto", [5])  # a named GPU is an error, not a quiet CPU fallback
+    # every failed open shut NVML down again
+    assert fake.calls["shutdown"] == 2
+
+
+def test_nvml_instant_power_falls_back_to_power_usage(monkeypatch, clock):
+    gpu = FakeGpu()
+    gpu.instant_mw = None  # field 186 not supported (older driver)
+    fake = install(monkeypatch, [gpu])
+    src = NvmlSource()
+    for _ in range(3):
+        assert src.read()[0].power_w == 250.0  # nvmlDeviceGetPowerUsage, 250,000 mW
+    assert fake.calls["field"] == 1  # NOT_SUPPORTED is remembered, not asked on every tick
+    assert fake.calls["power_usage"] == 3
+
+
+def test_nvml_failed_reading_is_none_not_a_crash(monkeypatch, clock):
+    gpu = FakeGpu()
+    gpu.temp = None
+    install(monkeypatch, [gpu])
+    sample = NvmlSource().read()[0]
+    assert sample.temp_c is None
+    assert sample.energy_j == 0.0 and sample.power_w == 300.0
+
+
+def test_open_power_source_cuda_without_nvml(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
+    with pytest.raises(CarbontopError, match="nvidia-ml-py"):
+        open_power_source("cuda")
+    assert nvml_environment() == {}
+    assert open_power_source("auto").kind in ("rapl", "estimate")
+    assert open_power_source("cpu").kind in ("rapl", "estimate")
+
+
+def test_open_power_source_cuda_without_driver_or_gpu(monkeypatch):
+    install(monkeypatch, [FakeGpu()], init_error="NVML Shared Library Not Found")
+    with pytest.raises(CarbontopError, match="NVML could not start"):
+        open_power_source("cuda")
+    install(monkeypatch, [])
+    with pytest.raises(CarbontopError, match="no NVIDIA GPU"):
+        open_power_source("cuda")
+    assert open_power_source("auto").kind in ("rapl", "estimate")
+    with pytest.raises(ConfigError):
+        open_power_source("tpu")
+
+
+def test_open_power_source_auto_takes_nvml(monkeypatch):
+    install(monkeypatch, [FakeGpu()])
+    assert open_power_source("auto").kind == "nvml"
+
+
+def test_nvml_environment(monkeypatch):
+    fake = install(monkeypatch, [FakeGpu()])
+    env = nvml_environment()
+    assert env["driver_version"] == "550.54.15"
+    assert env["nvml_version"] == "12.550.54.15"
+    assert env["cuda_driver_version"] == "12.4"
+    assert env["gpus"] == [
+        {
+            "index": 0,
+            "name": "NVIDIA H100 80GB HBM3",
+            "memory_total_bytes": 80 * 2**30,
+            "power_limit_w": 700.0,
+            "compute_capability": "9.0",
+            "energy_counter": True,
+        }
+    ]
+    assert fake.calls["shutdown"] == 1
+
+
+def test_nvml_sampler_energy_from_counter(monkeypatch, clock):
+    """Counter through the real source: 0, 50, 150 J at t = 1000, 1001, 1002 (in mJ)."""
+    gpu = FakeGpu()
+    install(monkeypatch, [gpu])
+    sampler = TelemetrySampler(NvmlSource(), interval_s=1.0)
+    for t, mj, mw in [(1000.0, 0, 40_000), (1001.0, 50_000, 60_000), (1002.0, 150_000, 140_000)]:
+        clock.t, gpu.energy_mj, gpu.instant_mw = t, mj, mw
+        sampler._tick()
+    r = sampler.energy_between(1000.5, 1002.0)
+    # counter at 1000.5 = 25 J (half way from 0 to 50), at 1002 = 150 J
+    assert r.energy_j == pytest.approx(125.0)
+    assert r.source == "nvml-counter" and not r.estimated and r.n_samples == 2
+    # power at 1000.5 = 50 W; trapezoid 0.5 x (50+60)/2 + 1 x (60+140)/2 = 27.5 + 100
+    assert r.integrated_j == pytest.approx(127.5)
+
+
+def test_nvml_sampler_falls_back_to_integrated_power(monkeypatch, clock):
+    gpu = FakeGpu()
+    gpu.energy_mj = None  # nvmlDeviceGetTotalEnergyConsumption raises NVMLError_NotSupported
+    install(monkeypatch, [gpu])
+    src = NvmlSource()
+    assert not src.has_energy_counter
+    sampler = TelemetrySampler(src, interval_s=1.0)
+    for t, mw in [(1000.0, 100_000), (1001.0, 200_000), (1002.0, 200_000)]:
+        clock.t, gpu.instant_mw = t, mw
+        sampler._tick()
+    assert all(x.energy_j is None for x in sampler.samples())
+    r = sampler.energy_between(1000.0, 1002.0)
+    # (100+200)/2 x 1 + (200+200)/2 x 1 = 150 + 200
+    assert r.energy_j == pytest.approx(350.0)
+    assert r.integrated_j == pytest.approx(350.0)
+    assert r.source == "nvml-power-integrated"
+    assert sum(e for _, e in sampler.energy_chunks(1000.0, 1002.0)) == pytest.approx(350.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# sampler window arithmetic (samples fed by hand)
+
+
+def test_energy_between_interpolates_at_both_edges():
+    r = sampler_with(GPU0).energy_between(0.5, 2.5)
+    # counter at 0.5: 50 (half of 0..100); at 2.5: 450 (half of 300..600)
+    assert r.energy_j == pytest.approx(400.0)
+    assert r.per_gpu_j == {0: pytest.approx(400.0)}
+    assert r.n_samples == 2
+    # power at 0.5 = 100, at 2.5 = 300: 0.5 x (100+120)/2 + 1 x (120+250)/2 + 0.5 x (250+300)/2
+    assert r.integrated_j == pytest.approx(55.0 + 185.0 + 137.5)
+
+
+def test_energy_between_zero_and_one_sample_inside():
+    sampler = sampler_with(GPU0)
+    zero = sampler.energy_between(1.2, 1.7)  # between the samples at 1 and 2 (200 J/s there)
+    assert zero.energy_j == pytest.approx(100.0) and zero.n_samples == 0
+    one = sampler.energy_between(0.5, 1.5)  # 50 -> 200
+    assert one.energy_j == pytest.approx(150.0) and one.n_samples == 1
+
+
+def test_energy_between_outside_or_half_outside_the_samples():
+    sampler = sampler_with(GPU0)
+    out = sampler.energy_between(10.0, 11.0)
+    assert out.energy_j == 0.0 and out.n_samples == 0
+    assert sampler.mean_power_w(10.0, 11.0) is None
+    before = sampler.energy_between(-1.0, 0.5)  # nothing is known before t = 0
+    assert before.energy_j == pytest.approx(50.0) and before.n_samples == 1
+    empty = sampler_with([]).energy_between(0.0, 1.0)
+    assert empty.energy_j == 0.0 and empty.integrated_j is None and empty.n_samples == 0
+
+
+def test_energy_sums_over_gpus_with_their_own_sample_times():
+    gpu1 = [s(0.1, 1000, 50, gpu=1), s(1.1, 1050, 50, gpu=1), s(2.1, 1100, 50, gpu=1)]
+    sampler = sampler_with(GPU0 + gpu1, devices=(0, 1))
+    r = sampler.energy_between(0.6, 1.6)
+    # GPU 0: 60 -> 100 + 0.6 x 200 = 220, so 160 J; GPU 1: 1025 -> 1075 = 50 J
+    assert r.per_gpu_j == {0: pytest.approx(160.0), 1: pytest.approx(50.0)}
+    assert r.energy_j == pytest.approx(210.0)
+    assert sampler.mean_power_w(0.6, 1.6) == pytest.approx(210.0)
+    chunks = sampler.energy_chunks(0.6, 1.6)
+    assert sum(e for _, e in chunks) == pytest.approx(210.0)
+    assert all(0.6 <= t <= 1.6 for t, _ in chunks)
+
+
+def test_energy_chunks_clip_at_the_window_and_sum_to_the_total():
+    sampler = sampler_with(GPU0)
+    chunks = sampler.energy_chunks(0.5, 2.5)
+    assert [t for t, _ in chunks] == pytest.approx([0.75, 1.5, 2.25])
+    assert [e for _, e in chunks] == pytest.approx([50.0, 200.0, 150.0])
+    assert sum(e for _, e in chunks) == pytest.approx(sampler.energy_between(0.5, 2.5).energy_j)
+    # a window hanging past the data is clipped to the data
+    assert sampler.energy_chunks(2.5, 9.0) == [(2.75, pytest.approx(150.0))]
+    assert sampler.energy_chunks(5.0, 9.0) == []
+
+
+def test_mean_power():
+    assert sampler_with(GPU0).mean_power_w(0.5, 2.5) == pytest.approx(400.0 / 2.0)
+
+
+def test_counter_going_backwards_adds_nothing():
+    # the driver reloaded between t = 1 and t = 2: the counter restarts near zero
+    sampler = sampler_with([s(0, 500, 100), s(1, 600, 100), s(2, 10, 100), s(3, 110, 100)])
+    assert sampler.energy_between(0.0, 3.0).energy_j == pytest.approx(200.0)
+
+
+def test_estimate_and_rapl_labels():
+    est = sampler_with([s(0, 0, 10, gpu=-1), s(1, 10, 10, gpu=-1)], kind="estimate", devices=(-1,))
+    r = est.energy_between(0.0, 1.0)
+    assert r.source == "estimate" and r.estimated and r.energy_j == pytest.approx(10.0)
+    rapl = sampler_with([s(0, 0, None, gpu=-1), s(1, 42, None, gpu=-1)], kind="rapl", devices=(-1,))
+    r = rapl.energy_between(0.0, 1.0)
+    assert r.source == "rapl" and not r.estimated and r.energy_j == pytest.approx(42.0)
+    assert r.integrated_j is None
+
+
+def test_peak_mem_sums_each_gpus_max():
+    gib = 2**30
+    samples = [
+        s(0, 0, 1, gpu=0, mem=10 * gib),
+        s(1, 0, 1, gpu=0, mem=30 * gib),
+        s(2, 0, 1, gpu=0, mem=20 * gib),
+        s(0, 0, 1, gpu=1, mem=5 * gib),
+        s(1, 0, 1, gpu=1, mem=6 * gib),
+        s(2, 0, 1, gpu=1, mem=40 * gib),
+    ]
+    sampler = sampler_with(samples, devices=(0, 1))
+    assert sampler.peak_mem_bytes(0.0, 1.5) == 30 * gib + 6 * gib
+    assert sampler.peak_mem_bytes(0.0, 2.0) == 30 * gib + 40 * gib
+    # no reading inside: the readings on either side of the window
+    assert sampler.peak_mem_bytes(1.2, 1.4) == 30 * gib + 40 * gib
+    assert sampler.peak_mem_bytes(5.0, 6.0) is None
+
+
+def test_drain_samples_and_latest():
+    sampler = sampler_with(GPU0[:2])
+    assert sampler.drain_new() == GPU0[:2]
+    assert sampler.drain_new() == []
+    sampler._ingest(GPU0[2:])
+    assert sampler.drain_new() == GPU0[2:]
+    assert sampler.samples() == GPU0  # draining does not remove them from the history
+    assert sampler.samples(0.5, 2.0) == GPU0[1:3]
+    assert sampler.samples(gpu=1) == []
+    assert sampler.latest() == {0: GPU0[-1]}
+
+
+def test_history_is_a_ring_buffer():
+    sampler = TelemetrySampler(ListSource(), interval_s=1.0, history_s=3.0)
+    sampler._ingest([s(t, t, 1) for t in range(10)])
+    assert [x.t_s for x in sampler.samples()] == [6, 7, 8, 9]
+
+
+# ---------------------------------------------------------------------------------------------
+# RAPL and the estimate
+
+
+def write_proc(proc: Path, busy: int, idle: int) -> None:
+    proc.mkdir(exist_ok=True)
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    (proc / "stat").write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 7 7\ncpu0 1 2 3 4\n")
+    (proc / "meminfo").write_text(
+        "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:   12000000 kB\n"
+    )
+    (proc / "cpuinfo").write_text(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Fake Xeon 9000 @ 3.00GHz\n\n"
+    )
+
+
+def make_rapl_tree(root: Path) -> Path:
+    powercap = root / "powercap"
+    for name, label, uj, max_uj in [
+        ("intel-rapl:0", "package-0", 999_000, 1_000_000),
+        ("intel-rapl:0:0", "core", 5, 1_000_000),  # a part of package 0: not added
+        ("intel-rapl:1", "package-1", 0, 2_000_000),
+        ("intel-rapl:2", "psys", 0, 1_000_000),  # the whole platform: would count twice
+    ]:
+        d = powercap / name
+        d.mkdir(parents=True)
+        (d / "name").write_text(label + "\n")
+        (d / "energy_uj").write_text(f"{uj}\n")
+        (d / "max_energy_range_uj").write_text(f"{max_uj}\n")
+    return powercap
+
+
+def test_rapl_sums_packages_and_unwraps(tmp_path, clock):
+    powercap = make_rapl_tree(tmp_path)
+    write_proc(tmp_path / "proc", busy=100, idle=900)
+    src = RaplSource(powercap, tmp_path / "proc")
+    assert src.kind == "rapl" and src.has_energy_counter and not src.estimated
+    assert src.device_names() == {-1: "CPU: Fake Xeon 9000 @ 3.00GHz"}
+
+    clock.t = 1002.0
+    (powercap / "intel-rapl:0" / "energy_uj").write_text("1000\n")  # wrapped: +1,000 + 1,000
+    (powercap / "intel-rapl:1" / "energy_uj").write_text("1000000\n")  # +1,000,000
+    (powercap / "intel-rapl:2" / "energy_uj").write_text("999999\n")  # psys: ignored
+    write_proc(tmp_path / "proc", busy=150, idle=950)
+    (sample,) = src.read()
+    assert sample.gpu_index == -1
+    assert sample.energy_j == pytest.approx((2_000 + 1_000_000) / 1e6)
+    assert sample.power_w == pytest.approx(1.002 / 2.0)  # J over the 2 s since opening
+    assert sample.util_pct == pytest.approx(50.0)  # 50 busy of 100 jiffies
+    assert sample.mem_used_bytes == (16_000_000 - 12_000_000) * 1024
+    assert sample.mem_total_bytes == 16_000_000 * 1024
+
+    clock.t = 1003.0
+    (powercap / "intel-rapl:0" / "energy_uj").write_text("501000\n")  # +0.5 J, no wrap
+    (second,) = src.read()
+    assert second.energy_j == pytest.approx(1.002 + 0.5)
+    assert second.power_w == pytest.approx(0.5)
+
+
+def test_rapl_unreadable_or_missing(tmp_path):
+    with pytest.raises(CarbontopError):
+        RaplSource(tmp_path / "nothing", tmp_path)
+    powercap = make_rapl_tree(tmp_path)
+    (powercap / "intel-rapl:1" / "energy_uj").unlink()
+    with pytest.raises(CarbontopError, match="cannot be read"):
+        RaplSource(powercap, tmp_path)
+
+
+def test_estimate_source_model(tmp_path, clock):
+    proc = tmp_path / "proc"
+    write_proc(proc, busy=1000, idle=1000)
+    src = EstimateSource(proc_dir=proc)
+    assert src.kind == "estimate" and src.estimated and not src.has_energy_counter
+    assert src.tdp_w == 85.0 and src.tdp_is_default  # CodeCarbon's generic TDP
+    assert src.device_names() == {-1: "CPU: Fake Xeon 9000 @ 3.00GHz"}
+
+    clock.t = 1002.0
+    write_proc(proc, busy=1050, idle=1050)  # 50 busy of 100 jiffies: load 0.5
+    (sample,) = src.read()
+    # 85 x (0.1 + 0.9 x 0.5^3) = 85 x 0.2125
+    assert sample.power_w == pytest.approx(18.0625)
+    assert sample.energy_j == pytest.approx(18.0625 * 2.0)
+    assert sample.util_pct == pytest.approx(50.0)
+
+    clock.t = 1003.0
+    write_proc(proc, busy=1150, idle=1050)  # fully busy: the whole TDP
+    (sample,) = src.read()
+    assert sample.power_w == pytest.approx(85.0)
+    assert sample.energy_j == pytest.approx(36.125 + 85.0)
+
+    clock.t = 1004.0  # no jiffy passed: keep the last load rather than divide by zero
+    assert src.read()[0].power_w == pytest.approx(85.0)
+
+
+def test_estimate_source_tdp(tmp_path):
+    write_proc(tmp_path, busy=0, idle=0)
+    src = EstimateSource(tdp_w=200.0, proc_dir=tmp_path)
+    assert src.power_w(0.0) == pytest.approx(20.0)  # the 10% floor
+    assert src.power_w(1.0) == pytest.approx(200.0)
+    with pytest.raises(ConfigError):
+        EstimateSource(tdp_w=0)
+
+
+def test_cpu_model_name_fallbacks(tmp_path):
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nBogoMIPS\t: 50.00\nHardware\t: Fake SoC\n")
+    assert cpu_model_name(tmp_path) == "Fake SoC"
+    assert cpu_model_name(tmp_path / "missing")  # never empty
+
+
+# ---------------------------------------------------------------------------------------------
+# the thread
+
+
+class LinearSource:
+    """A constant power_w with a counter that follows the wall clock exactly."""
+
+    kind = "nvml"
+    estimated = False
+    has_energy_counter = True
+
+    def __init__(self, power_w: float = 50.0, fail_every: int = 0) -> None:
+        self.power_w = power_w
+        self.reads = 0
+        self.fail_every = fail_every
+
+    def device_names(self) -> dict[int, str]:
+        return {0: "fake"}
+
+    def read(self) -> list[Sample]:
+        self.reads += 1
+        if self.fail_every and self.reads % self.fail_every == 0:
+            raise RuntimeError("flaky")
+        t = time.time()
+        return [Sample(t_s=t, gpu_index=0, power_w=self.power_w, energy_j=self.power_w * t)]
+
+
+def test_thread_samples_at_its_interval():
+    sampler = TelemetrySampler(LinearSource(), interval_s=0.02)
+    sampler.start()
+    sampler.start()  # a second start does not start a second thread
+    time.sleep(0.5)
+    sampler.stop()
+    sampler.stop()  # idempotent
+    n = len(sampler.samples())
+    assert 15 <= n <= 27, n  # about 0.5 / 0.02 + 1 = 26; slack for a busy machine
+    times = [x.t_s for x in sampler.samples()]
+    assert all(b > a for a, b in zip(times[:-1], times[1:], strict=True))
+    assert len(sampler.samples()) == n  # nothing after stop
+    # the loop is cheap: the fake source costs nothing, so this is the sampler's own cost
+    assert sampler.thread_cpu_s < 0.25
+
+
+def test_thread_survives_a_failing_read_and_waits_for_a_time():
+    src = LinearSource(fail_every=3)
+    sampler = TelemetrySampler(src, interval_s=0.01)
+    sampler.start()
+    target = time.time() + 0.1
+    assert sampler.wait_for(target, timeout_s=2.0)
+    sampler.stop()
+    assert sampler.read_errors >= 1 and "flaky" in sampler.last_error
+    assert sampler.latest()[0].t_s >= target
+
+
+def test_measure_idle_power():
+    sampler = TelemetrySampler(LinearSource(power_w=50.0), interval_s=0.02)
+    assert sampler.measure_idle_power_w(0.2) == pytest.approx(50.0, rel=1e-3)
+    assert not sampler.running  # started for the measurement only
+    sampler.start()
+    assert sampler.measure_idle_power_w(0.1) == pytest.approx(50.0, rel=1e-3)
+    assert sampler.running
+    sampler.stop()
+
+
+@pytest.mark.gpu
+def test_real_nvml_source_reads():
+    try:
+        src = NvmlSource()
+    except CarbontopError as err:
+        pytest.skip(str(err))
+    try:
+        sampler = TelemetrySampler(src, interval_s=0.1)
+        sampler.start()
+        time.sleep(1.0)
+        sampler.stop()
+        t1 = sampler.samples()[-1].t_s
+        r = sampler.energy_between(t1 - 0.8, t1)
+        assert r.energy_j > 0 and r.n_samples >= 6
+        assert sampler.peak_mem_bytes(t1 - 0.8, t1) > 0
+        assert nvml_environment()["gpus"]
+    finally:
+        src.close()
