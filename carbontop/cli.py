@@ -27,10 +27,11 @@ SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--dtype", "dtype", {"choices": ["auto", "bf16", "fp16", "fp32"], "help": "default: bf16 on a GPU, fp32 on the CPU"}),
     ("--device", "device", {"choices": ["auto", "cpu", "cuda"], "help": "default: cuda where a GPU is visible"}),
     ("--gpus", "gpus", {"help": "GPU indices to use and measure, e.g. 0 or 0,1"}),
-    ("--compile", "compile", {"choices": ["auto", "on", "off"], "help": "compile + CUDA graphs in the hf engine (auto: on for cuda)"}),
+    ("--compile", "compile", {"choices": ["auto", "on", "off", "max-autotune"], "help": "hf engine on CUDA: auto compiles the decode step (autotuned up to batch 4), on compiles without autotuning, off runs it eagerly; always in a CUDA graph"}),
     ("--url", "url", {"help": "openai engine: server base URL, e.g. http://localhost:8000"}),
     ("--arch", "arch", {"help": "openai engine: preset or folder with the served model's architecture (for MFU/MBU)"}),
     ("--kv-cache-fraction", "kv_cache_fraction", {"help": "trtllm: share of free GPU memory for the KV cache (default 0.9)"}),
+    ("--request-timeout-s", "request_timeout_s", {"help": "openai: longest one request may take (default 600)"}),
     ("--dataset", "dataset", {"help": "sharegpt (default), synthetic, or a ShareGPT-format JSON file"}),
     ("--num-prompts", "num_prompts", {"help": "prompts per point (default 100 on a GPU, 16 on a CPU)"}),
     ("--max-input-len", "max_input_len", {"help": "longest prompt in tokens (default: 1000 Llama, 500 GPT-2, 128 tiny)"}),
@@ -208,7 +209,6 @@ def _stdout_console() -> Any:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     from carbontop.core.store import load_run
     from carbontop.report import print_summary

@@ -27,7 +27,7 @@ ENGINES = ("hf", "trtllm", "openai")
 WEIGHTS = ("dummy", "auto")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
-COMPILE_MODES = ("auto", "on", "off")
+COMPILE_MODES = ("auto", "on", "off", "max-autotune")
 
 # The paper's one reading: Electricity Maps, Wisconsin (MISO), 2024-05-03 (Lim, Pan, Zhou, CMU).
 PAPER_INTENSITY_GCO2E_PER_KWH = 413.0
@@ -56,10 +56,14 @@ class RunConfig:
     dtype: str = "auto"  # bf16 on a GPU, fp32 on the CPU
     device: str = "auto"  # cuda where a GPU is visible, else cpu
     gpus: list[int] | None = None  # NVML indices in use; None = all visible to the engine
-    compile: str = "auto"  # CUDA graphs / compile in the built-in engine: on for cuda, off for cpu
+    # the built-in engine's decode step on CUDA: "auto" compiles it, autotuning the matrix
+    # products for small batches; "on" compiles without autotuning; "max-autotune" autotunes every
+    # batch size; "off" runs it eagerly (always inside a CUDA graph). On the CPU only "on" compiles.
+    compile: str = "auto"
     url: str | None = None  # openai engine: base URL of the server
     arch: str | None = None  # openai engine: preset or folder whose architecture the server runs
     kv_cache_fraction: float = 0.9  # trtllm: share of free GPU memory for the KV cache
+    request_timeout_s: float = 600.0  # openai: longest a single request may take
     # the workload
     dataset: str = "sharegpt"  # "sharegpt", "synthetic" or a path to a ShareGPT-format JSON
     num_prompts: int | None = None  # None: 100 (the paper's count) on a GPU, 16 on a CPU
@@ -137,7 +141,7 @@ def _coerce(name: str, value: Any) -> Any:
     ints = {"num_prompts", "max_input_len", "max_output_len", "min_len", "seed", "max_batch"}
     floats = {
         "intensity", "pue", "lifetime_years", "slo_s_per_token", "slo_tpot_p90_s",
-        "kv_cache_fraction", "trace_shift_h", "sample_interval_s",
+        "kv_cache_fraction", "trace_shift_h", "sample_interval_s", "request_timeout_s",
     }
     if value is None or value == "":
         return None
@@ -206,6 +210,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise bad("slo_s_per_token", "The latency target must be more than 0 s per token.")
     if not 0.0 < cfg.kv_cache_fraction <= 1.0:
         raise bad("kv_cache_fraction", "The KV-cache memory fraction must be in (0, 1].")
+    if cfg.request_timeout_s <= 0:
+        raise bad("request_timeout_s", "The request timeout must be more than 0 s.")
     if cfg.sample_interval_s <= 0:
         raise bad("sample_interval_s", "The sampling interval must be more than 0 s.")
     if cfg.engine == "openai" and not cfg.url:

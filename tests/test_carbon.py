@@ -618,6 +618,19 @@ def test_api_token_never_in_repr_or_description(emaps):
     assert "FR" in src.description and "56" in src.description
 
 
+def test_api_refresh_failure_mid_sweep_becomes_a_note(emaps):
+    import socket
+
+    src = ElectricityMapsIntensity("FR", TOKEN, base_url=emaps.url)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        src.base_url = f"http://127.0.0.1:{s.getsockname()[1]}/v3"
+    src.refresh(T14, T14 + 1800)  # must not raise: a sweep in progress is never lost
+    assert src.intensity_at(T14 + 60) == 56.0
+    assert len(src.notes) == 1 and "cannot be reached" in src.notes[0]
+    assert "56 g/kWh" in src.notes[0] and TOKEN not in src.notes[0]
+
+
 def test_api_missing_token():
     with pytest.raises(CarbonSourceError) as e:
         ElectricityMapsIntensity("FR", "", base_url="http://127.0.0.1:9/v3")

@@ -6,6 +6,7 @@ import sys
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from carbontop.telemetry.sources import (
     EstimateSource,
     NvmlSource,
     RaplSource,
+    choose_counter_every,
     cpu_model_name,
     nvml_environment,
     open_power_source,
@@ -27,13 +29,25 @@ from carbontop.telemetry.sources import (
 
 
 class FakeClock:
-    """Stands in for the `time` module inside carbontop.telemetry.sources."""
+    """Stands in for the `time` module inside carbontop.telemetry.sources.
+
+    `cpu` and `wall` are what thread_time() and perf_counter() answer; a fake NVML call that is
+    given this clock advances them by its set cost, so the counter's cost can be injected.
+    """
 
     def __init__(self, t: float = 1000.0) -> None:
         self.t = t
+        self.cpu = 0.0
+        self.wall = 0.0
 
     def time(self) -> float:
         return self.t
+
+    def thread_time(self) -> float:
+        return self.cpu
+
+    def perf_counter(self) -> float:
+        return self.wall
 
 
 class FakeGpu:
@@ -47,11 +61,24 @@ class FakeGpu:
         self.util = 87
         self.temp: int | None = 55  # None: a transient NVMLError
         self.clock = 1980
+        # what one counter read costs: added to a FakeClock's thread_time and perf_counter
+        self.energy_cpu_s = 0.0
+        self.energy_wall_s = 0.0
+        self.energy_burn_s = 0.0  # real CPU time burnt by each counter read (thread tests)
 
 
-def make_fake_pynvml(gpus: list[FakeGpu], init_error: str | None = None) -> types.ModuleType:
+def burn_cpu(seconds: float) -> None:
+    """Spin until this thread has used `seconds` of CPU."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def make_fake_pynvml(
+    gpus: list[FakeGpu], init_error: str | None = None, clock: FakeClock | None = None
+) -> types.ModuleType:
     m = types.ModuleType("pynvml")
-    m.calls = {"field": 0, "power_usage": 0, "init": 0, "shutdown": 0}
+    m.calls = {"field": 0, "power_usage": 0, "init": 0, "shutdown": 0, "energy": 0}
 
     class NVMLError(Exception):
         pass
@@ -93,8 +120,14 @@ def make_fake_pynvml(gpus: list[FakeGpu], init_error: str | None = None) -> type
         return gpus[h]
 
     def energy(h: int) -> int:
+        m.calls["energy"] += 1
         if gpu(h).energy_mj is None:
             raise NVMLError_NotSupported("Not Supported")
+        if clock is not None:
+            clock.cpu += gpu(h).energy_cpu_s
+            clock.wall += gpu(h).energy_wall_s
+        if gpu(h).energy_burn_s:
+            burn_cpu(gpu(h).energy_burn_s)
         return gpu(h).energy_mj
 
     def field_values(h: int, ids: list[int]) -> list[types.SimpleNamespace]:
@@ -143,20 +176,31 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
-def install(monkeypatch: pytest.MonkeyPatch, gpus: list[FakeGpu], **kw: str) -> types.ModuleType:
+def install(monkeypatch: pytest.MonkeyPatch, gpus: list[FakeGpu], **kw: Any) -> types.ModuleType:
     fake = make_fake_pynvml(gpus, **kw)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     return fake
 
 
 class ListSource:
-    """A source for the sampler tests; the samples are fed by hand through _ingest."""
+    """A source for the sampler tests; the samples are fed by hand through _ingest.
 
-    def __init__(self, kind: str = "nvml", devices: tuple[int, ...] = (0,)) -> None:
+    instant_power=False (the default) makes the counter interpolate linearly, as for RAPL and the
+    estimate; True lets power shape it between counter readings, as for NVML.
+    """
+
+    def __init__(
+        self, kind: str = "nvml", devices: tuple[int, ...] = (0,), instant_power: bool = False
+    ) -> None:
         self.kind = kind
         self.estimated = kind == "estimate"
         self.has_energy_counter = True
+        self.instant_power = instant_power
         self._devices = devices
+        self.counter_requests = 0
+
+    def request_counter(self) -> None:
+        self.counter_requests += 1
 
     def device_names(self) -> dict[int, str]:
         return {i: f"dev{i}" for i in self._devices}
@@ -176,8 +220,10 @@ def s(t: float, e: float | None, p: float | None, gpu: int = 0, mem: int | None 
 GPU0 = [s(0, 0, 80), s(1, 100, 120), s(2, 300, 250), s(3, 600, 350)]
 
 
-def sampler_with(samples: list[Sample], kind: str = "nvml", devices=(0,)) -> TelemetrySampler:
-    sampler = TelemetrySampler(ListSource(kind, devices), interval_s=1.0)
+def sampler_with(
+    samples: list[Sample], kind: str = "nvml", devices=(0,), instant_power: bool = False
+) -> TelemetrySampler:
+    sampler = TelemetrySampler(ListSource(kind, devices, instant_power), interval_s=1.0)
     sampler._ingest(samples)
     return sampler
 
@@ -296,8 +342,11 @@ def test_nvml_sampler_energy_from_counter(monkeypatch, clock):
         clock.t, gpu.energy_mj, gpu.instant_mw = t, mj, mw
         sampler._tick()
     r = sampler.energy_between(1000.5, 1002.0)
-    # counter at 1000.5 = 25 J (half way from 0 to 50), at 1002 = 150 J
-    assert r.energy_j == pytest.approx(125.0)
+    # The edge at 1000.5 is placed by power: from 1000 to 1001 power ramps 40 -> 60 W, its
+    # trapezoid is 50 J over the second and 0.5 x (40 + 50) / 2 = 22.5 J over its first half, so
+    # the counter's 50 J change is split 22.5 / 50: 22.5 J before the edge (linear would say 25).
+    # 150 - 22.5 = 127.5.
+    assert r.energy_j == pytest.approx(127.5)
     assert r.source == "nvml-counter" and not r.estimated and r.n_samples == 2
     # power at 1000.5 = 50 W; trapezoid 0.5 x (50+60)/2 + 1 x (60+140)/2 = 27.5 + 100
     assert r.integrated_j == pytest.approx(127.5)

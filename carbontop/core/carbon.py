@@ -249,7 +249,7 @@ def _find_columns(header: list[str]) -> tuple[int | None, int | None, int | None
         h = _norm_header(raw)
         if h == "datetime (utc)":
             dt_col = i
-        elif h in ("zone id",):
+        elif h == "zone id":
             zone_col = i
         elif h.startswith("carbon intensity"):
             # "Carbon intensity gCO₂eq/kWh (Life cycle)" (current exports) or
@@ -475,10 +475,34 @@ class ElectricityMapsIntensity:
         return sorted(self._hours.items()) if self._hours else None
 
     def refresh(self, t0_s: float, t1_s: float) -> None:
+        """Fetch the hourly values of a finished window [t0_s, t1_s].
+
+        Never raises: the source was checked at construction, and a sweep in progress must not
+        be lost to a network hiccup. A failed fetch becomes a note, and the latest reading
+        stands in for the hours it could not get.
+        """
         if t1_s < t0_s:
             t0_s, t1_s = t1_s, t0_s
         start = _floor_hour(t0_s)
         end = _floor_hour(t1_s) + HOUR_S
+        try:
+            self._fetch_range(start, end)
+        except CarbonSourceError as exc:
+            self.notes.append(
+                f"{exc} The latest reading ({_fmt_g(self.latest_g_per_kwh)} g/kWh) was used for "
+                f"the hours from {_fmt_utc(start)} to {_fmt_utc(end)} UTC."
+            )
+            return
+        wanted = int(round((end - start) / HOUR_S))
+        missing = sum(1 for k in range(wanted) if start + k * HOUR_S not in self._hours)
+        if missing:
+            self.notes.append(
+                f"Electricity Maps had no hourly value yet for {missing} of the {wanted} hours "
+                f"from {_fmt_utc(start)} UTC; the latest reading "
+                f"({_fmt_g(self.latest_g_per_kwh)} g/kWh) was used there."
+            )
+
+    def _fetch_range(self, start: float, end: float) -> None:
         s = start
         while s < end:
             e = min(s + _EMAPS_MAX_RANGE_S, end)
@@ -497,14 +521,6 @@ class ElectricityMapsIntensity:
                 if value is not None and t_s is not None:
                     self._hours[_floor_hour(t_s)] = value
             s = e
-        wanted = int(round((end - start) / HOUR_S))
-        missing = sum(1 for k in range(wanted) if start + k * HOUR_S not in self._hours)
-        if missing:
-            self.notes.append(
-                f"Electricity Maps had no hourly value yet for {missing} of the {wanted} hours "
-                f"from {_fmt_utc(start)} UTC; the latest reading "
-                f"({_fmt_g(self.latest_g_per_kwh)} g/kWh) was used there."
-            )
 
     def _get(self, path: str, params: dict[str, str], what: str) -> dict[str, Any]:
         import httpx  # imported here so that the core starts without it

@@ -25,7 +25,7 @@ from carbontop.core.sweep import BatchPlanner
 from carbontop.core.tokenize import load_token_counter
 from carbontop.core.workload import build_workload, requests_for_point
 from carbontop.engines.base import EngineSpec
-from carbontop.errors import ConfigError, CarbontopError
+from carbontop.errors import CarbontopError, ConfigError
 
 OnEvent = Callable[[Any], None]
 
@@ -133,12 +133,14 @@ class SweepRunner:
             dtype=dtype,
             device=device,
             gpus=tuple(cfg.gpus or ()),
-            compile=(cfg.compile == "on") or (cfg.compile == "auto" and device == "cuda"),
+            compile=cfg.compile in ("on", "max-autotune") or (cfg.compile == "auto" and device == "cuda"),
             url=cfg.url,
             kv_cache_fraction=cfg.kv_cache_fraction,
             max_input_len=max_in,
             max_output_len=max_out,
             seed=cfg.seed,
+            extra={"compile_mode": {"on": "default"}.get(cfg.compile, cfg.compile),
+                   "request_timeout_s": cfg.request_timeout_s},
         )
         label = f"{Path(cfg.model).name}-{cfg.engine}"
         self.run_dir = Path(cfg.out).expanduser() if cfg.out else new_run_dir(label=label)
@@ -314,7 +316,7 @@ class SweepRunner:
                 # not a memory boundary: the same failure would repeat at every size
                 raise CarbontopError(f"Batch {batch_size} failed: {point.message}")
             self.planner.report(batch_size, fits=point.status is PointStatus.OK)
-            if point.status.is_boundary:
+            if outcome.needs_restart:
                 self._host.kill()
             self._emit(events.BoundaryChanged(self.planner.largest_ok, self.planner.smallest_failed,
                                               self.planner.next()))
@@ -347,9 +349,8 @@ class SweepRunner:
             traffic = metrics.decode_traffic(records, self.model, self.dtype)
             mbu = metrics.mbu(traffic, peak_bandwidth_bytes_s(spec0), self.n_gpus)
         peak = self.sampler.peak_mem_bytes(t0, t1)
-        per_tok = (lambda g: g / out_tokens if g is not None and out_tokens else None)
-        op_per_tok = per_tok(op_g)
-        emb_per_tok = per_tok(emb_g)
+        op_per_tok = op_g / out_tokens if out_tokens else None
+        emb_per_tok = emb_g / out_tokens if emb_g is not None and out_tokens else None
         notes = [message] if message else []
         notes.extend(n for n in run.notes if n)
         return PointResult(
@@ -400,6 +401,9 @@ class SweepRunner:
                 extremes = carbon.intensity_extremes(self.intensity)
             except CarbontopError:
                 extremes = None
+            notes = list(getattr(self.intensity, "notes", []))
+            if notes:
+                self._writer.update_meta("carbon", {"notes": notes})
             if extremes is not None:
                 self._writer.update_meta("carbon", {"cleanest_gco2e_per_kwh": extremes[0],
                                                     "dirtiest_gco2e_per_kwh": extremes[1]})

@@ -17,5 +17,6 @@ ENGINE_CLASSES = {
 
 
 def load_engine_class(name: str) -> type:
-    module_name, _, class_name = ENGINE_CLASSES[name].partition(":")
+    """A built-in engine by name, or any class given as "package.module:Class"."""
+    module_name, _, class_name = ENGINE_CLASSES.get(name, name).partition(":")
     return getattr(importlib.import_module(module_name), class_name)

@@ -40,7 +40,15 @@ class EngineSpec:
 
 
 class EngineOOM(Exception):
-    """The batch does not fit in memory (the engine's own report, normalised)."""
+    """The batch does not fit in memory (the engine's own report, normalised).
+
+    `recovered` says the engine freed everything the failed batch took, so the same process can
+    run the next (smaller) point; otherwise the host replaces the process before going on.
+    """
+
+    def __init__(self, message: str, recovered: bool = False) -> None:
+        super().__init__(message)
+        self.recovered = recovered
 
 
 class EngineKVBound(Exception):

@@ -26,6 +26,13 @@ from carbontop.engines.base import Emit, EngineOOM, EngineSpec
 from carbontop.errors import EngineUnavailable
 
 WARMUP_DECODE_STEPS = 3
+# Up to this batch size, `--compile auto` lets inductor autotune the matrix products. At batch 1
+# the decode step is a chain of matrix-vector products whose speed is all memory bandwidth, and
+# cuBLAS's split-K kernels for 4096x4096 reached about 57% of it on an H100 80GB HBM3 (profiled),
+# where inductor's autotuned Triton kernels took the whole step from 6.36 to 5.47 ms (MBU 62.6% ->
+# 72.9%). At batch 32 the autotuned choice was slower (8.24 -> 9.32 ms), so larger batches keep
+# the default kernels. Autotuning costs about a minute per batch size, in the warm-up.
+AUTOTUNE_MAX_BATCH = 4
 
 
 def _cache_kwarg(model: Any) -> str:
@@ -42,9 +49,10 @@ class HFEngine:
         self.emit = emit
         self.model: Any = None
         self.decode_mode = "eager"  # "eager", "cuda-graph" or "compiled+cuda-graph"
-        self._compiled_step: Any = None
+        self._compiled_steps: dict[str, Any] = {}  # inductor mode -> compiled decode step
         self._compile_failed = False
-        self._graph_failed = False
+        # CUDA graphs can be turned off (spec.extra["cuda_graphs"] = False) to measure their worth
+        self._graph_failed = not spec.extra.get("cuda_graphs", True)
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -103,6 +111,7 @@ class HFEngine:
             "device": spec.device,
             "attn_implementation": "sdpa",
         }
+        self.loaded_bytes = torch.cuda.memory_allocated() if spec.device == "cuda" else 0
         if spec.device == "cuda":
             info["cuda_device"] = torch.cuda.get_device_name(0)
             info["cuda"] = torch.version.cuda
@@ -112,6 +121,16 @@ class HFEngine:
 
     def close(self) -> None:
         self.model = None
+
+    def _memory_recovered(self) -> bool:
+        """After an OOM: is the GPU back to what the loaded model alone holds? If not, the
+        next point in this process could fail for memory that a fresh process would have."""
+        import gc
+
+        gc.collect()
+        self.torch.cuda.empty_cache()
+        held = self.torch.cuda.memory_allocated()
+        return held <= self.loaded_bytes * 1.02 + 64 * 2**20
 
     # ---- one sweep point ----------------------------------------------------------------
 
@@ -137,9 +156,11 @@ class HFEngine:
                 self._sync()
                 window_end = time.time()
         except torch.cuda.OutOfMemoryError as exc:
-            raise EngineOOM(_first_line(exc)) from None
-        finally:
+            message = _first_line(exc)
             del state
+            raise EngineOOM(message, recovered=self._memory_recovered()) from None
+        finally:
+            state = None
             if self.spec.device == "cuda":
                 torch.cuda.empty_cache()
         return EngineRun(
@@ -165,11 +186,14 @@ class HFEngine:
         state.prefill()
         if self.spec.device == "cuda":
             if want_compile:
-                if self._compiled_step is None:
+                mode = self._inductor_mode(state.batch_size)
+                if mode not in self._compiled_steps:
+                    # one compiled graph per batch size until dynamo generalises the batch dim
                     torch._dynamo.config.cache_size_limit = 64
-                    self._compiled_step = torch.compile(_decode_step, fullgraph=False)
+                    self._compiled_steps[mode] = torch.compile(
+                        _decode_step_copy(mode), fullgraph=False, mode=mode)
                 try:
-                    state.step_fn = self._compiled_step
+                    state.step_fn = self._compiled_steps[mode]
                     for _ in range(WARMUP_DECODE_STEPS):
                         state.advance()
                         state.eager_step()
@@ -188,10 +212,20 @@ class HFEngine:
             state.advance()
             state.step()
         self._sync()
-        if state.graph is not None:
-            self.decode_mode = "compiled+cuda-graph" if state.step_fn is not _decode_step else "cuda-graph"
+        compiled = state.step_fn is not _decode_step
+        if compiled:
+            tuned = "max-autotune" in self._inductor_mode(state.batch_size)
+            how = "compiled (autotuned)" if tuned else "compiled"
+            self.decode_mode = f"{how}+cuda-graph" if state.graph is not None else how
         else:
-            self.decode_mode = "compiled" if state.step_fn is not _decode_step else "eager"
+            self.decode_mode = "cuda-graph" if state.graph is not None else "eager"
+
+    def _inductor_mode(self, batch_size: int) -> str:
+        """torch.compile mode for this batch size under the spec's compile policy."""
+        policy = self.spec.extra.get("compile_mode", "auto")
+        if policy == "max-autotune" or (policy == "auto" and batch_size <= AUTOTUNE_MAX_BATCH):
+            return "max-autotune-no-cudagraphs"
+        return "default"
 
     def _input_ids(self, batch: list[Prompt], batch_size: int) -> list[list[int]]:
         rows = []
@@ -235,6 +269,15 @@ def _decode_step(model: Any, cache_kw: str, cache: Any, tokens: Any, positions: 
     out = model(input_ids=tokens, position_ids=positions, attention_mask=mask,
                 use_cache=True, **{cache_kw: cache})
     return out.logits[:, -1, :].argmax(dim=-1)
+
+
+def _decode_step_copy(tag: str) -> Any:
+    """`_decode_step` under its own code object: dynamo keys its cache on the code object, so
+    two compile modes of one function would otherwise share (and reuse) each other's graphs."""
+    import types
+
+    code = _decode_step.__code__.replace(co_name=f"_decode_step_{tag.replace('-', '_')}")
+    return types.FunctionType(code, _decode_step.__globals__, code.co_name)
 
 
 class _PointState:

@@ -5,7 +5,7 @@ reading NVML while the child works or dies, and starts a fresh child when one is
 Messages child -> parent (tuples over a multiprocessing Pipe):
     ("phase", {"phase", "detail"})   ("progress", {"done", "total"})
     ("loaded", info)                 ("load_failed", kind, message)
-    ("result", EngineRun)            ("oom", message)   ("kv_bound", message, concurrency)
+    ("result", EngineRun)            ("oom", message, recovered)   ("kv_bound", message, concurrency)
     ("failure", message)             ("error", message, traceback_text)
 """
 
@@ -88,7 +88,7 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None) -> None:
         try:
             conn.send(("result", engine.run_point(batch_size, prompts)))
         except EngineOOM as exc:
-            conn.send(("oom", str(exc)))
+            conn.send(("oom", str(exc), exc.recovered))
         except EngineKVBound as exc:
             conn.send(("kv_bound", str(exc), exc.concurrency_reached))
         except EngineFailure as exc:
@@ -96,7 +96,7 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None) -> None:
         except BaseException as exc:  # noqa: BLE001
             traceback.print_exc()
             if looks_like_oom(str(exc)):
-                conn.send(("oom", f"{type(exc).__name__}: {exc}"))
+                conn.send(("oom", f"{type(exc).__name__}: {exc}", False))
             else:
                 conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     try:
@@ -114,6 +114,7 @@ class PointOutcome:
     run: EngineRun | None = None
     message: str = ""
     concurrency_reached: int | None = None
+    needs_restart: bool = False  # the engine process is gone or may hold memory it should not
 
 
 class Cancelled(Exception):
@@ -149,6 +150,7 @@ class EngineHost:
         while True:
             msg = self._wait(on_message, should_stop)
             if msg is None:
+                self._proc.join(5.0)
                 sentence = self._death_sentence("while loading the model")
                 self.kill()
                 raise CarbontopError(sentence)
@@ -176,6 +178,7 @@ class EngineHost:
             self.kill()
             return PointOutcome(PointStatus.CANCELLED, message="cancelled by the user")
         if msg is None:
+            self._proc.join(5.0)  # the pipe can close a moment before the exit is reaped
             code = self._proc.exitcode
             sentence = self._death_sentence("during the point")
             self.kill()
@@ -184,17 +187,18 @@ class EngineHost:
                     PointStatus.OOM,
                     message="the engine process was killed (signal 9), most likely by the kernel's out-of-memory killer",
                 )
-            return PointOutcome(PointStatus.CRASHED, message=sentence)
+            return PointOutcome(PointStatus.CRASHED, message=sentence, needs_restart=True)
         kind = msg[0]
         if kind == "result":
             return PointOutcome(PointStatus.OK, run=msg[1], concurrency_reached=msg[1].concurrency_reached)
         if kind == "oom":
-            return PointOutcome(PointStatus.OOM, message=_one_line(msg[1]))
+            return PointOutcome(PointStatus.OOM, message=_one_line(msg[1]), needs_restart=not msg[2])
         if kind == "kv_bound":
             return PointOutcome(PointStatus.KV_BOUND, message=_one_line(msg[1]), concurrency_reached=msg[2])
         if kind == "failure":
             return PointOutcome(PointStatus.ERROR, message=_one_line(msg[1]))
-        return PointOutcome(PointStatus.CRASHED, message=_one_line(msg[1]) + self._log_hint())
+        return PointOutcome(PointStatus.CRASHED, message=_one_line(msg[1]) + self._log_hint(),
+                            needs_restart=True)
 
     def _wait(self, on_message: OnMessage, should_stop: ShouldStop) -> tuple | None:
         """Relay phase/progress messages until a terminal one; None if the child died."""

@@ -4,15 +4,24 @@
 Windows (a sweep point's first request to its last) never fall on sample times, so every
 window figure interpolates at the edges:
 
-- Energy counter (NVML, RAPL, the estimate's integral): the counter's value at t0 and t1 is
-  interpolated linearly between the samples around them, and the energy is the difference.
-  A counter that goes backwards (driver reload) adds nothing for that interval.
+- Energy counter (NVML, RAPL, the estimate's integral): the energy between two counter readings
+  is the counter's change, exactly; a window edge that falls between two readings takes the
+  share of that change given by the instant power curve (the trapezoid of power from the earlier
+  reading to the edge over the trapezoid across the whole counter interval). NVML reads its
+  costly counter only every few ticks (sources.COUNTER_CPU_BUDGET) but power every tick, so the
+  edges follow the power curve, not a straight line across up to 2 s. Where power cannot shape
+  an interval (no power covering it, or none drawn: a zero integral), and for sources whose power
+  is not an independent instant reading (RAPL, the estimate: `instant_power` False), the counter
+  is interpolated linearly. A counter that goes backwards (driver reload) adds nothing for that
+  interval. The label stays "nvml-counter": the total is the counter's, only its split at the
+  edges comes from power.
 - Instant power (the check, and the fallback where a GPU has no counter): power is taken as
   linear between samples, and its exact integral over [t0, t1] is the trapezoid rule with the
   power at t0 and t1 interpolated.
 
-Outside the span the samples cover nothing is known, so nothing is counted: ask about a window
-only once the sampler has passed its end (`wait_for(t1)`).
+Outside the span the readings cover nothing is known, so nothing is counted: ask about a window
+only once the sampler has a counter reading past its end (`wait_for(t1)`, which also asks the
+source to read the counter on its next tick).
 
 The loop must stay cheap (well under 1% of a core at 10 Hz): plain lists and deques, one lock,
 no pandas, and it sleeps to the next tick deadline so that ticks do not drift.
@@ -32,9 +41,13 @@ from carbontop.core.records import EnergyReading, Sample
 from carbontop.telemetry.sources import PowerSource
 
 _T = attrgetter("t_s")
-# Samples looked at beyond each window edge: enough to bridge a few failed counter readings
-# (a reading that failed is None) without scanning the whole history.
+# Samples looked at beyond each window edge: at least _EDGE_MARGIN, and further out until
+# _EDGE_COUNTERS counter readings are in (they come only every k-th tick, and a reading that failed
+# is None), but never more than _EDGE_SCAN samples, so that a source without a counter does not
+# make every window scan the whole history.
 _EDGE_MARGIN = 50
+_EDGE_COUNTERS = 3
+_EDGE_SCAN = 2000
 
 
 class _Cumulative:
@@ -104,6 +117,46 @@ class _Cumulative:
         return self.at(t1) - self.at(t0)
 
 
+class _Anchored:
+    """A device's running energy from its counter, split inside each counter interval by power.
+
+    At counter readings it is the (unwrapped) counter itself, so energy over whole counter
+    intervals is the counter's change. Between readings a and b, the change is shared out in
+    proportion to power's trapezoid integral from a, where the power curve covers [a, b] and has
+    a positive integral there; otherwise linearly in time. `ts` (the counter readings and the
+    power samples between the first and the last of them) is the grid for energy_chunks.
+    """
+
+    def __init__(self, counter: _Cumulative, power: _Cumulative | None) -> None:
+        self.counter = counter
+        self.power = power
+        if power is None:
+            self.ts = counter.ts
+        else:
+            c0, c1 = counter.ts[0], counter.ts[-1]
+            inner = power.ts[bisect_right(power.ts, c0) : bisect_left(power.ts, c1)]
+            self.ts = sorted({*counter.ts, *inner})
+
+    def at(self, t: float) -> float:
+        ts, cum = self.counter.ts, self.counter.cum
+        if t <= ts[0]:
+            return cum[0]
+        if t >= ts[-1]:
+            return cum[-1]
+        i = bisect_right(ts, t) - 1  # ts[i] <= t < ts[i + 1]
+        t_a, t_b = ts[i], ts[i + 1]
+        gain = cum[i + 1] - cum[i]
+        p = self.power
+        if gain and p is not None and p.ts[0] <= t_a and p.ts[-1] >= t_b:
+            whole = p.between(t_a, t_b)
+            if whole > 0:
+                return cum[i] + gain * (p.between(t_a, t) / whole)
+        return cum[i] + gain * (t - t_a) / (t_b - t_a)
+
+    def between(self, t0: float, t1: float) -> float:
+        return self.at(t1) - self.at(t0)
+
+
 class TelemetrySampler:
     """Reads `source` every `interval_s` on a daemon thread and keeps `history_s` of samples."""
 
@@ -117,6 +170,13 @@ class TelemetrySampler:
         self.history_s = float(history_s)
         self._maxlen = max(2, math.ceil(history_s / interval_s) + 1)
         self._devices: dict[int, deque[Sample]] = {}
+        self._last_counter_t: dict[int, float] = {}  # per device, its latest counter reading
+        # A source whose counter is costly schedules it by the tick (sources.NvmlSource).
+        tune = getattr(source, "set_tick_interval", None)
+        if tune is not None:
+            tune(self.interval_s)
+        self._request_counter: Callable[[], None] | None = getattr(source, "request_counter", None)
+        self._shape_by_power = bool(getattr(source, "instant_power", False))
         self._pending: deque[Sample] = deque(
             maxlen=self._maxlen * max(1, len(source.device_names()))
         )
@@ -178,23 +238,41 @@ class TelemetrySampler:
                     dq = self._devices[s.gpu_index] = deque(maxlen=self._maxlen)
                 dq.append(s)
                 self._pending.append(s)
+                if s.energy_j is not None:
+                    self._last_counter_t[s.gpu_index] = s.t_s
             self.ticks += 1
             self._new_sample.notify_all()
 
     def wait_for(self, t_s: float, timeout_s: float = 2.0) -> bool:
-        """Block until every device has a sample at or after t_s; False on timeout.
+        """Block until every device has a reading that closes a window ending at t_s: a counter
+        reading at or after t_s for a device that has given counter readings, any sample at or
+        after t_s for one that has not. False on timeout.
 
         Call it with a window's end before asking for the window's energy, so that the edge is
-        interpolated rather than cut off.
+        placed rather than cut off. Once t_s has passed it asks the source to read its counter on
+        the next tick, so the wait is about one tick, not the counter's period.
         """
 
-        def passed() -> bool:
-            return bool(self._devices) and all(
-                dq and dq[-1].t_s >= t_s for dq in self._devices.values()
-            )
+        def closed(gpu: int, dq: deque[Sample]) -> bool:
+            last_counter_t = self._last_counter_t.get(gpu)
+            if last_counter_t is not None:
+                return last_counter_t >= t_s
+            return bool(dq) and dq[-1].t_s >= t_s
 
+        def passed() -> bool:
+            return bool(self._devices) and all(closed(g, dq) for g, dq in self._devices.items())
+
+        end = time.monotonic() + timeout_s
         with self._new_sample:
-            return self._new_sample.wait_for(passed, timeout=timeout_s)
+            while not passed():
+                if self._request_counter is not None and time.time() >= t_s:
+                    self._request_counter()
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                # woken by every tick; a t_s still in the future is looked at again then
+                self._new_sample.wait(left)
+            return True
 
     # ---- readers ----------------------------------------------------------------------------
 
@@ -231,17 +309,30 @@ class TelemetrySampler:
 
     @staticmethod
     def _around(series: list[Sample], t0: float, t1: float) -> tuple[list[Sample], int]:
-        """The samples inside [t0, t1] with a margin either side, and how many are inside."""
+        """The samples inside [t0, t1] with a margin either side (see _EDGE_MARGIN), and how many
+        are inside."""
         lo = bisect_left(series, t0, key=_T)
         hi = bisect_right(series, t1, key=_T)
-        return series[max(0, lo - _EDGE_MARGIN) : hi + _EDGE_MARGIN], hi - lo
+        start, found = lo, 0
+        stop_at = max(0, lo - _EDGE_SCAN)
+        while start > stop_at and found < _EDGE_COUNTERS:
+            start -= 1
+            found += series[start].energy_j is not None
+        end, found = hi, 0
+        stop_at = min(len(series), hi + _EDGE_SCAN)
+        while end < stop_at and found < _EDGE_COUNTERS:
+            found += series[end].energy_j is not None
+            end += 1
+        start = min(start, max(0, lo - _EDGE_MARGIN))
+        end = max(end, hi + _EDGE_MARGIN)
+        return series[start:end], hi - lo
 
     def _curves(
         self, t0: float, t1: float
-    ) -> tuple[dict[int, _Cumulative], dict[int, _Cumulative], int, bool]:
+    ) -> tuple[dict[int, _Anchored | _Cumulative], dict[int, _Cumulative], int, bool]:
         """Per device: the energy curve used (counter, else power), the power curve, the most
         samples any device has inside the window, and whether any device used power for energy."""
-        energy: dict[int, _Cumulative] = {}
+        energy: dict[int, _Anchored | _Cumulative] = {}
         power: dict[int, _Cumulative] = {}
         n_inside = 0
         integrated_fallback = False
@@ -253,13 +344,15 @@ class TelemetrySampler:
             if by_power.usable():
                 power[gpu] = by_power
             if counter.usable():
-                energy[gpu] = counter
+                shape = by_power if self._shape_by_power and by_power.usable() else None
+                energy[gpu] = _Anchored(counter, shape)
             elif by_power.usable():
                 energy[gpu] = by_power
                 integrated_fallback = True
         return energy, power, n_inside, integrated_fallback
 
     def _label(self, integrated_fallback: bool) -> str:
+        # "nvml-counter" also where the edges were placed by power: the total is the counter's.
         if self.source.kind == "nvml":
             return "nvml-power-integrated" if integrated_fallback else "nvml-counter"
         return self.source.kind
@@ -283,9 +376,10 @@ class TelemetrySampler:
     def energy_chunks(self, t0: float, t1: float) -> list[tuple[float, float]]:
         """(mid-time, energy_j) per interval between consecutive samples inside [t0, t1].
 
-        The intervals are those of the device with the most samples in the window, clipped to the
-        window and to the span the data covers; every device's energy is split on that same grid,
-        so the chunks add up to energy_between(t0, t1).energy_j exactly.
+        The intervals are those of the device with the most samples in the window (every tick's,
+        not just the counter's, where power shapes the counter), clipped to the window and to the
+        span the data covers; every device's energy is split on that same grid, so the chunks add
+        up to energy_between(t0, t1).energy_j (to rounding: the values telescope).
         """
         if t1 <= t0:
             return []

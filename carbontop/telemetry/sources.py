@@ -5,7 +5,9 @@ Three sources, best first:
 - `NvmlSource`: NVIDIA GPUs through NVML (package nvidia-ml-py, module `pynvml`). Energy comes from
   the total-energy counter (mJ since the driver loaded, Volta and newer), which is the trustworthy
   total; instant power on A100/H100 is sampled only about a quarter of the time (Yang et al.,
-  "Part-time Power Measurements", SC24), so it is kept for graphs and as a check.
+  "Part-time Power Measurements", SC24), so it is kept for graphs, as a check, and to place
+  window edges between counter readings. The counter is costly to read, so it is read only every
+  k-th tick (see `choose_counter_every`); the other ticks carry energy_j=None.
 - `RaplSource`: the CPU packages' RAPL counters under Linux powercap.
 - `EstimateSource`: no hardware measures anything; CPU power is modelled from TDP and load.
 
@@ -16,7 +18,9 @@ without it.
 
 from __future__ import annotations
 
+import math
 import platform
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +32,20 @@ from carbontop.errors import CarbontopError, ConfigError
 # nvmlFieldValue ids (nvml.h): NVML_FI_DEV_POWER_AVERAGE = 185, NVML_FI_DEV_POWER_INSTANT = 186.
 NVML_FI_DEV_POWER_INSTANT = 186
 
+# CPU time per NVML call from Python (time.thread_time), measured on an H100 80GB HBM3 in a
+# Firecracker VM, driver 580.159.04: nvmlDeviceGetTotalEnergyConsumption 4000 us (!); field 186
+# (instant power) 5 us; nvmlDeviceGetPowerUsage 2 us; GetMemoryInfo 7 us; GetUtilizationRates 2 us;
+# GetTemperature 2 us; GetClockInfo 1 us. Asking for the energy as field 83
+# (NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION) together with 186 costs the same (4133 us). Read every tick
+# at 10 Hz the counter alone would take 4% of a core, against a budget of 1% for the whole sampler,
+# so NvmlSource times its first few counter reads and then reads the counter only every k-th tick:
+# the smallest k that keeps the counter's average cost under COUNTER_CPU_BUDGET, but at least once
+# every COUNTER_MAX_INTERVAL_S. The sampler places window edges between counter readings by the
+# instant power curve, so energy stays anchored on the counter.
+COUNTER_CPU_BUDGET = 0.005  # share of one core: 5 ms of CPU per second (k = 8 at 10 Hz above)
+COUNTER_MAX_INTERVAL_S = 2.0  # read at least this often, whatever it costs
+COUNTER_CALIBRATION_READS = 3  # timed reads per GPU at open, after one untimed (warm-up) read
+
 # CodeCarbon's fallback TDP when the CPU model is not in its table: POWER_CONSTANT = 85 (W),
 # codecarbon/external/hardware.py (mlco2/codecarbon).
 DEFAULT_CPU_TDP_W = 85.0
@@ -38,9 +56,21 @@ ESTIMATE_LOAD_EXPONENT = 3.0
 
 
 class PowerSource(Protocol):
+    """What the sampler reads.
+
+    Two optional hooks, looked up with getattr by the sampler (sources whose counter is cheap
+    have nothing to tune): `set_tick_interval(interval_s)`, the sampler's period, and
+    `request_counter()`, read the energy counter on the next tick whatever the schedule.
+    """
+
     kind: str  # "nvml", "rapl" or "estimate"
     estimated: bool  # True only for the estimate source
     has_energy_counter: bool  # True where energy_j comes from a hardware counter
+    # True where power_w is an instant reading independent of the counter (NVML), so that it may
+    # shape the energy between two counter readings; RAPL's power is the counter's own difference
+    # and the estimate's is constant over each span, so for them the counter is interpolated
+    # linearly.
+    instant_power: bool
 
     def device_names(self) -> dict[int, str]: ...
 
@@ -91,13 +121,47 @@ def _field_value(pynvml: Any, fv: Any) -> float:
     return float(getattr(v, by_type.get(fv.valueType, "uiVal")))
 
 
+def choose_counter_every(
+    cost_per_read_s: float,
+    tick_interval_s: float,
+    cpu_budget: float = COUNTER_CPU_BUDGET,
+    max_interval_s: float = COUNTER_MAX_INTERVAL_S,
+) -> int:
+    """Read the counter every k-th tick: the smallest k >= 1 with
+    cost_per_read_s / (k x tick_interval_s) <= cpu_budget, but no more ticks than fit in
+    max_interval_s (the cap wins over the budget: a counter read too seldom leaves windows open).
+
+    cost_per_read_s is the CPU time of one tick's counter reads (all GPUs together).
+    """
+    k = 1
+    if cost_per_read_s > 0 and cpu_budget > 0:
+        # the small slack keeps an exact ratio (8.000000000000002) from rounding up a whole tick
+        k = max(1, math.ceil(cost_per_read_s / (cpu_budget * tick_interval_s) - 1e-9))
+    cap = max(1, math.floor(max_interval_s / tick_interval_s + 1e-9))
+    return min(k, cap)
+
+
 class NvmlSource:
-    """Per-GPU readings through NVML. Any one reading that fails is None, never a crash."""
+    """Per-GPU readings through NVML. Any one reading that fails is None, never a crash.
+
+    Instant power, memory, utilisation, temperature and clock are read every tick; the energy
+    counter every `counter_every`-th tick (and on the tick after `request_counter()`), chosen
+    from the measured cost of the counter (see COUNTER_CPU_BUDGET). The first read() always
+    reads it.
+    """
 
     kind = "nvml"
     estimated = False
+    instant_power = True
 
-    def __init__(self, gpu_indices: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        gpu_indices: Sequence[int] | None = None,
+        *,
+        tick_interval_s: float = 0.1,
+        counter_cpu_budget: float = COUNTER_CPU_BUDGET,
+        counter_max_interval_s: float = COUNTER_MAX_INTERVAL_S,
+    ) -> None:
         pynvml = _nvml_init()
         self._pynvml = pynvml
         self._closed = False
@@ -123,9 +187,67 @@ class NvmlSource:
         # Readings a GPU answered with NotSupported are not asked again: each one costs a driver
         # call on every tick. {(gpu, what)}.
         self._unsupported: set[tuple[int, str]] = set()
+        self.counter_cpu_budget = float(counter_cpu_budget)
+        self.counter_max_interval_s = float(counter_max_interval_s)
+        self.tick_interval_s = float(tick_interval_s)
+        cpu_costs: list[float] = []
+        wall_costs: list[float] = []
         for i, h in self._handles.items():
-            self._call(i, "energy", pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
-        self.has_energy_counter = all((i, "energy") not in self._unsupported for i in self._handles)
+            # the first call finds out whether the GPU has the counter and warms the path up
+            if self._call(i, "energy", pynvml.nvmlDeviceGetTotalEnergyConsumption, h) is None:
+                continue
+            for _ in range(COUNTER_CALIBRATION_READS):
+                cpu0, wall0 = time.thread_time(), time.perf_counter()
+                self._call(i, "energy", pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
+                cpu_costs.append(time.thread_time() - cpu0)
+                wall_costs.append(time.perf_counter() - wall0)
+        counters = [i for i in self._handles if (i, "energy") not in self._unsupported]
+        self.has_energy_counter = len(counters) == len(self._handles)
+        self._n_counters = len(counters)
+        # Median per call: robust to one read that a context switch or page fault made slow.
+        self.counter_call_cpu_s: float | None = statistics.median(cpu_costs) if cpu_costs else None
+        self.counter_call_wall_s: float | None = (
+            statistics.median(wall_costs) if wall_costs else None
+        )
+        self.counter_every = 1
+        self._choose_counter_every()
+        self._since_counter = self.counter_every  # so that the first read() reads the counter
+        self._counter_wanted = False
+
+    def _choose_counter_every(self) -> None:
+        per_tick = (self.counter_call_cpu_s or 0.0) * self._n_counters
+        self.counter_every = choose_counter_every(
+            per_tick, self.tick_interval_s, self.counter_cpu_budget, self.counter_max_interval_s
+        )
+
+    def set_tick_interval(self, interval_s: float) -> None:
+        """The sampler's period; k is chosen for it."""
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        self.tick_interval_s = float(interval_s)
+        self._choose_counter_every()
+
+    @property
+    def counter_interval_s(self) -> float:
+        """Seconds between scheduled counter reads (k x the tick interval)."""
+        return self.counter_every * self.tick_interval_s
+
+    def request_counter(self) -> None:
+        """Read the counter on the next tick (the sampler asks when a window waits to close).
+
+        Called from another thread: a plain flag, read and cleared by read().
+        """
+        self._counter_wanted = True
+
+    def counter_info(self) -> dict[str, object]:
+        """How the counter is read, for the run record."""
+        return {
+            "counter_interval_s": self.counter_interval_s,
+            "counter_every_ticks": self.counter_every,
+            "counter_call_cpu_s": self.counter_call_cpu_s,
+            "counter_call_wall_s": self.counter_call_wall_s,
+            "counter_cpu_budget": self.counter_cpu_budget,
+        }
 
     def device_names(self) -> dict[int, str]:
         return dict(self._names)
@@ -164,9 +286,19 @@ class NvmlSource:
 
     def read(self) -> list[Sample]:
         pynvml = self._pynvml
+        self._since_counter += 1
+        with_counter = self._since_counter >= self.counter_every or self._counter_wanted
+        if with_counter:
+            # cleared before the reads, so a request that comes during them is served next tick
+            self._since_counter = 0
+            self._counter_wanted = False
         out: list[Sample] = []
         for i, h in self._handles.items():
-            mj = self._call(i, "energy", pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
+            mj = (
+                self._call(i, "energy", pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
+                if with_counter
+                else None
+            )
             # The time that matters for interpolation is the counter's, so take it right after.
             t_s = time.time()
             power_w = self._instant_power_w(i, h)
@@ -342,6 +474,7 @@ class RaplSource:
     kind = "rapl"
     estimated = False
     has_energy_counter = True
+    instant_power = False  # power_w is the counter's own difference over the last tick
 
     def __init__(
         self, powercap_dir: str | Path = "/sys/class/powercap", proc_dir: str | Path = "/proc"
@@ -440,6 +573,7 @@ class EstimateSource:
     kind = "estimate"
     estimated = True
     has_energy_counter = False  # energy_j is the model's integral, not a hardware counter
+    instant_power = False  # constant over each span, so the integral is linear inside it
 
     def __init__(self, tdp_w: float | None = None, proc_dir: str | Path = "/proc") -> None:
         if tdp_w is not None and tdp_w <= 0:
@@ -516,12 +650,15 @@ def open_power_source(device: str, gpus: Sequence[int] | None = None) -> PowerSo
 
 __all__ = [
     "DEFAULT_CPU_TDP_W",
+    "COUNTER_CPU_BUDGET",
+    "COUNTER_MAX_INTERVAL_S",
     "EstimateSource",
     "NVML_FI_DEV_POWER_INSTANT",
     "NvmlSource",
     "NvmlUnavailable",
     "PowerSource",
     "RaplSource",
+    "choose_counter_every",
     "cpu_model_name",
     "nvml_environment",
     "open_power_source",

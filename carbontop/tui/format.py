@@ -37,6 +37,15 @@ def carbon(value: float | None) -> str:
     return sig(value, 3)
 
 
+def throughput(value: float | None) -> str:
+    """Tokens per second: 0.523, 85.0, 965.2, 12345."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    if abs(value) < 10:
+        return sig(value, 3)
+    return fixed(value, 1 if abs(value) < 1000 else 0)
+
+
 def fixed(value: float | None, decimals: int = 1, scale: float = 1.0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return DASH

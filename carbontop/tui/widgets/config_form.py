@@ -11,20 +11,22 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Grid, VerticalScroll
 from textual.message import Message
 from textual.suggester import SuggestFromList
-from textual.widgets import Input, Label, Select, Static
+from textual.widget import Widget
+from textual.widgets import Input, Label, Static
 
 from carbontop import config as cfgmod
 from carbontop.errors import ConfigError
+from carbontop.tui.widgets.choice import Choice
 
 
 @dataclass(frozen=True)
 class FieldSpec:
     name: str  # RunConfig attribute
     label: str
-    choices: tuple[str, ...] = ()  # a Select when set, an Input otherwise
+    choices: tuple[str, ...] = ()  # a Choice when set, an Input otherwise
     placeholder: str = ""
     required: bool = False  # blank is an error (otherwise blank means "the default": None)
     help: str = ""
@@ -35,9 +37,9 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
         FieldSpec("model", "model", placeholder="preset or model folder", required=True,
                   help="A preset (tiny, gpt2, llama2-7b, ...) or a local Hugging Face model folder."),
         FieldSpec("engine", "engine", cfgmod.ENGINES),
-        FieldSpec("url", "server url", placeholder="http://host:8000 (openai engine)",
+        FieldSpec("url", "server url", placeholder="openai: http://host:8000",
                   help="Base URL of an OpenAI-compatible server; only for the openai engine."),
-        FieldSpec("arch", "architecture", placeholder="preset or folder (openai engine)",
+        FieldSpec("arch", "arch", placeholder="openai: preset or folder",
                   help="For the openai engine: the preset or model folder the server runs, for MFU/MBU."),
         FieldSpec("weights", "weights", cfgmod.WEIGHTS,
                   help="dummy: random weights of the real shape (no download); auto: the real ones."),
@@ -47,29 +49,29 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
                   help="NVML indices of the GPUs in use, comma-separated; blank for all."),
     )),
     ("Workload", (
-        FieldSpec("dataset", "dataset", placeholder="sharegpt, synthetic or a JSON path", required=True),
-        FieldSpec("num_prompts", "prompts", placeholder="100 on a GPU, 16 on the CPU",
+        FieldSpec("dataset", "dataset", placeholder="sharegpt/synthetic/path", required=True),
+        FieldSpec("num_prompts", "prompts", placeholder="100 GPU, 16 CPU",
                   help="Requests per sweep point; blank for 100 on a GPU (as the paper), 16 on the CPU."),
-        FieldSpec("max_input_len", "max input", placeholder="model preset's default",
+        FieldSpec("max_input_len", "max input", placeholder="preset default",
                   help="Longest prompt, in tokens; blank for the model preset's default."),
-        FieldSpec("max_output_len", "max output", placeholder="model preset's default",
+        FieldSpec("max_output_len", "max output", placeholder="preset default",
                   help="Longest output, in tokens; blank for the model preset's default."),
         FieldSpec("seed", "seed", placeholder="0", required=True),
     )),
     ("Sweep", (
         FieldSpec("batch_sizes", "batch sizes", placeholder="auto, or 1,2,4,8", required=True,
                   help="auto: double until out of memory, then bisect; or a list of sizes."),
-        FieldSpec("max_batch", "max batch", placeholder="1024 on a GPU, 16 on the CPU",
+        FieldSpec("max_batch", "max batch", placeholder="1024 GPU, 16 CPU",
                   help="Where the automatic search stops if nothing failed."),
     )),
     ("Carbon", (
         FieldSpec("intensity", "gCO2e/kWh", placeholder="413", required=True,
                   help="Grid carbon intensity, used when no zone, trace or live source is set."),
-        FieldSpec("zone", "zone", placeholder="none (e.g. DE, US-MIDW-MISO)",
+        FieldSpec("zone", "zone", placeholder="none (e.g. DE)",
                   help="An Electricity Maps zone id: its annual average replaces the number above."),
-        FieldSpec("trace", "trace CSV", placeholder="none (hourly CSV path)",
+        FieldSpec("trace", "trace CSV", placeholder="none (hourly CSV)",
                   help="An hourly Electricity Maps export: intensity follows the clock of the run."),
-        FieldSpec("emaps_zone", "live zone", placeholder="none (token: ELECTRICITYMAPS_TOKEN)",
+        FieldSpec("emaps_zone", "live zone", placeholder="none (API, live)",
                   help="Electricity Maps zone read live through its API during the run."),
         FieldSpec("pue", "PUE", placeholder="1.0", required=True,
                   help="Power usage effectiveness of the facility: 1.1 for a hyperscaler, 1.58 average."),
@@ -102,15 +104,14 @@ class ConfigForm(VerticalScroll):
 
     DEFAULT_CSS = """
     ConfigForm { padding: 0 1; }
-    ConfigForm .section { text-style: bold; color: $primary; margin-top: 1; height: 1; }
-    ConfigForm .section.first { margin-top: 0; }
-    ConfigForm .field { height: 1; }
-    ConfigForm .field Label { width: 12; color: $text-muted; }
-    ConfigForm .field Input, ConfigForm .field Select { width: 1fr; }
-    ConfigForm .field-error { color: $error; height: auto; display: none; padding-left: 12; }
-    ConfigForm .field-error.shown { display: block; }
-    ConfigForm #form-error { color: $error; height: auto; display: none; }
-    ConfigForm #form-error.shown { display: block; }
+    ConfigForm #form-grid {
+        layout: grid; grid-size: 2; grid-columns: 12 1fr; grid-rows: 1; height: auto;
+    }
+    ConfigForm .section { column-span: 2; text-style: bold; color: $primary; }
+    ConfigForm .gap { column-span: 2; }
+    ConfigForm .field-label { color: $text-muted; }
+    ConfigForm #field-error { column-span: 2; color: $error; display: none; }
+    ConfigForm #field-error.shown { display: block; }
     """
 
     class Leave(Message):
@@ -123,41 +124,57 @@ class ConfigForm(VerticalScroll):
         super().__init__(id=id)
         self.base = initial
         self.error_field: str | None = None
+        self.error_message = ""
         self._loading = False
+        self.built = False
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="form-error")
+        yield Static("[$text-muted]Loading the form…[/]", id="form-loading")
+
+    def build(self) -> None:
+        """Mount the fields. The app calls this right after its first frame: the form is the
+        largest part of the screen, and building it first would delay that frame by half a second."""
+        if self.built:
+            return
+        self.built = True
+        grid = Grid(id="form-grid")
+        self.mount(grid)
+        grid.mount_all(self._fields())
+        self.query_one("#form-loading").remove()
+
+    def _fields(self) -> list[Widget]:
+        # One grid, one widget per label and per value, one error line moved to the field it is
+        # about.
         suggestions = _model_presets()
+        widgets: list[Widget] = []
         for n, (title, specs) in enumerate(SECTIONS):
-            yield Label(title, classes="section first" if n == 0 else "section")
+            if n:
+                widgets.append(Label("", classes="gap"))
+            widgets.append(Label(title, classes="section"))
             for spec in specs:
                 value = to_text(getattr(self.base, spec.name))
-                with Horizontal(classes="field", id=f"row-{spec.name}"):
-                    yield Label(spec.label)
-                    if spec.choices:
-                        options = [(c, c) for c in spec.choices]
-                        if value not in spec.choices:  # a value from a newer config: keep it visible
-                            options.append((value, value))
-                        yield Select(options, value=value, allow_blank=False, compact=True,
-                                     id=f"f-{spec.name}", tooltip=spec.help or None)
-                    else:
-                        suggester = SuggestFromList(suggestions) if spec.name == "model" and suggestions else None
-                        yield Input(value, placeholder=spec.placeholder, compact=True, id=f"f-{spec.name}",
-                                    suggester=suggester, tooltip=spec.help or None)
-                yield Static("", classes="field-error", id=f"e-{spec.name}")
+                widgets.append(Label(spec.label, classes="field-label"))
+                if spec.choices:
+                    widgets.append(Choice(spec.choices, value, id=f"f-{spec.name}", tooltip=spec.help or None))
+                else:
+                    suggester = SuggestFromList(suggestions) if spec.name == "model" and suggestions else None
+                    widgets.append(Input(value, placeholder=spec.placeholder, compact=True, id=f"f-{spec.name}",
+                                         suggester=suggester, tooltip=spec.help or None))
+        widgets.append(Static("", id="field-error"))
+        return widgets
 
     def on_mount(self) -> None:
         self.border_title = "Run configuration"
 
     # ---- values -------------------------------------------------------------------------
 
+    def field(self, name: str) -> Input | Choice:
+        return self.query_one(f"#f-{name}")  # type: ignore[return-value]
+
     def values(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for name, spec in FIELDS.items():
-            widget = self.query_one(f"#f-{name}")
-            value = widget.value  # type: ignore[attr-defined]
-            out[name] = "" if value is None or value is Select.BLANK else str(value).strip()
-        return out
+        if not self.built:
+            return {name: to_text(getattr(self.base, name)) for name in FIELDS}
+        return {name: str(self.field(name).value or "").strip() for name in FIELDS}
 
     def read(self) -> cfgmod.RunConfig:
         """The form's configuration, validated; raises ConfigError naming the field."""
@@ -170,17 +187,12 @@ class ConfigForm(VerticalScroll):
 
     def set_config(self, cfg: cfgmod.RunConfig) -> None:
         self.base = cfg
+        if not self.built:
+            return  # build() reads self.base
         self._loading = True
         try:
-            for name, spec in FIELDS.items():
-                value = to_text(getattr(cfg, name))
-                widget = self.query_one(f"#f-{name}")
-                if isinstance(widget, Select):
-                    if value not in spec.choices:
-                        widget.set_options([(c, c) for c in (*spec.choices, value)])
-                    widget.value = value
-                else:
-                    widget.value = value  # type: ignore[attr-defined]
+            for name in FIELDS:
+                self.field(name).value = to_text(getattr(cfg, name))
         finally:
             self.call_after_refresh(self._done_loading)
         self.clear_errors()
@@ -192,45 +204,57 @@ class ConfigForm(VerticalScroll):
 
     def check(self) -> cfgmod.RunConfig | None:
         """Validate and mark: the config, or None with the offending field marked."""
-        self.clear_errors()
         try:
-            return self.read()
+            cfg = self.read()
         except ConfigError as exc:
             self.mark(str(exc), exc.field)
             return None
+        self.clear_errors()
+        return cfg
 
     def mark(self, message: str, field: str | None) -> None:
         """Show `message` under `field` (or at the top, for a setting that has no field here)."""
+        if field == self.error_field and message == self.error_message:
+            return  # unchanged: keep typing smooth
+        if not self.built:
+            self.build()
         self.clear_errors()
+        error = self.query_one("#field-error", Static)
+        grid = self.query_one("#form-grid", Grid)
         if field in FIELDS:
-            self.error_field = field
-            self.query_one(f"#f-{field}").add_class("-invalid")
-            error = self.query_one(f"#e-{field}", Static)
+            widget = self.field(field)
+            widget.add_class("-invalid")
+            grid.move_child(error, after=widget)
         else:
-            self.error_field = None
-            error = self.query_one("#form-error", Static)
+            grid.move_child(error, before=0)
+        self.error_field = field if field in FIELDS else None
+        self.error_message = message
         error.update(message)
         error.add_class("shown")
 
     def clear_errors(self) -> None:
+        if self.error_message and self.built:
+            for widget in self.query(".-invalid"):
+                widget.remove_class("-invalid")
+            self.query_one("#field-error", Static).remove_class("shown")
         self.error_field = None
-        for widget in self.query(".-invalid"):
-            widget.remove_class("-invalid")
-        for error in self.query(".field-error.shown, #form-error.shown"):
-            error.remove_class("shown")
+        self.error_message = ""
 
     def focus_error(self) -> None:
         if self.error_field:
-            widget = self.query_one(f"#f-{self.error_field}")
+            widget = self.field(self.error_field)
             widget.focus()
             self.scroll_to_widget(widget)
 
     def focus_first(self) -> None:
-        self.query_one("#f-model").focus()
+        if self.built:
+            self.field("model").focus()
 
     def set_enabled(self, enabled: bool) -> None:
+        if not self.built:
+            return
         for name in FIELDS:
-            self.query_one(f"#f-{name}").disabled = not enabled
+            self.field(name).disabled = not enabled
 
     # ---- events -------------------------------------------------------------------------
 
@@ -239,7 +263,7 @@ class ConfigForm(VerticalScroll):
         if not self._loading:
             self.post_message(self.Edited())
 
-    def on_select_changed(self, event: Select.Changed) -> None:
+    def on_choice_changed(self, event: Choice.Changed) -> None:
         event.stop()
         if not self._loading:
             self.post_message(self.Edited())

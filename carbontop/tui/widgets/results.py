@@ -40,7 +40,7 @@ def _num(row: Mapping[str, Any], key: str) -> float | None:
 
 # The first eleven fit 80 columns; the rest are there on a wide terminal (or by scrolling right).
 COLUMNS: tuple[Column, ...] = (
-    Column("tokens_per_s", "tok/s", lambda v: fmt.sig(v, 4) if v is not None and v < 1000 else fmt.fixed(v, 0)),
+    Column("tokens_per_s", "tok/s", lambda v: fmt.throughput(v)),
     Column("s_per_token", "s/tok", lambda v: fmt.sig(v, 3)),
     Column("ttft_p50_s", "TTFT\np50 s", lambda v: fmt.sig(v, 3)),
     Column("tpot_p50_s", "TPOT\np50 ms", lambda v: fmt.sig(None if v is None else v * 1000, 3)),

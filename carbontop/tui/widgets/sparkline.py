@@ -34,7 +34,7 @@ def bucket_max(
         span_s = 1.0
     t0 = t_end - span_s
     last_index = -1
-    for t, v in zip(times, values):
+    for t, v in zip(times, values, strict=False):
         if v is None or t < t0 or t > t_end:
             continue
         i = min(n - 1, int((t - t0) / span_s * n))

@@ -29,6 +29,7 @@ PHASES = {
     "compiling": "compiling",
     "measuring": "measuring",
     "restarting": "restarting engine",
+    "starting": "starting engine",
 }
 
 

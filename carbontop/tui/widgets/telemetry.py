@@ -134,34 +134,38 @@ class TelemetryPane(VerticalScroll):
     TelemetryPane #telemetry-note { color: $text-muted; height: auto; }
     """
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        # views by device index: a removed view lingers in the DOM until the next frame
+        self._views: dict[int, DeviceView] = {}
+        self._note = Static("Waiting for the first power reading…", id="telemetry-note")
+
     def compose(self) -> ComposeResult:
-        yield Static("Waiting for the first power reading…", id="telemetry-note")
+        yield self._note
 
     def on_mount(self) -> None:
         self.border_title = "Telemetry"
 
     def note(self, text: str) -> None:
-        note = self.query_one("#telemetry-note", Static)
-        note.update(text)
-        note.display = bool(text)
+        self._note.update(text)
+        self._note.display = bool(text)
 
     def clear_devices(self) -> None:
-        for view in list(self.query(DeviceView)):
+        views, self._views = self._views, {}
+        for view in views.values():
             view.remove()
 
     def _view(self, index: int) -> DeviceView:
-        for view in self.query(DeviceView):
-            if view.index == index:
-                return view
-        view = DeviceView(index)
-        self.mount(view)
+        view = self._views.get(index)
+        if view is None:
+            view = self._views[index] = DeviceView(index)
+            self.mount(view)
         return view
 
     def _show(self, devices: list[DeviceSeries], t_end: float, span_s: float, suffix: str) -> None:
         wanted = {d.index for d in devices}
-        for view in list(self.query(DeviceView)):
-            if view.index not in wanted:
-                view.remove()
+        for index in [i for i in self._views if i not in wanted]:
+            self._views.pop(index).remove()
         for series in sorted(devices, key=lambda d: d.index):
             self._view(series.index).show(series, t_end=t_end, span_s=span_s, suffix=suffix)
 

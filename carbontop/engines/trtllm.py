@@ -1,0 +1,502 @@
+"""Drive TensorRT-LLM through its high-level LLM API, the PyTorch backend that 1.x uses by default.
+
+Written against TensorRT-LLM 1.2 (the 1.x LLM API: `tensorrt_llm.LLM`, `SamplingParams`,
+`tensorrt_llm.llmapi.KvCacheConfig`, `LLM.generate_async`, and the per-request perf metrics on
+`RequestOutput.outputs[0].request_perf_metrics`); any 1.x release has these.
+
+How a sweep point maps onto it:
+- batch size -> the executor's `max_batch_size`, fixed when the executor is created, so the LLM is
+  built again (before the window) whenever the batch size changes. All prompts are submitted at
+  once and the executor's scheduler keeps at most `max_batch_size` of them in flight.
+- `kv_cache_fraction` -> `KvCacheConfig(free_gpu_memory_fraction=...)`. Block reuse is off, so a
+  prompt's prefill is never skipped because an earlier prompt shared its prefix.
+- output lengths are forced: `ignore_eos=True`, `max_tokens` = the prompt's reference length, and
+  `end_id=-1` as trtllm-bench does, which also frees the run from needing a tokenizer.
+- weights "dummy" -> `load_format="dummy"` (random weights); a preset without a folder gets a
+  config.json written to a temporary folder and runs on token ids, without a tokenizer.
+- TTFT and end-to-end time come from the engine's own per-request timing metrics (arrival, first
+  token, last token); where a build returns none, from streaming timestamps taken here.
+- out of memory, in every form TensorRT-LLM shows it (executor creation failing for lack of GPU
+  memory, a torch OutOfMemoryError from the worker, "CUDA runtime error in cudaMallocAsync ... out
+  of memory") -> EngineOOM. A point whose requests never reached `batch_size` in flight at once
+  (the KV cache pre-allocated at start-up could not hold more) -> EngineKVBound with the
+  concurrency reached, computed from each request's first and last scheduler iteration.
+
+`tensorrt_llm` is imported inside load(): choosing this engine costs nothing until it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from carbontop.core.records import EngineRun, Prompt, RequestRecord
+from carbontop.engines.base import Emit, EngineFailure, EngineKVBound, EngineOOM, EngineSpec
+from carbontop.errors import EngineUnavailable
+
+INSTALL_SENTENCE = (
+    "TensorRT-LLM is not installed; install it with pip install 'carbontop[trtllm]' on a Linux machine "
+    "with an NVIDIA GPU and CUDA 12 or newer (the README's TensorRT-LLM section has the details)."
+)
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+# HF architecture class per model_type, for presets whose config names no architecture.
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+}
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+WARMUP_OUTPUT_TOKENS = 4
+
+# The forms TensorRT-LLM's out-of-memory takes (executor creation, worker, CUDA allocator).
+_OOM_RE = re.compile(
+    r"out of memory|insufficient (?:gpu )?memory|outofmemory|cudaErrorMemoryAllocation"
+    r"|CUDA_ERROR_OUT_OF_MEMORY",
+    re.IGNORECASE,
+)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True if the exception, or one it was raised from, says memory ran out."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if "OutOfMemory" in type(current).__name__ or _OOM_RE.search(str(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error (TensorRT-LLM appends C++ stack traces), shortened."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = " ".join(text.split()).rstrip(".")
+    return text if len(text) <= 240 else text[:239] + "…"
+
+
+def synthetic_token_ids(n_tokens: int, vocab_size: int | None, seed: str) -> list[int]:
+    """Deterministic token ids for a prompt that has no text, different for every seed.
+
+    Ids come from the middle of the vocabulary: special tokens sit at its two ends in the common
+    tokenizers (Llama's <unk>/<s>/</s> at 0-2, GPT-2's <|endoftext|> and Llama 3's specials last).
+    """
+    top = int((vocab_size or 1000) * 0.9)
+    low = min(100, top // 10)
+    rng = random.Random(seed)
+    return [rng.randrange(low, top) for _ in range(max(1, n_tokens))]
+
+
+def _seconds(value: Any) -> float | None:
+    """Timing metrics are timedeltas on the engine's steady clock; a zero one means unset."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        return None
+    return seconds if seconds > 0 else None
+
+
+def max_overlap(spans: Sequence[tuple[float, float]], *, inclusive: bool) -> int:
+    """Largest number of spans covering one point.
+
+    Iteration ranges are inclusive (a request scheduled in iterations 3..5 is in flight in 5);
+    time spans are half-open. At equal positions an end is counted before a start.
+    """
+    events: list[tuple[float, int]] = []
+    for start, end in spans:
+        events.append((start, 1))
+        events.append((end + 1 if inclusive else end, -1))
+    events.sort(key=lambda e: (e[0], e[1]))
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def _import_tensorrt_llm() -> Any:
+    try:
+        import tensorrt_llm
+    except ModuleNotFoundError as exc:
+        if (exc.name or "tensorrt_llm").split(".")[0] == "tensorrt_llm":
+            raise EngineUnavailable(INSTALL_SENTENCE) from None
+        raise EngineUnavailable(
+            f"TensorRT-LLM is installed but cannot be imported because module '{exc.name}' is missing."
+        ) from None
+    except (ImportError, OSError) as exc:
+        raise EngineUnavailable(f"TensorRT-LLM is installed but cannot be imported: {_first_line(exc)}.") from None
+    return tensorrt_llm
+
+
+class TRTLLMEngine:
+    """TensorRT-LLM's LLM API in the engine child process; one executor per batch size."""
+
+    def __init__(self, spec: EngineSpec, emit: Emit) -> None:
+        self.spec = spec
+        self._emit = emit
+        self._trt: Any = None
+        self._kv_cache_config_cls: Any = None
+        self._llm: Any = None
+        self._llm_batch_size: int | None = None
+        self._model_source = spec.model
+        self._tmpdir: str | None = None
+        self._has_tokenizer = False
+        self._vocab_size: int | None = None
+        self._max_seq_len = spec.max_input_len + spec.max_output_len
+        self._streaming = bool(spec.extra.get("trtllm_streaming", False))
+        self._streaming_reason = "asked for" if self._streaming else ""
+
+    # ---- the contract ----------------------------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        self._emit("phase", {"phase": "load", "detail": "importing TensorRT-LLM"})
+        trt = _import_tensorrt_llm()
+        if self.spec.device != "cuda":
+            raise EngineUnavailable(
+                "TensorRT-LLM runs only on an NVIDIA GPU and none is in use here; choose --engine hf "
+                "to measure on the CPU."
+            )
+        from tensorrt_llm.llmapi import KvCacheConfig
+
+        self._trt = trt
+        self._kv_cache_config_cls = KvCacheConfig
+        self._resolve_model()
+        return {
+            "tensorrt_llm_version": str(getattr(trt, "__version__", "unknown")),
+            "backend": "LLM API, default (PyTorch) backend",
+            "model_source": self._model_source,
+            "load_format": self._load_format(),
+            "tokenizer": self._has_tokenizer,
+            "tensor_parallel_size": self._tp_size(),
+            "max_seq_len": self._max_seq_len,
+            "kv_cache_fraction": self.spec.kv_cache_fraction,
+            "kv_block_reuse": self._block_reuse(),
+        }
+
+    def run_point(self, batch_size: int, prompts: Sequence[Prompt]) -> EngineRun:
+        if self._trt is None:
+            raise EngineFailure("The TensorRT-LLM engine was asked to run before it was loaded.")
+        if batch_size < 1 or not prompts:
+            raise EngineFailure("A point needs a batch size of at least 1 and at least one prompt.")
+        prompts = list(prompts)
+        rebuilt = self._ensure_llm(batch_size)
+        inputs = [self._prompt_input(p) for p in prompts]
+        try:
+            timed = asyncio.run(self._point(batch_size, prompts, inputs))
+        except (EngineOOM, EngineFailure, EngineKVBound):
+            raise
+        except Exception as exc:
+            error = self._classify(exc, batch_size, "generating")
+            self._shutdown_llm()  # its state after a failure is unknown: the next point builds afresh
+            raise error from None
+        run = self._engine_run(batch_size, prompts, inputs, timed, rebuilt)
+        expected = min(batch_size, len(prompts))
+        if run.concurrency_reached is not None and run.concurrency_reached < expected:
+            bound = EngineKVBound(
+                f"TensorRT-LLM kept at most {run.concurrency_reached} requests in flight of the {expected} "
+                "asked, because its KV cache (or token budget) could not hold more at once.",
+                run.concurrency_reached,
+            )
+            bound.run = run  # type: ignore[attr-defined]  # the measurements, for a host that wants them
+            raise bound
+        return run
+
+    def close(self) -> None:
+        self._shutdown_llm()
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    # ---- model and executor ----------------------------------------------------------------
+
+    def _load_format(self) -> str:
+        return "dummy" if self.spec.weights == "dummy" else "auto"
+
+    def _block_reuse(self) -> bool:
+        return bool(self.spec.extra.get("kv_block_reuse", False))
+
+    def _tp_size(self) -> int:
+        return int(self.spec.extra.get("tensor_parallel_size", max(1, len(self.spec.gpus))))
+
+    def _resolve_model(self) -> None:
+        spec = self.spec
+        config: dict[str, Any] = dict(spec.model_config or {})
+        if spec.model_path:
+            folder = Path(spec.model_path)
+            self._model_source = str(folder)
+            self._has_tokenizer = any((folder / name).exists() for name in TOKENIZER_FILES)
+            config_file = folder / "config.json"
+            if config_file.exists():
+                config = json.loads(config_file.read_text())
+        elif spec.weights == "dummy" and spec.model_config:
+            # A preset: TensorRT-LLM reads the architecture from a config.json, so write one.
+            self._tmpdir = tempfile.mkdtemp(prefix="carbontop-trtllm-")
+            config = self._hf_config(config)
+            (Path(self._tmpdir) / "config.json").write_text(json.dumps(config, indent=2))
+            self._model_source = self._tmpdir
+            self._has_tokenizer = False
+        else:
+            # A hub name: TensorRT-LLM fetches its config (and, with real weights, the weights).
+            self._model_source = spec.model
+            self._has_tokenizer = True
+        vocab = config.get("vocab_size")
+        self._vocab_size = int(vocab) if isinstance(vocab, int) else None
+        positions = config.get("max_position_embeddings") or config.get("n_positions")
+        if isinstance(positions, int) and positions > 0:
+            self._max_seq_len = min(self._max_seq_len, positions)
+
+    def _hf_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        if not config.get("architectures"):
+            arch = ARCHITECTURES.get(str(config.get("model_type", "")))
+            if arch is None:
+                raise EngineFailure(
+                    f"TensorRT-LLM needs the model's architecture, and the config of '{self.spec.model}' "
+                    "names neither an architecture nor a known model_type."
+                )
+            config["architectures"] = [arch]
+        config.setdefault("torch_dtype", DTYPES.get(self.spec.dtype, "bfloat16"))
+        return config
+
+    def _llm_kwargs(self, batch_size: int) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self._model_source,
+            "skip_tokenizer_init": not self._has_tokenizer,
+            "tensor_parallel_size": self._tp_size(),
+            "dtype": DTYPES.get(self.spec.dtype, "auto"),
+            "max_batch_size": batch_size,
+            "max_seq_len": self._max_seq_len,
+            "kv_cache_config": self._kv_cache_config_cls(
+                free_gpu_memory_fraction=self.spec.kv_cache_fraction,
+                enable_block_reuse=self._block_reuse(),
+            ),
+            "load_format": self._load_format(),
+        }
+        if "max_num_tokens" in self.spec.extra:
+            kwargs["max_num_tokens"] = int(self.spec.extra["max_num_tokens"])
+        return kwargs
+
+    def _ensure_llm(self, batch_size: int) -> bool:
+        """An executor sized for this batch; True if it had to be created (outside the window)."""
+        if self._llm is not None and self._llm_batch_size == batch_size:
+            return False
+        self._shutdown_llm()
+        self._emit("phase", {"phase": "build", "detail": f"creating the executor for max_batch_size={batch_size}"})
+        try:
+            self._llm = self._trt.LLM(**self._llm_kwargs(batch_size))
+        except Exception as exc:
+            raise self._classify(exc, batch_size, "creating its executor") from None
+        self._llm_batch_size = batch_size
+        return True
+
+    def _shutdown_llm(self) -> None:
+        llm, self._llm, self._llm_batch_size = self._llm, None, None
+        if llm is None:
+            return
+        try:
+            llm.shutdown()
+        except Exception:  # an executor that already died may refuse to shut down; it is gone either way
+            pass
+        del llm
+        gc.collect()
+        try:
+            import torch
+        except ImportError:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _classify(self, exc: BaseException, batch_size: int, during: str) -> Exception:
+        if is_oom(exc):
+            # Not `recovered`: CUDA memory the failed executor took may stay with this process, so
+            # the host starts a fresh one rather than trusting the shutdown to have freed it all.
+            return EngineOOM(
+                f"TensorRT-LLM ran out of GPU memory at batch size {batch_size} while {during}: {_first_line(exc)}.",
+                recovered=False,
+            )
+        return EngineFailure(f"TensorRT-LLM failed while {during}: {_first_line(exc)}.")
+
+    # ---- one point -------------------------------------------------------------------------
+
+    def _prompt_input(self, prompt: Prompt) -> str | list[int]:
+        if self._has_tokenizer and prompt.text:
+            return prompt.text
+        ids = prompt.token_ids
+        if ids and (self._vocab_size is None or max(ids) < self._vocab_size):
+            return list(ids)
+        return synthetic_token_ids(prompt.input_tokens, self._vocab_size, f"{self.spec.seed}:{prompt.prompt_id}")
+
+    def _params(self, max_tokens: int) -> Any:
+        return self._trt.SamplingParams(
+            max_tokens=max_tokens,
+            ignore_eos=True,
+            end_id=-1,
+            pad_id=-1,
+            return_perf_metrics=True,
+            detokenize=False,  # text is not needed, and detokenizing would add host work to the window
+        )
+
+    async def _point(self, batch_size: int, prompts: list[Prompt], inputs: list[Any]) -> dict[str, Any]:
+        self._emit("phase", {"phase": "warmup", "detail": "one short request before the window"})
+        warm = self._llm.generate_async(
+            synthetic_token_ids(16, self._vocab_size, f"{self.spec.seed}:warmup"),
+            sampling_params=self._params(WARMUP_OUTPUT_TOKENS),
+            streaming=self._streaming,
+        )
+        warm_out, _, _ = await self._wait(warm)
+        if not self._streaming and self._engine_times(warm_out) is None:
+            self._streaming = True
+            self._streaming_reason = "this TensorRT-LLM returned no per-request timing metrics"
+
+        n = len(prompts)
+        self._emit("phase", {"phase": "run", "detail": f"{n} requests, at most {batch_size} in flight"})
+        done = 0
+        progress_step = max(1, n // 10)
+
+        async def wait_and_count(result: Any) -> tuple[Any, float | None, float]:
+            nonlocal done
+            outcome = await self._wait(result)
+            done += 1
+            if done % progress_step == 0 or done == n:
+                self._emit("progress", {"done": done, "total": n})
+            return outcome
+
+        unix0, perf0 = time.time(), time.perf_counter()
+        submits: list[float] = []
+        results = []
+        for x, prompt in zip(inputs, prompts, strict=True):  # all at once: the scheduler admits max_batch_size
+            submits.append(time.perf_counter())
+            results.append(
+                self._llm.generate_async(x, sampling_params=self._params(prompt.output_tokens), streaming=self._streaming)
+            )
+        outcomes = await asyncio.gather(*(wait_and_count(r) for r in results))
+        return {"unix0": unix0, "perf0": perf0, "submits": submits, "outcomes": outcomes}
+
+    async def _wait(self, result: Any) -> tuple[Any, float | None, float]:
+        """The finished output, the time its first token arrived (streaming only), and now."""
+        first: float | None = None
+        if self._streaming:
+            async for partial in result:
+                if first is None and partial.outputs and len(partial.outputs[0].token_ids) > 0:
+                    first = time.perf_counter()
+            output = result
+        else:
+            output = await result.aresult()
+        return output, first, time.perf_counter()
+
+    @staticmethod
+    def _engine_times(output: Any) -> tuple[float, float] | None:
+        """(TTFT, end-to-end) from the request's own timing metrics, or None if it has none."""
+        completion = output.outputs[0] if output.outputs else None
+        metrics = getattr(completion, "request_perf_metrics", None)
+        timing = getattr(metrics, "timing_metrics", None)
+        if timing is None:
+            return None
+        arrival = _seconds(getattr(timing, "arrival_time", None))
+        first = _seconds(getattr(timing, "first_token_time", None))
+        last = _seconds(getattr(timing, "last_token_time", None))
+        if arrival is None or first is None or last is None or not arrival < first <= last:
+            return None
+        return first - arrival, last - arrival
+
+    @staticmethod
+    def _concurrency(outputs: list[Any]) -> tuple[int | None, str]:
+        """Most requests in flight at once: from scheduler iterations, else from engine times."""
+        metrics = [getattr(o.outputs[0], "request_perf_metrics", None) if o.outputs else None for o in outputs]
+        iters = [(getattr(m, "first_iter", None), getattr(m, "last_iter", None)) for m in metrics]
+        if iters and all(isinstance(a, int) and isinstance(b, int) for a, b in iters):
+            return max_overlap(iters, inclusive=True), "each request's first and last scheduler iteration"
+        spans = []
+        for m in metrics:
+            timing = getattr(m, "timing_metrics", None)
+            start = _seconds(getattr(timing, "first_scheduled_time", None))
+            end = _seconds(getattr(timing, "last_token_time", None))
+            if start is None or end is None:
+                return None, ""
+            spans.append((start, end))
+        return max_overlap(spans, inclusive=False), "each request's first-scheduled and last-token times"
+
+    def _engine_run(
+        self, batch_size: int, prompts: list[Prompt], inputs: list[Any], timed: dict[str, Any], rebuilt: bool
+    ) -> EngineRun:
+        unix0, perf0, submits = timed["unix0"], timed["perf0"], timed["submits"]
+
+        def unix(perf: float) -> float:
+            return unix0 + (perf - perf0)
+
+        records = []
+        engine_timed = 0
+        outputs = [o for o, _, _ in timed["outcomes"]]
+        for i, (prompt, x, (output, first, finished), submitted) in enumerate(
+            zip(prompts, inputs, timed["outcomes"], submits, strict=True)
+        ):
+            completion = output.outputs[0]
+            prompt_ids = getattr(output, "prompt_token_ids", None)
+            times = self._engine_times(output)
+            if times is not None:
+                ttft, e2e = times
+                engine_timed += 1
+            else:
+                ttft = (first if first is not None else finished) - submitted
+                e2e = finished - submitted
+            records.append(
+                RequestRecord(
+                    batch_size=batch_size,
+                    request_index=i,
+                    batch_index=-1,  # in-flight batching: no static batches
+                    input_tokens=len(prompt_ids) if prompt_ids else (len(x) if isinstance(x, list) else prompt.input_tokens),
+                    output_tokens=len(completion.token_ids),
+                    start_s=unix(submitted),
+                    ttft_s=ttft,
+                    e2e_s=e2e,
+                )
+            )
+        concurrency, how = self._concurrency(outputs)
+        notes = []
+        if rebuilt:
+            notes.append(f"the executor was created with max_batch_size={batch_size} before the window")
+        if engine_timed == len(records):
+            notes.append("TTFT and end-to-end times are TensorRT-LLM's per-request timing metrics")
+        else:
+            reason = f" ({self._streaming_reason})" if self._streaming_reason else ""
+            notes.append(
+                f"TTFT and end-to-end times of {len(records) - engine_timed} requests are streaming timestamps "
+                f"taken by carbontop{reason}"
+            )
+        if concurrency is None:
+            notes.append("the requests carried no scheduling metrics, so the concurrency reached is unknown")
+        else:
+            notes.append(f"concurrency reached is counted from {how}")
+        synthetic = sum(1 for p, x in zip(prompts, inputs, strict=True) if isinstance(x, list) and not p.token_ids)
+        if synthetic:
+            notes.append(f"{synthetic} prompts were sent as deterministic token ids of their exact input length")
+        short = sum(rec.output_tokens < p.output_tokens for rec, p in zip(records, prompts, strict=True))
+        if short:
+            notes.append(f"{short} of {len(records)} answers were shorter than their reference length")
+        return EngineRun(
+            batch_size=batch_size,
+            window_start_s=unix(submits[0]),
+            window_end_s=unix(max(f for _, _, f in timed["outcomes"])),
+            records=tuple(records),
+            concurrency_reached=concurrency,
+            notes=tuple(notes),
+        )

@@ -1,0 +1,655 @@
+"""The Textual app that `carbontop` opens: configure a sweep, watch power live, read the results.
+
+The sweep runs in a thread worker that drives carbontop.core's SweepRunner (which keeps the engine
+in a child process and the telemetry sampler in its own thread); each sweep event is posted to the
+app as a message, and the telemetry pane pulls the sampler four times a second. Nothing in here
+blocks the UI thread on the engine, the GPU or pandas, and nothing the sweep raises ends the app.
+
+Importing this module stays light (Textual and carbontop's config only): the runner, the store and
+the power sources are imported when first used.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Footer
+
+from carbontop import config as cfgmod
+from carbontop.errors import CarbontopError
+from carbontop.tui.messages import SweepEnded, SweepEventMessage, SweepFailed, SweepPrepared
+from carbontop.tui.screens import (
+    ConfirmScreen,
+    ErrorScreen,
+    ExportScreen,
+    HelpScreen,
+    OpenScreen,
+    recent_runs,
+)
+from carbontop.tui.themes import DEFAULT_THEME, load_themes, theme_dirs
+from carbontop.tui.widgets.config_form import ConfigForm
+from carbontop.tui.widgets.results import ResultsPane
+from carbontop.tui.widgets.sweep import SweepPane
+from carbontop.tui.widgets.telemetry import TelemetryPane
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+LAST_RUN_FILE = "last_run.toml"  # in the config dir: the form starts from the last sweep's setup
+UI_STATE_FILE = "tui.toml"  # in the config dir: the theme last chosen
+TELEMETRY_POLL_S = 0.25
+# The idle sampler only feeds the graphs (4 frames a second), so it need not read at 10 Hz.
+IDLE_SAMPLE_INTERVAL_S = 0.25
+IDLE_HISTORY_S = 120.0
+NARROW_BELOW_COLUMNS = 120  # under this width the form and the panes take turns
+
+RunnerFactory = Callable[[cfgmod.RunConfig, Callable[[Any], None]], Any]
+SamplerFactory = Callable[[cfgmod.RunConfig], Any]
+RunLoader = Callable[[pathlib.Path], Any]
+Exporter = Callable[[pathlib.Path, pathlib.Path], pathlib.Path]
+
+
+# ---- defaults for the injectable parts (imported on first use, to keep startup fast) ---------
+
+
+def default_runner_factory(config: cfgmod.RunConfig, on_event: Callable[[Any], None]) -> Any:
+    from carbontop.core.runner import SweepRunner
+
+    return SweepRunner(config, on_event)
+
+
+def default_idle_sampler(config: cfgmod.RunConfig) -> Any:
+    """A sampler of the configured device, so power shows before any sweep starts."""
+    from carbontop.telemetry.sampler import TelemetrySampler
+    from carbontop.telemetry.sources import open_power_source
+
+    source = open_power_source(config.device, config.gpus)
+    sampler = TelemetrySampler(source, interval_s=IDLE_SAMPLE_INTERVAL_S, history_s=IDLE_HISTORY_S)
+    sampler.start()
+    return sampler
+
+
+def default_run_loader(path: pathlib.Path) -> Any:
+    from carbontop.core.store import load_run
+
+    return load_run(path)
+
+
+def default_exporter(run_dir: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
+    from carbontop.core.store import export_points_csv
+
+    return export_points_csv(run_dir, dest)
+
+
+def default_runs_dir() -> pathlib.Path | None:
+    try:
+        from carbontop.core.store import default_runs_dir as runs_dir
+    except Exception:  # noqa: BLE001 - the open dialog still takes a typed path
+        return None
+    return runs_dir()
+
+
+def stop_sampler(sampler: Any) -> None:
+    """Stop a sampler thread and close its source; never raises (it runs on the way out)."""
+    try:
+        sampler.stop()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        sampler.source.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+# ---- remembered state ---------------------------------------------------------------------
+
+
+def last_run_path() -> pathlib.Path:
+    return cfgmod.config_dir() / LAST_RUN_FILE
+
+
+def initial_config() -> tuple[cfgmod.RunConfig, list[str]]:
+    """The user's config file overlaid with the last sweep's settings; and what went wrong."""
+    problems: list[str] = []
+    try:
+        base = cfgmod.load_user_defaults()
+    except CarbontopError as exc:
+        problems.append(f"{exc} Using the built-in defaults.")
+        base = cfgmod.RunConfig()
+    path = last_run_path()
+    if path.exists():
+        try:
+            base = cfgmod.load_toml(path, base)
+        except CarbontopError as exc:
+            problems.append(f"The last run's settings were not used: {exc}")
+    return base, problems
+
+
+def save_last_run(config: cfgmod.RunConfig) -> str | None:
+    """Write the config for the next start; the problem as a sentence, or None."""
+    import tomli_w
+
+    data = config.to_dict()  # secrets are left out
+    data.pop("out", None)  # a fixed run directory would make the next sweep collide with this one
+    try:
+        path = last_run_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    except (OSError, TypeError, ValueError) as exc:
+        return f"The settings could not be saved for next time: {exc}."
+    return None
+
+
+def read_ui_state() -> dict[str, Any]:
+    try:
+        with open(cfgmod.config_dir() / UI_STATE_FILE, "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def write_ui_state(state: dict[str, Any]) -> None:
+    import tomli_w
+
+    try:
+        path = cfgmod.config_dir() / UI_STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(tomli_w.dumps(state), encoding="utf-8")
+    except OSError:
+        pass  # a read-only config dir only costs the remembered theme
+
+
+class IdleSamplerReady(Message):
+    def __init__(self, sampler: Any, error: str, key: tuple[Any, ...]) -> None:
+        super().__init__()
+        self.sampler = sampler
+        self.error = error
+        self.key = key
+
+
+# ---- the app ------------------------------------------------------------------------------
+
+
+class CarbontopApp(App[int]):
+    """carbontop's one screen: run configuration, live telemetry, the sweep, the results."""
+
+    CSS_PATH = pathlib.Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
+    TITLE = "carbontop"
+    ENABLE_COMMAND_PALETTE = False  # every action has a key in the footer
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (NARROW_BELOW_COLUMNS, "-wide")]
+    BINDINGS = [
+        Binding("s", "start", "Start"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("e", "export", "Export"),
+        Binding("o", "open", "Open"),
+        Binding("f", "toggle_config", "Config"),
+        Binding("t", "cycle_theme", "Theme"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        config: cfgmod.RunConfig | None = None,
+        open_run: pathlib.Path | None = None,
+        *,
+        runner_factory: RunnerFactory | None = None,
+        idle_sampler_factory: SamplerFactory | None = None,
+        run_loader: RunLoader | None = None,
+        exporter: Exporter | None = None,
+        runs_dir: Callable[[], pathlib.Path | None] | None = None,
+        remember: bool = True,
+    ) -> None:
+        super().__init__()
+        self._startup_problems: list[str] = []
+        if config is None:
+            config, self._startup_problems = initial_config()
+        self.initial = config
+        self._open_at_start = open_run
+        self._runner_factory = runner_factory or default_runner_factory
+        self._idle_factory = idle_sampler_factory if idle_sampler_factory is not None else default_idle_sampler
+        self._load_run = run_loader or default_run_loader
+        self._export = exporter or default_exporter
+        self._runs_dir = runs_dir or default_runs_dir
+        self._remember = remember  # False in tests that must not touch the user's config dir
+
+        self.runner: Any = None
+        self.run_dir: pathlib.Path | None = None
+        self.sweep_running = False
+        self.showing_saved = False
+        self._cancel_requested = False
+        self._closing = False
+        self._idle_sampler: Any = None
+        self._idle_key: tuple[Any, ...] | None = None
+        self._idle_opening = False
+
+        themes = load_themes(theme_dirs(cfgmod.config_dir() / "themes"))
+        for theme in themes.themes:
+            self.register_theme(theme)
+        self.theme_names = [t.name for t in themes.themes] or ["textual-dark", "textual-light"]
+        self._theme_problems = themes.problems
+        wanted = read_ui_state().get("theme") if remember else None
+        if wanted not in self.available_themes:
+            wanted = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+        self.theme = wanted
+
+    # ---- layout -------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        # kept as attributes: timers and worker messages can arrive while the app shuts down,
+        # when a query would no longer find them
+        self.form = ConfigForm(self.initial, id="config")
+        self.telemetry = TelemetryPane(id="telemetry")
+        self.sweep = SweepPane(id="sweep")
+        self.results = ResultsPane(id="results")
+        with Horizontal(id="body"):
+            yield self.form
+            with Vertical(id="monitor"):
+                yield self.telemetry
+                yield self.sweep
+                yield self.results
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._main = self.screen
+        for problem in self._theme_problems:
+            self.notify(f"{problem} Using the default theme.", severity="warning", timeout=12)
+        for problem in self._startup_problems:
+            self.notify(problem, severity="warning", timeout=12)
+        self.results.table.focus()
+        self.call_after_refresh(self.form.build)  # after the first frame: see ConfigForm.build
+        self.set_interval(TELEMETRY_POLL_S, self._poll_telemetry)
+        if self._open_at_start is not None:
+            try:
+                self.show_saved(self._load_run(pathlib.Path(self._open_at_start)))
+            except CarbontopError as exc:
+                self.show_error("Cannot open the run", str(exc))
+            except Exception as exc:  # noqa: BLE001 - a damaged run must not end the app
+                self.show_error("Cannot open the run", f"{type(exc).__name__}: {exc}")
+        else:
+            self._start_idle_sampler(self.initial)
+
+    def on_unmount(self) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Cancel a running sweep and stop the idle sampler (idempotent)."""
+        self._closing = True
+        if self.runner is not None and self.sweep_running:
+            try:
+                self.runner.cancel()
+            except Exception:  # noqa: BLE001
+                pass
+        self._stop_idle_sampler()
+
+    @property
+    def narrow(self) -> bool:
+        return getattr(self, "_main", self.screen).has_class("-narrow")
+
+    def _show_config(self, show: bool) -> None:
+        main = getattr(self, "_main", self.screen)
+        if self.narrow:
+            main.set_class(show, "-config-open")
+        else:
+            main.set_class(not show, "-config-closed")
+
+    def config_visible(self) -> bool:
+        main = getattr(self, "_main", self.screen)
+        if self.narrow:
+            return main.has_class("-config-open")
+        return not main.has_class("-config-closed")
+
+    # ---- telemetry ----------------------------------------------------------------------
+
+    def _live_sampler(self) -> Any:
+        if self.sweep_running and self.runner is not None:
+            sampler = getattr(self.runner, "sampler", None)
+            if sampler is not None:
+                return sampler
+            return None
+        return self._idle_sampler
+
+    def _poll_telemetry(self) -> None:
+        if self.showing_saved or self._closing or not self.telemetry.is_mounted:
+            return
+        sampler = self._live_sampler()
+        if sampler is None:
+            return
+        try:
+            self.telemetry.show_live(sampler)
+        except Exception as exc:  # noqa: BLE001 - a sampler hiccup must not end the app
+            self.telemetry.note(f"Telemetry unavailable: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _sampler_key(config: cfgmod.RunConfig) -> tuple[Any, ...]:
+        return (config.device, tuple(config.gpus or ()))
+
+    def _start_idle_sampler(self, config: cfgmod.RunConfig) -> None:
+        if self._idle_factory is None or self.sweep_running or self._closing or self._idle_opening:
+            return
+        key = self._sampler_key(config)
+        if self._idle_sampler is not None and key == self._idle_key:
+            return
+        self._stop_idle_sampler()
+        self._idle_opening = True
+        self._open_idle_sampler(config, key)
+
+    @work(thread=True, group="idle-sampler", exit_on_error=False)
+    def _open_idle_sampler(self, config: cfgmod.RunConfig, key: tuple[Any, ...]) -> None:
+        # Opening NVML can take a moment: off the UI thread, so the first frame does not wait.
+        try:
+            sampler = self._idle_factory(config)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - no power source is a note, not a failure
+            self.post_message(IdleSamplerReady(None, str(exc), key))
+            return
+        self.post_message(IdleSamplerReady(sampler, "", key))
+
+    def on_idle_sampler_ready(self, message: IdleSamplerReady) -> None:
+        self._idle_opening = False
+        if message.sampler is None:
+            if not self.sweep_running and not self.showing_saved:
+                self.telemetry.note(f"No power readings before the sweep: {message.error}")
+            return
+        if self.sweep_running or self._closing:
+            stop_sampler(message.sampler)  # a sweep started meanwhile: its runner samples now
+            return
+        self._idle_sampler, self._idle_key = message.sampler, message.key
+
+    def _stop_idle_sampler(self) -> None:
+        sampler, self._idle_sampler, self._idle_key = self._idle_sampler, None, None
+        if sampler is not None:
+            stop_sampler(sampler)
+
+    # ---- the form -----------------------------------------------------------------------
+
+    def on_config_form_edited(self, message: ConfigForm.Edited) -> None:
+        config = self.form.check()
+        if config is not None and not self.showing_saved:
+            self._start_idle_sampler(config)  # follows a change of device or GPUs
+
+    def on_config_form_leave(self, message: ConfigForm.Leave) -> None:
+        if self.narrow:
+            self._show_config(False)
+        self.results.table.focus()
+
+    # ---- actions ------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "start":
+            return None if self.sweep_running else True  # None: shown dimmed in the footer
+        if action == "cancel":
+            return True if self.sweep_running else None
+        return True
+
+    def action_start(self) -> None:
+        if self.sweep_running:
+            self.notify("A sweep is already running; c cancels it.", severity="warning")
+            return
+        config = self.form.check()
+        if config is None:
+            self._show_config(True)
+            self.form.focus_error()
+            self.notify("Fix the marked setting first; the sweep has not started.", severity="error")
+            return
+        if self._remember:
+            problem = save_last_run(config)
+            if problem:
+                self.notify(problem, severity="warning")
+        self.start_sweep(config)
+
+    def start_sweep(self, config: cfgmod.RunConfig) -> None:
+        """Hand `config` to a new runner on a worker thread."""
+        self._stop_idle_sampler()
+        self.showing_saved = False
+        self.run_dir = None
+        self.results.clear()
+        self.sweep.reset("Preparing: the model, the workload and the power source…")
+        self.sweep.border_title = "Sweep"
+        self._cancel_requested = False
+        try:
+            self.runner = self._runner_factory(config, self._on_runner_event)
+        except CarbontopError as exc:
+            self.show_error("The sweep cannot start", str(exc))
+            self._start_idle_sampler(config)
+            return
+        except Exception as exc:  # noqa: BLE001
+            self.show_error("The sweep cannot start", f"{type(exc).__name__}: {exc}")
+            self._start_idle_sampler(config)
+            return
+        self.sweep_running = True
+        self.form.set_enabled(False)
+        if self.narrow:
+            self._show_config(False)
+        self.results.table.focus()
+        self.refresh_bindings()
+        self._run_sweep(self.runner)
+
+    def _on_runner_event(self, event: Any) -> None:
+        """Called on the sweep's thread: hand the event to the UI thread and return at once."""
+        self.post_message(SweepEventMessage(event))
+
+    @work(thread=True, exclusive=True, group="sweep", exit_on_error=False)
+    def _run_sweep(self, runner: Any) -> None:
+        during = "prepare"
+        try:
+            runner.prepare()
+            self.post_message(SweepPrepared())
+            if self._cancel_requested:
+                return
+            during = "run"
+            runner.run()
+        except CarbontopError as exc:
+            self.post_message(SweepFailed(str(exc), field=getattr(exc, "field", None),
+                                          expected=True, during=during))
+        except BaseException as exc:  # noqa: BLE001 - whatever happens, the app stays up
+            self.post_message(SweepFailed(f"{type(exc).__name__}: {exc}", field=None,
+                                          expected=False, during=during))
+        finally:
+            self.post_message(SweepEnded())
+
+    def action_cancel(self) -> None:
+        if not self.sweep_running or self.runner is None:
+            self.notify("No sweep is running.", severity="warning")
+            return
+        if self._cancel_requested:
+            return
+        self._cancel_requested = True
+        try:
+            self.runner.cancel()
+        except Exception as exc:  # noqa: BLE001
+            self.show_error("Cancel failed", f"{type(exc).__name__}: {exc}")
+            return
+        self.sweep.set_status("Cancelling: the running point stops, finished points stay.")
+        self.notify("Cancelling the sweep…")
+
+    def action_export(self) -> None:
+        if self.run_dir is None:
+            self.notify("Nothing to export yet: start a sweep (s) or open a saved run (o).",
+                        severity="warning")
+            return
+        self.push_screen(ExportScreen(self.run_dir / "points_export.csv"), self._export_to)
+
+    def _export_to(self, dest: pathlib.Path | None) -> None:
+        if dest is None or self.run_dir is None:
+            return
+        self._export_worker(self.run_dir, dest)
+
+    @work(thread=True, group="export", exit_on_error=False)
+    def _export_worker(self, run_dir: pathlib.Path, dest: pathlib.Path) -> None:
+        # the store's export reads with pandas: its import alone is too slow for the UI thread
+        try:
+            written = self._export(run_dir, dest)
+        except CarbontopError as exc:
+            self.call_from_thread(self.show_error, "Export failed", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001
+            self.call_from_thread(self.show_error, "Export failed", f"{type(exc).__name__}: {exc}")
+            return
+        self.call_from_thread(self._exported, pathlib.Path(written))
+
+    def _exported(self, written: pathlib.Path) -> None:
+        self.last_export = written
+        self.notify(f"Wrote {written}", title="Exported the results")
+
+    def action_open(self) -> None:
+        if self.sweep_running:
+            self.notify("A sweep is running: cancel it (c) before opening a saved run.",
+                        severity="warning")
+            return
+        start = str(self.run_dir) if self.run_dir else ""
+        self.push_screen(OpenScreen(self._load_run, recent_runs(self._runs_dir()), start),
+                         self._opened)
+
+    def _opened(self, saved: Any) -> None:
+        if saved is not None:
+            self.show_saved(saved)
+
+    def show_saved(self, saved: Any) -> None:
+        """Show a saved run (store.SavedRun): its table, its points, its power trace, its setup."""
+        self._stop_idle_sampler()
+        self.showing_saved = True
+        self.run_dir = pathlib.Path(saved.path)
+        meta = getattr(saved, "meta", {}) or {}
+        recommended = (meta.get("status") or {}).get("recommended_batch")
+        self.results.set_points(list(saved.points), recommended)
+        statuses = {int(p["batch_size"]): p.get("status") or "ok" for p in saved.points}
+        self.sweep.show_saved(statuses, saved.status, str(saved.path))
+        env = saved.environment or {}
+        devices = list(env.get("devices") or [])
+        indices = list(env.get("gpu_indices") or [])
+        names = dict(zip(indices, devices, strict=False)) if indices else ({-1: devices[0]} if devices else {})
+        self.telemetry.show_trace(saved.power, names, estimated=bool(env.get("energy_estimated")))
+        fields = {k: v for k, v in (saved.config or {}).items() if k in cfgmod.FIELD_NAMES}
+        try:
+            self.form.set_config(cfgmod.from_mapping(fields, cfgmod.RunConfig()))
+        except CarbontopError:
+            pass  # an older run's settings: the table and trace still show
+        self.notify(f"Opened {saved.path}")
+
+    def action_toggle_config(self) -> None:
+        show = not self.config_visible()
+        self._show_config(show)
+        if show and self.narrow:
+            self.form.focus_first()
+        elif not show:
+            self.results.table.focus()
+
+    def action_cycle_theme(self) -> None:
+        names = self.theme_names
+        i = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(i + 1) % len(names)]
+        if self._remember:
+            write_ui_state({**read_ui_state(), "theme": self.theme})
+        self.notify(f"Theme: {self.theme}", timeout=2)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        if self.sweep_running:
+            self.push_screen(
+                ConfirmScreen(
+                    "Quit carbontop?",
+                    "A sweep is running. Quitting cancels it: the running point stops and the "
+                    f"finished points stay in {self.run_dir or 'the run directory'}.",
+                    yes="Cancel sweep and quit",
+                    no="Keep running",
+                ),
+                self._quit_answer,
+            )
+            return
+        self._quit()
+
+    def _quit_answer(self, yes: bool | None) -> None:
+        if yes:
+            self._quit()
+
+    def _quit(self) -> None:
+        self.cleanup()
+        self.exit(0)
+
+    def show_error(self, title: str, message: str) -> None:
+        self.push_screen(ErrorScreen(title, message))
+
+    # ---- sweep messages -----------------------------------------------------------------
+
+    def on_sweep_prepared(self, message: SweepPrepared) -> None:
+        run_dir = getattr(self.runner, "run_dir", None)
+        if run_dir is not None:
+            self.run_dir = pathlib.Path(run_dir)
+            self.sweep.border_title = f"Sweep · {self.run_dir}"
+
+    def on_sweep_event_message(self, message: SweepEventMessage) -> None:
+        from carbontop.core import events as ev  # plain dataclasses, already imported by the runner
+
+        event = message.event
+        if isinstance(event, ev.SweepStarted):
+            self.run_dir = pathlib.Path(event.run_dir)
+            self.sweep.started(tuple(event.planned), event.auto, event.run_dir)
+        elif isinstance(event, ev.PhaseChanged):
+            self.sweep.set_phase(event.phase, event.batch_size, event.detail)
+        elif isinstance(event, ev.PointStarted):
+            self.sweep.point_started(event.batch_size, event.n_requests)
+        elif isinstance(event, ev.PointProgress):
+            self.sweep.progress(event.batch_size, event.done, event.total, event.elapsed_s, event.eta_s)
+        elif isinstance(event, ev.PointFinished):
+            self.results.add_point(event.point)
+            self.sweep.point_finished(event.point.batch_size, event.point.status)
+        elif isinstance(event, ev.BoundaryChanged):
+            self.sweep.boundary(event.largest_ok, event.smallest_failed, event.next_batch)
+        elif isinstance(event, ev.SweepFinished):
+            self.run_dir = pathlib.Path(event.run_dir) if event.run_dir else self.run_dir
+            self.sweep.finished(event.status, "" if event.status == "error" else event.message,
+                                event.recommended_batch)
+            self.results.set_recommended(event.recommended_batch)
+            if event.status == "done":
+                self.notify(f"Sweep finished. Results in {self.run_dir}", title="carbontop")
+
+    def on_sweep_failed(self, message: SweepFailed) -> None:
+        if message.expected and message.field:
+            self.form.mark(message.message, message.field)
+        if message.during == "prepare":
+            self.sweep.reset("The sweep did not start.")
+            title = "The sweep cannot start"
+        else:
+            self.sweep.set_status(f"[$error]Sweep failed.[/] Finished points are in {self.run_dir}.")
+            title = "The sweep failed"
+        if not message.expected:
+            title += " (unexpected error)"
+        self.show_error(title, message.message)
+
+    def on_sweep_ended(self, message: SweepEnded) -> None:
+        self.sweep_running = False
+        self._cancel_requested = False
+        self.form.set_enabled(True)
+        self.refresh_bindings()
+        if not self._closing:
+            config = self.form.check()
+            self._start_idle_sampler(config or self.initial)
+
+
+def run_app(config: cfgmod.RunConfig | None = None, open_run: pathlib.Path | None = None) -> int:
+    """Open the app; with `open_run`, show that saved run. Returns the exit code.
+
+    With `config` None the form starts from the user's config file and the last run's settings.
+    """
+    app = CarbontopApp(config=config, open_run=open_run)
+    try:
+        result = app.run()
+    finally:
+        app.cleanup()
+    return result if isinstance(result, int) else 0
+
+
+__all__ = ["CarbontopApp", "run_app"]

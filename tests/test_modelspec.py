@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from carbontop.core.modelspec import PRESETS, resolve_model, sum_range
+from carbontop.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        # published parameter counts (config.json + safetensors index of each model)
+        ("llama2-7b", 6_738_415_616),
+        ("llama2-13b", 13_015_864_320),
+        ("gpt2", 124_439_808),
+        ("gpt2-medium", 354_823_168),
+        ("gpt2-large", 774_030_080),
+        ("gpt2-xl", 1_557_611_200),
+    ],
+)
+def test_preset_parameter_counts_match_the_real_models(name: str, params: int) -> None:
+    assert resolve_model(name).total_params == params
+
+
+def test_flops_per_token_by_hand() -> None:
+    s = resolve_model("llama2-7b")
+    n = 6_476_271_616  # non-embedding
+    head = 32000 * 4096
+    assert s.nonembedding_params == n
+    assert s.flops_per_token(1000) == 2 * (n + head) + 2 * 32 * 1000 * 4096
+
+
+def test_request_flops_counts_prefill_and_each_decode_step() -> None:
+    s = resolve_model("gpt2")
+    per_tok = 2 * (s.nonembedding_params + s.lm_head_params)
+    attn = 2 * s.n_layers * s.d_attn
+    # 3 prompt tokens attend to 1, 2, 3; 2 decode steps (4 outputs - first from prefill... O=3)
+    expected = per_tok * (3 + 2) + attn * (1 + 2 + 3 + 4 + 5)
+    assert s.request_flops(3, 3) == pytest.approx(expected)
+    assert sum_range(4, 5) == 9 and sum_range(5, 4) == 0
+
+
+def test_bytes_per_step_and_kv() -> None:
+    s = resolve_model("llama2-7b")
+    assert s.weight_bytes_per_step("bf16") == (6_476_271_616 + 131_072_000) * 2
+    assert s.kv_bytes_per_token("bf16") == 2 * 32 * 32 * 128 * 2  # 512 KiB
+
+
+def test_model_folder_and_errors(tmp_path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(PRESETS["tiny"]))
+    assert resolve_model(str(folder)).total_params == resolve_model("tiny").total_params
+    with pytest.raises(ConfigError, match="Unknown model"):
+        resolve_model("no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ConfigError, match="lacks a field"):
+        resolve_model(str(folder))
+
+
+@pytest.mark.parametrize("name", ["tiny", "gpt2"])
+def test_parameter_part_cross_checked_with_calflops(name: str) -> None:
+    """calflops counts a real forward pass; its non-attention part must match ours.
+
+    calflops misses scaled_dot_product_attention, so with SDPA its count is the parameter part:
+    2 x (non-embedding + LM head) per token, plus small element-wise terms (norms, activations).
+    """
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from calflops import calculate_flops
+
+    spec = resolve_model(name)
+    cfg = dict(spec.hf_config)
+    config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    seq = 16
+    ids = torch.randint(0, spec.vocab_size, (1, seq))
+    flops, _macs, _params = calculate_flops(
+        model=model, kwargs={"input_ids": ids}, output_as_string=False, print_results=False,
+        print_detailed=False, include_backPropagation=False,
+    )
+    ours = 2.0 * (spec.nonembedding_params + spec.lm_head_params) * seq
+    assert flops == pytest.approx(ours, rel=0.03)

@@ -1,0 +1,102 @@
+"""The sweep end to end, with real engine child processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from carbontop.config import RunConfig
+from carbontop.core import events
+from carbontop.core.runner import SweepRunner
+from carbontop.core.store import load_run
+from carbontop.errors import CarbontopError
+
+
+def small(tmp_path, **kw) -> RunConfig:
+    base = dict(model="tiny", device="cpu", dataset="synthetic", num_prompts=4, max_input_len=16,
+                max_output_len=16, batch_sizes="1,2", out=str(tmp_path / "run"))
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def with_engine(runner: SweepRunner, engine: str) -> None:
+    runner.prepare()
+    runner.engine_spec = dataclasses.replace(runner.engine_spec, engine=engine)
+
+
+def test_tiny_model_sweep_in_a_child_process(tmp_path) -> None:
+    seen: list = []
+    runner = SweepRunner(small(tmp_path, batch_sizes="1,4"), seen.append)
+    runner.prepare()
+    runner.run()
+    run = load_run(tmp_path / "run")
+    assert run.status == "done"
+    assert [p["batch_size"] for p in run.points] == [1, 4]
+    for p in run.points:
+        assert p["status"] == "ok"
+        assert p["n_requests"] == 4 and p["output_tokens"] == 64
+        assert p["tokens_per_s"] > 0 and p["energy_j"] > 0
+        assert p["energy_source"] in ("rapl", "estimate")
+        assert p["j_per_token"] == pytest.approx(p["energy_j"] / 64)
+        assert p["gco2e_per_token"] == pytest.approx(p["energy_j"] / 3.6e6 * 413 / 64, rel=1e-6)
+        assert p["ttft_p50_s"] < p["duration_s"]
+    assert run.requests_count == 8
+    assert run.power, "power.csv holds the samples"
+    assert run.meta["engine"]["model_class"] == "LlamaForCausalLM"
+    assert run.meta["status"]["recommended_batch"] in (1, 4)
+    kinds = [type(e) for e in seen]
+    assert kinds[0] is events.SweepStarted and kinds[-1] is events.SweepFinished
+    assert kinds.count(events.PointFinished) == 2
+    phases = {e.phase for e in seen if isinstance(e, events.PhaseChanged)}
+    assert {"idle-power", "loading", "warmup", "measuring"} <= phases
+
+
+@pytest.mark.parametrize("engine", ["tests.engines_for_tests:OOMAbove", "tests.engines_for_tests:KilledAbove"])
+def test_auto_search_survives_oom_and_finds_the_boundary(tmp_path, engine: str) -> None:
+    runner = SweepRunner(small(tmp_path, batch_sizes="auto", max_batch=64))
+    with_engine(runner, engine)
+    runner.run()
+    run = load_run(tmp_path / "run")
+    statuses = {p["batch_size"]: p["status"] for p in run.points}
+    assert statuses == {1: "ok", 2: "ok", 4: "ok", 8: "oom", 6: "oom", 5: "ok"}
+    assert run.meta["status"]["largest_ok_batch"] == 5
+    assert run.meta["status"]["smallest_failed_batch"] == 6
+
+
+def test_a_crash_is_recorded_and_the_sweep_goes_on_in_a_fresh_child(tmp_path) -> None:
+    runner = SweepRunner(small(tmp_path, batch_sizes="1,2,4,8"))
+    with_engine(runner, "tests.engines_for_tests:CrashesAt")
+    runner.run()
+    run = load_run(tmp_path / "run")
+    assert [(p["batch_size"], p["status"]) for p in run.points] == [(1, "ok"), (2, "ok"), (4, "crashed")]
+    assert "exited with code 3" in run.points[2]["message"]
+
+
+def test_cancel_keeps_finished_points(tmp_path) -> None:
+    seen: list = []
+    runner = SweepRunner(small(tmp_path, batch_sizes="1,2"), seen.append)
+    with_engine(runner, "tests.engines_for_tests:Hangs")
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    deadline = time.time() + 30
+    while not any(isinstance(e, events.PointStarted) for e in seen) and time.time() < deadline:
+        time.sleep(0.05)
+    runner.cancel()
+    thread.join(30)
+    assert not thread.is_alive()
+    run = load_run(tmp_path / "run")
+    assert run.status == "cancelled"
+    assert run.points[-1]["status"] == "cancelled"
+    assert isinstance(seen[-1], events.SweepFinished) and seen[-1].status == "cancelled"
+
+
+def test_bad_setups_fail_in_one_sentence(tmp_path) -> None:
+    with pytest.raises(CarbontopError, match="Unknown model"):
+        SweepRunner(small(tmp_path, model="llama-99b")).prepare()
+    with pytest.raises(CarbontopError, match="positions"):
+        SweepRunner(small(tmp_path, model="gpt2", max_input_len=1000, max_output_len=1000)).prepare()
+    with pytest.raises(CarbontopError, match="weights"):
+        SweepRunner(small(tmp_path, weights="auto")).prepare()
