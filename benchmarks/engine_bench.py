@@ -10,7 +10,7 @@ For each batch size it times, on fixed-length synthetic requests (default 128 pr
 * graph:    the same loop with the decode step captured in a CUDA graph
 * compiled: torch.compile'd decode step captured in a CUDA graph (--compile on)
 * autotuned: the same with inductor's matrix-product autotuning (--compile max-autotune)
-* carbontop: what a sweep uses by default (--compile auto: autotuned up to batch 4, else compiled)
+* carbontop: what a sweep uses by default (--compile auto: autotuned at batch 1, else compiled)
 
 and prints tokens/s, ms per decode step and MBU (weight + KV bytes read per decode step over
 the GPU's peak bandwidth), then the tokens/s ratio with the 10 Hz telemetry sampler running

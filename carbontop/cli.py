@@ -27,7 +27,7 @@ SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--dtype", "dtype", {"choices": ["auto", "bf16", "fp16", "fp32"], "help": "default: bf16 on a GPU, fp32 on the CPU"}),
     ("--device", "device", {"choices": ["auto", "cpu", "cuda"], "help": "default: cuda where a GPU is visible"}),
     ("--gpus", "gpus", {"help": "GPU indices to use and measure, e.g. 0 or 0,1"}),
-    ("--compile", "compile", {"choices": ["auto", "on", "off", "max-autotune"], "help": "hf engine on CUDA: auto compiles the decode step (autotuned up to batch 4), on compiles without autotuning, off runs it eagerly; always in a CUDA graph"}),
+    ("--compile", "compile", {"choices": ["auto", "on", "off", "max-autotune"], "help": "hf engine on CUDA: auto compiles the decode step (autotuned at batch 1), on compiles without autotuning, off runs it eagerly; always in a CUDA graph"}),
     ("--url", "url", {"help": "openai engine: server base URL, e.g. http://localhost:8000"}),
     ("--arch", "arch", {"help": "openai engine: preset or folder with the served model's architecture (for MFU/MBU)"}),
     ("--kv-cache-fraction", "kv_cache_fraction", {"help": "trtllm: share of free GPU memory for the KV cache (default 0.9)"}),

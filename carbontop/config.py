@@ -57,7 +57,7 @@ class RunConfig:
     device: str = "auto"  # cuda where a GPU is visible, else cpu
     gpus: list[int] | None = None  # NVML indices in use; None = all visible to the engine
     # the built-in engine's decode step on CUDA: "auto" compiles it, autotuning the matrix
-    # products for small batches; "on" compiles without autotuning; "max-autotune" autotunes every
+    # products at batch 1; "on" compiles without autotuning; "max-autotune" autotunes every
     # batch size; "off" runs it eagerly (always inside a CUDA graph). On the CPU only "on" compiles.
     compile: str = "auto"
     url: str | None = None  # openai engine: base URL of the server

@@ -54,7 +54,7 @@ def test_tiny_model_sweep_in_a_child_process(tmp_path) -> None:
     assert {"idle-power", "loading", "warmup", "measuring"} <= phases
 
 
-@pytest.mark.parametrize("engine", ["tests.engines_for_tests:OOMAbove", "tests.engines_for_tests:KilledAbove"])
+@pytest.mark.parametrize("engine", ["engines_for_tests:OOMAbove", "engines_for_tests:KilledAbove"])
 def test_auto_search_survives_oom_and_finds_the_boundary(tmp_path, engine: str) -> None:
     runner = SweepRunner(small(tmp_path, batch_sizes="auto", max_batch=64))
     with_engine(runner, engine)
@@ -68,7 +68,7 @@ def test_auto_search_survives_oom_and_finds_the_boundary(tmp_path, engine: str) 
 
 def test_a_crash_is_recorded_and_the_sweep_goes_on_in_a_fresh_child(tmp_path) -> None:
     runner = SweepRunner(small(tmp_path, batch_sizes="1,2,4,8"))
-    with_engine(runner, "tests.engines_for_tests:CrashesAt")
+    with_engine(runner, "engines_for_tests:CrashesAt")
     runner.run()
     run = load_run(tmp_path / "run")
     assert [(p["batch_size"], p["status"]) for p in run.points] == [(1, "ok"), (2, "ok"), (4, "crashed")]
@@ -78,7 +78,7 @@ def test_a_crash_is_recorded_and_the_sweep_goes_on_in_a_fresh_child(tmp_path) ->
 def test_cancel_keeps_finished_points(tmp_path) -> None:
     seen: list = []
     runner = SweepRunner(small(tmp_path, batch_sizes="1,2"), seen.append)
-    with_engine(runner, "tests.engines_for_tests:Hangs")
+    with_engine(runner, "engines_for_tests:Hangs")
     thread = threading.Thread(target=runner.run)
     thread.start()
     deadline = time.time() + 30

@@ -15,6 +15,7 @@ from test_tui_helpers import (
     ScriptedRunner,
     isolated_dirs,  # noqa: F401 - a fixture
     point,
+    press_to_exit,
     screen_text,
     table_cells,
     wait_until,
@@ -29,7 +30,7 @@ from carbontop.tui.app import CarbontopApp
 from carbontop.tui.screens import ConfirmScreen, ErrorScreen, ExportScreen, HelpScreen, OpenScreen
 from carbontop.tui.widgets.config_form import ConfigForm
 
-pytestmark = pytest.mark.usefixtures("isolated_dirs")
+pytestmark = [pytest.mark.usefixtures("isolated_dirs"), pytest.mark.timeout(60)]
 
 CONFIG = RunConfig(model="tiny", device="cpu", dataset="synthetic", num_prompts=4,
                    max_input_len=16, max_output_len=16, batch_sizes=[1, 2, 4])
@@ -355,8 +356,7 @@ async def test_quit_asks_first_while_a_sweep_runs(tmp_path: Path) -> None:
         runner = ScriptedRunner.instances[-1]
         assert runner.cancel_calls == 0
         await pilot.press("q")
-        await pilot.press("y")
-        await pilot.pause()
+        await press_to_exit(pilot, "y")
     assert runner.cancel_calls == 1
     assert app.return_value == 0
     assert runner.finished.wait(5)
@@ -366,8 +366,7 @@ async def test_quit_without_a_sweep_exits_at_once(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test() as pilot:
         await ready(pilot)
-        await pilot.press("q")
-        await pilot.pause()
+        await press_to_exit(pilot, "q")
     assert app.return_value == 0
 
 
@@ -566,6 +565,8 @@ def real_app() -> CarbontopApp:
     return CarbontopApp(REAL, idle_sampler_factory=lambda c: FixedSampler(), remember=False)
 
 
+@pytest.mark.slow  # about 20-40 s on 2 cores: a spawned engine process loads torch
+@pytest.mark.timeout(240)
 async def test_real_sweep_of_the_tiny_model_runs_to_the_end(tmp_path: Path) -> None:
     app = real_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -584,6 +585,8 @@ async def test_real_sweep_of_the_tiny_model_runs_to_the_end(tmp_path: Path) -> N
         assert (run_dir / "points.csv").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 async def test_real_sweep_started_with_s_and_cancelled_with_c(tmp_path: Path) -> None:
     app = real_app()
     async with app.run_test(size=(120, 40)) as pilot:

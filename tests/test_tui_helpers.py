@@ -206,3 +206,15 @@ async def wait_until(pilot: Any, condition: Any, timeout_s: float = 10.0, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or condition}")
         await pilot.pause(0.02)
+
+
+async def press_to_exit(pilot: Any, key: str, timeout_s: float = 10.0) -> None:
+    """Press a key that ends the app. (pilot.press would wait for widgets that are closing.)"""
+    import asyncio
+    import time
+
+    app = pilot.app
+    app.simulate_key(key)
+    deadline = time.monotonic() + timeout_s
+    while app.return_value is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)

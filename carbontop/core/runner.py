@@ -35,6 +35,7 @@ POWER_FLUSH_S = 1.0
 CPU_MAX_BATCH = 16
 GPU_MAX_BATCH = 1024
 CPU_NUM_PROMPTS = 16
+OPENAI_MAX_BATCH = 256
 GPU_NUM_PROMPTS = 100
 
 
@@ -83,7 +84,13 @@ class SweepRunner:
             self.warnings.append(f"{dtype} on the CPU is slow and unrepresentative; fp32 is the usual choice.")
         num_prompts = cfg.num_prompts if cfg.num_prompts is not None else (
             GPU_NUM_PROMPTS if device == "cuda" else CPU_NUM_PROMPTS)
-        max_batch = cfg.max_batch or (GPU_MAX_BATCH if device == "cuda" else CPU_MAX_BATCH)
+        if cfg.max_batch:
+            max_batch = cfg.max_batch
+        elif cfg.engine == "openai":
+            # servers queue what they cannot hold instead of running out of memory
+            max_batch = OPENAI_MAX_BATCH
+        else:
+            max_batch = GPU_MAX_BATCH if device == "cuda" else CPU_MAX_BATCH
 
         self.model: ModelSpec | None = self._resolve_model(cfg)
         model_path = self.model.path if self.model else None
@@ -142,10 +149,11 @@ class SweepRunner:
             extra={"compile_mode": {"on": "default"}.get(cfg.compile, cfg.compile),
                    "request_timeout_s": cfg.request_timeout_s},
         )
+        # the sampler tells the source its tick, which sets how often NVML's counter is read
+        self.sampler = TelemetrySampler(source, interval_s=cfg.sample_interval_s)
         label = f"{Path(cfg.model).name}-{cfg.engine}"
         self.run_dir = Path(cfg.out).expanduser() if cfg.out else new_run_dir(label=label)
         self._writer = RunWriter(self.run_dir, self._meta(source))
-        self.sampler = TelemetrySampler(source, interval_s=cfg.sample_interval_s)
         self.sampler.start()
         self._prepared = True
 
@@ -179,7 +187,10 @@ class SweepRunner:
             "power_source": source.kind,
             "energy_estimated": bool(source.estimated),
             "nvml": nvml_environment() if source.kind == "nvml" else {},
+            "sample_interval_s": cfg.sample_interval_s,
         }
+        if hasattr(source, "counter_info"):
+            env["energy_counter"] = source.counter_info()
         run = cfg.to_dict()
         run.update({"resolved_dtype": self.dtype, "resolved_device": self.device,
                     "resolved_num_prompts": self.num_prompts, "max_batch": self.planner.max_batch,
@@ -326,7 +337,9 @@ class SweepRunner:
         if run is None:
             return PointResult(batch_size=batch_size, status=outcome.status, message=outcome.message,
                                concurrency_reached=outcome.concurrency_reached)
-        return self.compute_point(run, outcome.status, outcome.message)
+        point = self.compute_point(run, outcome.status, outcome.message)
+        point.concurrency_reached = outcome.concurrency_reached or point.concurrency_reached
+        return point
 
     def compute_point(self, run: EngineRun, status: PointStatus, message: str = "") -> PointResult:
         cfg = self.config

@@ -31,8 +31,8 @@ WARMUP_DECODE_STEPS = 3
 # cuBLAS's split-K kernels for 4096x4096 reached about 57% of it on an H100 80GB HBM3 (profiled),
 # where inductor's autotuned Triton kernels took the whole step from 6.36 to 5.47 ms (MBU 62.6% ->
 # 72.9%). At batch 32 the autotuned choice was slower (8.24 -> 9.32 ms), so larger batches keep
-# the default kernels. Autotuning costs about a minute per batch size, in the warm-up.
-AUTOTUNE_MAX_BATCH = 4
+# the default kernels. Autotuning costs one to two minutes, in the warm-up, so only batch 1 pays it.
+AUTOTUNE_MAX_BATCH = 1
 
 
 def _cache_kwarg(model: Any) -> str:

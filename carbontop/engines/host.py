@@ -90,7 +90,8 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None) -> None:
         except EngineOOM as exc:
             conn.send(("oom", str(exc), exc.recovered))
         except EngineKVBound as exc:
-            conn.send(("kv_bound", str(exc), exc.concurrency_reached))
+            # engines attach what they measured (exc.run): a KV-bound point still has figures
+            conn.send(("kv_bound", str(exc), exc.concurrency_reached, getattr(exc, "run", None)))
         except EngineFailure as exc:
             conn.send(("failure", str(exc)))
         except BaseException as exc:  # noqa: BLE001
@@ -194,7 +195,8 @@ class EngineHost:
         if kind == "oom":
             return PointOutcome(PointStatus.OOM, message=_one_line(msg[1]), needs_restart=not msg[2])
         if kind == "kv_bound":
-            return PointOutcome(PointStatus.KV_BOUND, message=_one_line(msg[1]), concurrency_reached=msg[2])
+            return PointOutcome(PointStatus.KV_BOUND, run=msg[3], message=_one_line(msg[1]),
+                                concurrency_reached=msg[2])
         if kind == "failure":
             return PointOutcome(PointStatus.ERROR, message=_one_line(msg[1]))
         return PointOutcome(PointStatus.CRASHED, message=_one_line(msg[1]) + self._log_hint(),

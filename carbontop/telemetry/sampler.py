@@ -23,8 +23,10 @@ Outside the span the readings cover nothing is known, so nothing is counted: ask
 only once the sampler has a counter reading past its end (`wait_for(t1)`, which also asks the
 source to read the counter on its next tick).
 
-The loop must stay cheap (well under 1% of a core at 10 Hz): plain lists and deques, one lock,
-no pandas, and it sleeps to the next tick deadline so that ticks do not drift.
+The loop must stay cheap (under 1% of a core at 10 Hz, all told): plain lists and deques, one
+lock, no pandas, and it sleeps to the next tick deadline so that ticks do not drift. With NVML's
+cheap readings the loop takes about 0.25% of a core at 10 Hz (a 2-core VM, wake-ups included);
+the NVML energy counter gets its own 0.5% (sources.COUNTER_CPU_BUDGET).
 """
 
 from __future__ import annotations
@@ -138,20 +140,16 @@ class _Anchored:
             self.ts = sorted({*counter.ts, *inner})
 
     def at(self, t: float) -> float:
-        ts, cum = self.counter.ts, self.counter.cum
-        if t <= ts[0]:
-            return cum[0]
-        if t >= ts[-1]:
-            return cum[-1]
-        i = bisect_right(ts, t) - 1  # ts[i] <= t < ts[i + 1]
-        t_a, t_b = ts[i], ts[i + 1]
-        gain = cum[i + 1] - cum[i]
-        p = self.power
-        if gain and p is not None and p.ts[0] <= t_a and p.ts[-1] >= t_b:
-            whole = p.between(t_a, t_b)
-            if whole > 0:
-                return cum[i] + gain * (p.between(t_a, t) / whole)
-        return cum[i] + gain * (t - t_a) / (t_b - t_a)
+        ts, cum, p = self.counter.ts, self.counter.cum, self.power
+        if p is not None and ts[0] < t < ts[-1]:
+            i = bisect_right(ts, t) - 1  # ts[i] <= t < ts[i + 1]
+            t_a, t_b = ts[i], ts[i + 1]
+            gain = cum[i + 1] - cum[i]
+            if gain and p.ts[0] <= t_a and p.ts[-1] >= t_b:
+                whole = p.between(t_a, t_b)
+                if whole > 0:
+                    return cum[i] + gain * (p.between(t_a, t) / whole)
+        return self.counter.at(t)  # at a reading, outside them, or unshaped: linear
 
     def between(self, t0: float, t1: float) -> float:
         return self.at(t1) - self.at(t0)

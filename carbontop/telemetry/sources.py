@@ -189,6 +189,9 @@ class NvmlSource:
         self._unsupported: set[tuple[int, str]] = set()
         self.counter_cpu_budget = float(counter_cpu_budget)
         self.counter_max_interval_s = float(counter_max_interval_s)
+        if tick_interval_s <= 0:
+            self.close()
+            raise ValueError("tick_interval_s must be positive")
         self.tick_interval_s = float(tick_interval_s)
         cpu_costs: list[float] = []
         wall_costs: list[float] = []
@@ -211,8 +214,8 @@ class NvmlSource:
         )
         self.counter_every = 1
         self._choose_counter_every()
-        self._since_counter = self.counter_every  # so that the first read() reads the counter
-        self._counter_wanted = False
+        self._since_counter = 0  # ticks since the counter was last read
+        self._counter_wanted = True  # the first read() reads it: every window needs an anchor
 
     def _choose_counter_every(self) -> None:
         per_tick = (self.counter_call_cpu_s or 0.0) * self._n_counters

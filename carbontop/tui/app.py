@@ -11,6 +11,7 @@ the power sources are imported when first used.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 from collections.abc import Callable
@@ -97,6 +98,26 @@ def default_runs_dir() -> pathlib.Path | None:
     except Exception:  # noqa: BLE001 - the open dialog still takes a typed path
         return None
     return runs_dir()
+
+
+def prime_multiprocessing() -> None:
+    """Start multiprocessing's resource tracker with a real stderr, before the engine child.
+
+    The engine child is spawned through multiprocessing, which first starts a resource-tracker
+    process and hands it `sys.stderr.fileno()`. Inside a Textual app sys.stderr is Textual's print
+    capture, whose fileno() is -1, and the spawn fails with "bad value(s) in fds_to_keep". Started
+    here with stderr on /dev/null (its warnings would garble the screen anyway), the tracker is
+    running and every later spawn reuses it.
+    """
+    from multiprocessing import resource_tracker
+
+    saved = sys.stderr
+    with open(os.devnull, "w") as devnull:
+        sys.stderr = devnull
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            sys.stderr = saved
 
 
 def stop_sampler(sampler: Any) -> None:
@@ -229,7 +250,7 @@ class CarbontopApp(App[int]):
         self.sweep_running = False
         self.showing_saved = False
         self._cancel_requested = False
-        self._closing = False
+        self._shutting_down = False
         self._idle_sampler: Any = None
         self._idle_key: tuple[Any, ...] | None = None
         self._idle_opening = False
@@ -285,8 +306,9 @@ class CarbontopApp(App[int]):
 
     def cleanup(self) -> None:
         """Cancel a running sweep and stop the idle sampler (idempotent)."""
-        self._closing = True
-        if self.runner is not None and self.sweep_running:
+        self._shutting_down = True
+        if self.runner is not None and self.sweep_running and not self._cancel_requested:
+            self._cancel_requested = True
             try:
                 self.runner.cancel()
             except Exception:  # noqa: BLE001
@@ -321,7 +343,7 @@ class CarbontopApp(App[int]):
         return self._idle_sampler
 
     def _poll_telemetry(self) -> None:
-        if self.showing_saved or self._closing or not self.telemetry.is_mounted:
+        if self.showing_saved or self._shutting_down or not self.telemetry.is_mounted:
             return
         sampler = self._live_sampler()
         if sampler is None:
@@ -336,7 +358,7 @@ class CarbontopApp(App[int]):
         return (config.device, tuple(config.gpus or ()))
 
     def _start_idle_sampler(self, config: cfgmod.RunConfig) -> None:
-        if self._idle_factory is None or self.sweep_running or self._closing or self._idle_opening:
+        if self._idle_factory is None or self.sweep_running or self._shutting_down or self._idle_opening:
             return
         key = self._sampler_key(config)
         if self._idle_sampler is not None and key == self._idle_key:
@@ -361,7 +383,7 @@ class CarbontopApp(App[int]):
             if not self.sweep_running and not self.showing_saved:
                 self.telemetry.note(f"No power readings before the sweep: {message.error}")
             return
-        if self.sweep_running or self._closing:
+        if self.sweep_running or self._shutting_down:
             stop_sampler(message.sampler)  # a sweep started meanwhile: its runner samples now
             return
         self._idle_sampler, self._idle_key = message.sampler, message.key
@@ -443,6 +465,7 @@ class CarbontopApp(App[int]):
     def _run_sweep(self, runner: Any) -> None:
         during = "prepare"
         try:
+            prime_multiprocessing()
             runner.prepare()
             self.post_message(SweepPrepared())
             if self._cancel_requested:
@@ -634,9 +657,9 @@ class CarbontopApp(App[int]):
         self._cancel_requested = False
         self.form.set_enabled(True)
         self.refresh_bindings()
-        if not self._closing:
-            config = self.form.check()
-            self._start_idle_sampler(config or self.initial)
+        if not self._shutting_down:
+            # peek, not check: a field marked by the failure stays marked
+            self._start_idle_sampler(self.form.peek() or self.initial)
 
 
 def run_app(config: cfgmod.RunConfig | None = None, open_run: pathlib.Path | None = None) -> int:

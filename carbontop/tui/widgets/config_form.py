@@ -202,6 +202,13 @@ class ConfigForm(VerticalScroll):
 
     # ---- marks --------------------------------------------------------------------------
 
+    def peek(self) -> cfgmod.RunConfig | None:
+        """The form's configuration if it is valid, else None; marks nothing."""
+        try:
+            return self.read()
+        except ConfigError:
+            return None
+
     def check(self) -> cfgmod.RunConfig | None:
         """Validate and mark: the config, or None with the offending field marked."""
         try:

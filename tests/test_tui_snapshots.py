@@ -1,0 +1,74 @@
+"""Snapshots of the main screen (pytest-textual-snapshot): a sweep in progress, no live values.
+
+The sampler is a fixed double and the sweep state comes from scripted events, so every frame is
+the same on every machine. Update after an intended change with `pytest --snapshot-update`.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_tui_helpers import FixedSampler, isolated_dirs, point, wait_until  # noqa: F401
+
+from carbontop.config import RunConfig
+from carbontop.core import events as ev
+from carbontop.core.records import PointStatus
+from carbontop.tui.app import CarbontopApp
+from carbontop.tui.messages import SweepEventMessage
+
+pytestmark = [pytest.mark.usefixtures("isolated_dirs"), pytest.mark.timeout(60)]
+
+RUN_DIR = "/data/carbontop/runs/20240503-120000-llama2-7b-hf"
+CONFIG = RunConfig(model="llama2-7b", device="cuda", dataset="sharegpt", num_prompts=100,
+                   batch_sizes="auto", intensity=413.0, pue=1.1)
+
+SCRIPT = [
+    ev.SweepStarted(RUN_DIR, (1,), True, ("NVIDIA H100 80GB HBM3",), False),
+    ev.PointStarted(1, 100),
+    ev.PointFinished(point(1)),
+    ev.BoundaryChanged(1, None, 2),
+    ev.PointFinished(point(2)),
+    ev.BoundaryChanged(2, None, 4),
+    ev.PointFinished(point(4)),
+    ev.BoundaryChanged(4, None, 8),
+    ev.PointFinished(point(8, PointStatus.OOM, message="CUDA out of memory")),
+    ev.BoundaryChanged(4, 8, 6),
+    ev.PointStarted(6, 100),
+    ev.PhaseChanged("measuring", 6, ""),
+    ev.PointProgress(6, 42, 100, 31.0, 42.8),
+]
+
+
+def snapshot_app() -> CarbontopApp:
+    return CarbontopApp(CONFIG, idle_sampler_factory=lambda cfg: FixedSampler(), remember=False)
+
+
+async def sweep_in_progress(pilot) -> None:
+    app = pilot.app
+    await wait_until(pilot, lambda: app.form.built and not app._idle_opening, what="startup")
+    app._poll_telemetry()
+    for event in SCRIPT:
+        app.post_message(SweepEventMessage(event))
+    app.sweep_running = True  # as while a runner works: start dimmed, cancel live
+    app.refresh_bindings()
+    await pilot.pause()
+    await pilot.pause()
+
+
+def test_main_screen_80x24(snap_compare) -> None:
+    assert snap_compare(snapshot_app(), terminal_size=(80, 24), run_before=sweep_in_progress)
+
+
+def test_main_screen_120x40(snap_compare) -> None:
+    assert snap_compare(snapshot_app(), terminal_size=(120, 40), run_before=sweep_in_progress)
+
+
+def test_config_form_80x24(snap_compare) -> None:
+    async def open_form(pilot) -> None:
+        await wait_until(pilot, lambda: pilot.app.form.built, what="the form")
+        await pilot.press("f")
+        pilot.app.form.field("pue").value = "0.9"  # marked, with its sentence
+        await pilot.pause()
+        pilot.app.results.table.focus()  # no blinking cursor in the snapshot
+        await pilot.pause()
+
+    assert snap_compare(snapshot_app(), terminal_size=(80, 24), run_before=open_form)
