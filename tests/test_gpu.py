@@ -90,3 +90,15 @@ def test_tiny_sweep_on_gpu(tmp_path) -> None:
         assert p["energy_j"] > 0 and p["mfu"] > 0 and p["mbu"] > 0
     assert run.power and all(row["gpu_index"] >= 0 for row in run.power)
     assert runner.points[0].status is PointStatus.OK
+
+
+def test_oom_is_reported_and_the_engine_recovers() -> None:
+    from carbontop.engines.base import EngineOOM
+
+    engine = _engine("tiny", compile_=False, graphs=True)
+    with pytest.raises(EngineOOM) as info:
+        # a KV cache of about 140 GB: fails at allocation, as a real boundary does
+        engine.run_point(16384, [Prompt("x", 1024, 1024)] * 16384)
+    assert info.value.recovered
+    run = engine.run_point(2, [Prompt("a", 8, 4), Prompt("b", 8, 4)])
+    assert len(run.records) == 2

@@ -97,7 +97,7 @@ async def test_cancel_stops_the_running_point_and_keeps_finished_ones(tmp_path: 
         await pilot.press("s")
         await wait_until(pilot, lambda: app.sweep.points.get(4) == "running", what="batch 4 to run")
         text = screen_text(app)
-        assert "measuring · batch 4" in text and "3/8 requests" in text and "ETA 2s" in text
+        assert "measuring · batch 4" in text and "3/8 req · 2s · ETA 2s" in text and "ETA 2s" in text
         await pilot.press("c")
         await wait_until(pilot, lambda: not app.sweep_running, what="the sweep to end")
         await pilot.pause()

@@ -66,7 +66,7 @@ def test_config_form_80x24(snap_compare) -> None:
     async def open_form(pilot) -> None:
         await wait_until(pilot, lambda: pilot.app.form.built, what="the form")
         await pilot.press("f")
-        pilot.app.form.field("pue").value = "0.9"  # marked, with its sentence
+        pilot.app.form.field("num_prompts").value = "many"  # marked, with its sentence
         await pilot.pause()
         pilot.app.results.table.focus()  # no blinking cursor in the snapshot
         await pilot.pause()

@@ -328,7 +328,7 @@ class SweepRunner:
                 raise CarbontopError(f"Batch {batch_size} failed: {point.message}")
             self.planner.report(batch_size, fits=point.status is PointStatus.OK)
             if outcome.needs_restart:
-                self._host.kill()
+                self._host.stop()  # a clean exit where it still answers, a kill where not
             self._emit(events.BoundaryChanged(self.planner.largest_ok, self.planner.smallest_failed,
                                               self.planner.next()))
 

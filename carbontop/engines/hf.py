@@ -141,6 +141,7 @@ class HFEngine:
         max_out = max(p.output_tokens for p in prompts)
         cache_len = max_in + max_out
         state: _PointState | None = None
+        oom_message = ""
         try:
             with torch.inference_mode():
                 state = _PointState(self, batch_size, cache_len)
@@ -156,13 +157,15 @@ class HFEngine:
                 self._sync()
                 window_end = time.time()
         except torch.cuda.OutOfMemoryError as exc:
-            message = _first_line(exc)
-            del state
-            raise EngineOOM(message, recovered=self._memory_recovered()) from None
+            oom_message = _first_line(exc)
         finally:
             state = None
-            if self.spec.device == "cuda":
-                torch.cuda.empty_cache()
+        if oom_message:
+            # checked outside the except block: the exception's traceback holds the frames,
+            # and their tensors, of the failed batch until the block ends
+            raise EngineOOM(oom_message, recovered=self._memory_recovered())
+        if self.spec.device == "cuda":
+            torch.cuda.empty_cache()
         return EngineRun(
             batch_size=batch_size,
             window_start_s=window_start,

@@ -22,6 +22,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.screen import Screen
 from textual.widgets import Footer
 
 from carbontop import config as cfgmod
@@ -266,6 +267,13 @@ class CarbontopApp(App[int]):
         self.theme = wanted
 
     # ---- layout -------------------------------------------------------------------------
+
+    def get_default_screen(self) -> Screen:
+        # The breakpoint classes come with the first resize event, after the first styling: set
+        # them on the new screen, so that the first frame is styled once, for this width.
+        screen = super().get_default_screen()
+        screen.add_class("-narrow" if self.size.width < NARROW_BELOW_COLUMNS else "-wide")
+        return screen
 
     def compose(self) -> ComposeResult:
         # kept as attributes: timers and worker messages can arrive while the app shuts down,

@@ -134,8 +134,8 @@ class ConfigForm(VerticalScroll):
     def build(self) -> None:
         """Mount the fields. The app calls this right after its first frame: the form is the
         largest part of the screen, and building it first would delay that frame by half a second."""
-        if self.built:
-            return
+        if self.built or not self.is_attached or self.app._exit:
+            return  # built, or the app is closing already
         self.built = True
         grid = Grid(id="form-grid")
         self.mount(grid)

@@ -46,7 +46,7 @@ class SweepPane(Vertical):
     SweepPane #sweep-progress-row { height: 1; }
     SweepPane #sweep-phase { width: auto; max-width: 30; padding-right: 1; color: $accent; }
     SweepPane ProgressBar { width: auto; }
-    SweepPane ProgressBar Bar { width: 20; }
+    SweepPane ProgressBar Bar { width: 16; }
     SweepPane #sweep-eta { width: 1fr; padding-left: 1; color: $text-muted; }
     SweepPane #sweep-status { height: auto; }
     """
@@ -108,12 +108,12 @@ class SweepPane(Vertical):
         self._render_points()
         self.query_one("#sweep-progress-row").display = True
         self.query_one("#sweep-progress", ProgressBar).update(total=max(1, n_requests), progress=0)
-        self.query_one("#sweep-eta", Static).update(f"0/{n_requests} requests")
+        self.query_one("#sweep-eta", Static).update(f"0/{n_requests} req")
 
     def progress(self, batch_size: int, done: int, total: int, elapsed_s: float, eta_s: float | None) -> None:
         self.query_one("#sweep-progress", ProgressBar).update(total=max(1, total), progress=done)
         eta = f" · ETA {duration(eta_s)}" if eta_s is not None else ""
-        self.query_one("#sweep-eta", Static).update(f"{done}/{total} requests · {duration(elapsed_s)}{eta}")
+        self.query_one("#sweep-eta", Static).update(f"{done}/{total} req · {duration(elapsed_s)}{eta}")
 
     def point_finished(self, batch_size: int, status: object) -> None:
         self.points[int(batch_size)] = status_name(status) or "ok"

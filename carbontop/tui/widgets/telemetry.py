@@ -84,6 +84,7 @@ class DeviceView(Vertical):
         self._power_ceiling_w = 0.0
         self._mem_ceiling_gb = 0.0
         self._pending: tuple[DeviceSeries, float, float, str] | None = None
+        self._ready = False
 
     def compose(self) -> ComposeResult:
         yield Label("", classes="device-name")
@@ -91,18 +92,19 @@ class DeviceView(Vertical):
             yield Label("power", classes="metric")
             yield RangeSparkline(classes="power")
             yield Label("", classes="stats power-stats")
-        with Horizontal():
+        with Horizontal(classes="memory-row"):
             yield Label("memory", classes="metric")
             yield RangeSparkline(classes="memory")
             yield Label("", classes="stats memory-stats")
 
     def on_mount(self) -> None:
+        self._ready = True
         if self._pending is not None:
             series, t_end, span_s, suffix = self._pending
             self.show(series, t_end=t_end, span_s=span_s, suffix=suffix)
 
     def show(self, series: DeviceSeries, *, t_end: float, span_s: float, suffix: str = "") -> None:
-        if not self.is_mounted:  # just mounted by the pane: draw once the rows exist
+        if not self._ready:  # just mounted by the pane: draw once the rows exist
             self._pending = (series, t_end, span_s, suffix)
             return
         self.query_one(".device-name", Label).update(device_label(series.index, series.name) + suffix)
@@ -168,6 +170,8 @@ class TelemetryPane(VerticalScroll):
             self._views.pop(index).remove()
         for series in sorted(devices, key=lambda d: d.index):
             self._view(series.index).show(series, t_end=t_end, span_s=span_s, suffix=suffix)
+        # app.tcss lays many devices out two to a row where the terminal is wide
+        self.set_class(len(self._views) >= 3, "-many")
 
     def show_live(self, sampler: Any) -> None:
         """Pull the last minute from a TelemetrySampler (or anything with the same methods)."""
