@@ -789,16 +789,18 @@ def test_wait_for_asks_only_once_the_time_has_passed():
 
 
 def test_choose_counter_every_hand_values():
+    # written for a 5 ms/s budget; the default (COUNTER_CPU_BUDGET) is stricter
+    assert choose_counter_every(0.004, 0.1) == 14  # 4 / (k x 100 ms) <= 0.3%
     # the measured H100 cost, 4 ms of CPU per read, budget 5 ms/s:
     # 4 / (k x 100 ms) <= 0.5%  ->  k >= 8 at 10 Hz (0.8 s); k >= 40 at 50 Hz (0.8 s)
-    assert choose_counter_every(0.004, 0.1) == 8
-    assert choose_counter_every(0.004, 0.02) == 40
-    assert choose_counter_every(0.0041, 0.1) == 9  # a little more cost: one more tick
-    assert choose_counter_every(0.0, 0.1) == 1  # free: every tick
-    assert choose_counter_every(0.00001, 0.1) == 1  # 10 us per read is 0.01% at 10 Hz
+    assert choose_counter_every(0.004, 0.1, cpu_budget=0.005) == 8
+    assert choose_counter_every(0.004, 0.02, cpu_budget=0.005) == 40
+    assert choose_counter_every(0.0041, 0.1, cpu_budget=0.005) == 9  # a little more cost: one more tick
+    assert choose_counter_every(0.0, 0.1, cpu_budget=0.005) == 1  # free: every tick
+    assert choose_counter_every(0.00001, 0.1, cpu_budget=0.005) == 1  # 10 us per read is 0.01% at 10 Hz
     # 8 GPUs x 4 ms = 32 ms would need 6.4 s at 0.5%; the 2 s cap wins (k = 20, 1.6% of a core)
-    assert choose_counter_every(0.032, 0.1) == 20
-    assert choose_counter_every(0.004, 3.0) == 1  # ticks longer than the cap: every tick
+    assert choose_counter_every(0.032, 0.1, cpu_budget=0.005) == 20
+    assert choose_counter_every(0.004, 3.0, cpu_budget=0.005) == 1  # ticks longer than the cap: every tick
     assert choose_counter_every(0.004, 0.1, cpu_budget=0.01) == 4
 
 
@@ -806,7 +808,7 @@ def test_nvml_chooses_k_from_the_measured_counter_cost(monkeypatch, clock):
     gpu = FakeGpu()
     gpu.energy_cpu_s, gpu.energy_wall_s = 0.004, 0.0042  # the H100's cost
     fake = install(monkeypatch, [gpu], clock=clock)
-    src = NvmlSource()
+    src = NvmlSource(counter_cpu_budget=0.005)
     assert fake.calls["energy"] == 1 + 3  # one to find the counter, three timed
     assert src.counter_call_cpu_s == pytest.approx(0.004)
     assert src.counter_call_wall_s == pytest.approx(0.0042)
@@ -829,7 +831,7 @@ def test_nvml_reads_the_counter_every_kth_tick(monkeypatch, clock):
     gpu = FakeGpu()
     gpu.energy_cpu_s = 0.004
     fake = install(monkeypatch, [gpu], clock=clock)
-    src = NvmlSource()  # k = 8 at 0.1 s
+    src = NvmlSource(counter_cpu_budget=0.005)  # k = 8 at 0.1 s
     before = fake.calls["energy"]
     has_energy = []
     for n in range(17):
@@ -852,18 +854,18 @@ def test_nvml_costs_add_over_gpus(monkeypatch, clock):
     for g in gpus:
         g.energy_cpu_s = 0.004
     install(monkeypatch, gpus, clock=clock)
-    src = NvmlSource()
+    src = NvmlSource(counter_cpu_budget=0.005)
     # both counters on the same tick: 8 ms per counter tick -> k = 16 at 0.1 s
     assert src.counter_every == 16 and src.counter_interval_s == pytest.approx(1.6)
     gpus[0].energy_cpu_s = gpus[1].energy_cpu_s = 0.02
-    assert NvmlSource().counter_every == 20  # 40 ms per counter tick: held at the 2 s cap
+    assert NvmlSource(counter_cpu_budget=0.005).counter_every == 20  # 40 ms per counter tick: held at the 2 s cap
 
 
 def test_nvml_without_counter_reads_no_counter(monkeypatch, clock):
     gpu = FakeGpu()
     gpu.energy_mj = None
     fake = install(monkeypatch, [gpu], clock=clock)
-    src = NvmlSource()
+    src = NvmlSource(counter_cpu_budget=0.005)
     assert src.counter_call_cpu_s is None and src.counter_every == 1
     for _ in range(3):
         assert src.read()[0].energy_j is None
@@ -875,7 +877,7 @@ def test_nvml_sampler_energy_with_sparse_counter(monkeypatch, clock):
     gpu = FakeGpu()
     gpu.energy_cpu_s = 0.0025  # 2.5 ms / (k x 0.1 s) <= 0.5%  ->  k = 5
     install(monkeypatch, [gpu], clock=clock)
-    sampler = TelemetrySampler(NvmlSource(), interval_s=0.1)
+    sampler = TelemetrySampler(NvmlSource(counter_cpu_budget=0.005), interval_s=0.1)
     assert sampler.source.counter_every == 5
     for n in range(21):
         clock.t = n / 10
@@ -921,7 +923,7 @@ def cpu_share(sampler: TelemetrySampler, run_s: float) -> float:
 
 def test_thread_cpu_share_is_small_at_10_hz(monkeypatch):
     install(monkeypatch, [FakeGpu()])  # every NVML call nearly free
-    sampler = TelemetrySampler(NvmlSource(), interval_s=0.1)
+    sampler = TelemetrySampler(NvmlSource(counter_cpu_budget=0.005), interval_s=0.1)
     share = cpu_share(sampler, 1.0)
     assert len(sampler.samples()) >= 8
     assert share < 0.01, share  # the requirement: under 1% of a core at 10 Hz
@@ -931,7 +933,7 @@ def test_thread_cpu_share_stays_small_with_a_costly_counter(monkeypatch):
     gpu = FakeGpu()
     gpu.energy_burn_s = 0.002  # every counter read really spends 2 ms of CPU
     install(monkeypatch, [gpu])
-    src = NvmlSource()
+    src = NvmlSource(counter_cpu_budget=0.005)
     assert 0.002 <= src.counter_call_cpu_s < 0.003
     sampler = TelemetrySampler(src, interval_s=0.1)
     # 2 ms / (k x 100 ms) <= 0.5%  ->  k = 4, or 5 where the measured reads came out a bit slower

@@ -27,7 +27,14 @@ from carbontop.core.store import POINT_COLUMNS, POWER_COLUMNS, REQUEST_COLUMNS
 from carbontop.errors import CarbontopError, ConfigError
 from carbontop.tui import themes as themes_mod
 from carbontop.tui.app import CarbontopApp
-from carbontop.tui.screens import ConfirmScreen, ErrorScreen, ExportScreen, HelpScreen, OpenScreen
+from carbontop.tui.screens import (
+    KEYS,
+    ConfirmScreen,
+    ErrorScreen,
+    ExportScreen,
+    HelpScreen,
+    OpenScreen,
+)
 from carbontop.tui.widgets.config_form import ConfigForm
 
 pytestmark = [pytest.mark.usefixtures("isolated_dirs"), pytest.mark.timeout(60)]
@@ -380,10 +387,13 @@ async def test_help_lists_every_key_in_the_footer(tmp_path: Path) -> None:
             assert f"{key} {label}" in footer
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
-        text = str(app.screen.query_one("#help-keys").render())
+        listed = {key for key, _ in KEYS}
         for binding in CarbontopApp.BINDINGS:
             if binding.show:
-                assert (binding.key_display or binding.key) in text
+                assert (binding.key_display or binding.key) in listed
+        text = screen_text(app)
+        for _key, what in KEYS:
+            assert what[:30] in text, what
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
 
@@ -615,3 +625,36 @@ def test_point_status_words_cover_every_status() -> None:
 
     for status in PointStatus:
         assert status.value in STATUS_WORDS and status.value in STATUS_MARKS
+
+
+async def test_a_malformed_event_is_a_dialog_not_a_crash(tmp_path: Path) -> None:
+    from carbontop.core import events as ev
+    from carbontop.tui.messages import SweepEventMessage
+
+    app = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        app.post_message(SweepEventMessage(ev.PointFinished(point=None)))  # type: ignore[arg-type]
+        await pilot.pause()
+        assert isinstance(app.screen, ErrorScreen) and app.is_running
+
+
+SAMPLE_RUN = Path(__file__).resolve().parents[1] / "sample_runs" / "llama2-7b-h100-sharegpt"
+
+
+@pytest.mark.skipif(not SAMPLE_RUN.is_dir(), reason="the recorded sample run is not in this checkout")
+async def test_the_recorded_h100_sample_run_opens_without_a_gpu(tmp_path: Path) -> None:
+    app = CarbontopApp(open_run=SAMPLE_RUN, idle_sampler_factory=lambda c: FixedSampler(),
+                       remember=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        rows = table_cells(app)
+        statuses = {r[0].lstrip("★✓"): r[1] for r in rows}
+        assert statuses["1"] == "ok" and statuses["256"] == "OOM"
+        best = [r for r in rows if r[0].startswith("★")]
+        assert len(best) == 1  # one point marked as the lowest gCO2e/token
+        text = screen_text(app)
+        assert "GPU 0 · NVIDIA H100 80GB HBM3" in text and "Power trace · saved run" in text
+        # the eleven core columns fit an 80-column terminal
+        header = text.splitlines()[[i for i, line in enumerate(text.splitlines()) if "tok/s" in line][0]]
+        assert "peak" in header

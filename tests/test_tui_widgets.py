@@ -19,6 +19,8 @@ def test_number_formats() -> None:
     assert fmt.sig(12.0) == "12.0"
     assert fmt.sig(None) == fmt.DASH and fmt.sig(0.0) == "0"
     assert fmt.sig(0.000123) == "1.23e-4"  # below 1e-3: scientific
+    assert fmt.sig(0.099999) == "0.100" and fmt.sig(9.9996) == "10.0"  # rounding moves the point
+    assert fmt.seconds(0.00711) == "0.0071" and fmt.seconds(0.0789) == "0.0789"
     assert fmt.sci(3.4532e-5) == "3.45e-5"
     assert fmt.carbon(0.301 / 3.6e6 * 413) == "3.45e-5"  # 0.301 J/tok at 413 g/kWh
     assert fmt.carbon(0.25) == "0.250"

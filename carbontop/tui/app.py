@@ -293,7 +293,8 @@ class CarbontopApp(App[int]):
     def on_mount(self) -> None:
         self._main = self.screen
         for problem in self._theme_problems:
-            self.notify(f"{problem} Using the default theme.", severity="warning", timeout=12)
+            self.notify(f"{problem} It was not loaded; the theme is {self.theme}.",
+                        severity="warning", timeout=12)
         for problem in self._startup_problems:
             self.notify(problem, severity="warning", timeout=12)
         self.results.table.focus()
@@ -389,6 +390,7 @@ class CarbontopApp(App[int]):
         self._idle_opening = False
         if message.sampler is None:
             if not self.sweep_running and not self.showing_saved:
+                self.telemetry.clear_devices()  # the old device's graphs would mislead
                 self.telemetry.note(f"No power readings before the sweep: {message.error}")
             return
         if self.sweep_running or self._shutting_down:
@@ -543,8 +545,12 @@ class CarbontopApp(App[int]):
                          self._opened)
 
     def _opened(self, saved: Any) -> None:
-        if saved is not None:
+        if saved is None:
+            return
+        try:
             self.show_saved(saved)
+        except Exception as exc:  # noqa: BLE001 - a damaged run must not end the app
+            self.show_error("Cannot show the run", f"{type(exc).__name__}: {exc}")
 
     def show_saved(self, saved: Any) -> None:
         """Show a saved run (store.SavedRun): its table, its points, its power trace, its setup."""
@@ -622,9 +628,15 @@ class CarbontopApp(App[int]):
             self.sweep.border_title = f"Sweep · {self.run_dir}"
 
     def on_sweep_event_message(self, message: SweepEventMessage) -> None:
+        try:
+            self._show_event(message.event)
+        except Exception as exc:  # noqa: BLE001 - a display bug must not end a measurement
+            self.show_error("carbontop could not show a sweep event",
+                            f"{type(exc).__name__}: {exc}\n\nThe sweep goes on; its run directory has every point.")
+
+    def _show_event(self, event: Any) -> None:
         from carbontop.core import events as ev  # plain dataclasses, already imported by the runner
 
-        event = message.event
         if isinstance(event, ev.SweepStarted):
             self.run_dir = pathlib.Path(event.run_dir)
             self.sweep.started(tuple(event.planned), event.auto, event.run_dir)

@@ -13,7 +13,8 @@ def sig(value: float | None, digits: int = 3) -> str:
         return DASH
     if value == 0:
         return "0"
-    magnitude = math.floor(math.log10(abs(value)))
+    # the magnitude after rounding: 0.09999 to 3 figures is 0.100, not 0.1000
+    magnitude = math.floor(math.log10(abs(float(f"{value:.{digits - 1}e}"))))
     if magnitude < -3 or magnitude >= 6:
         return sci(value, digits)
     decimals = max(0, digits - 1 - magnitude)
@@ -34,6 +35,16 @@ def carbon(value: float | None) -> str:
     """Carbon per token is tiny (1e-5..1e-3 g): scientific below 0.01 g, so columns line up."""
     if value is not None and value != 0 and abs(value) < 0.01:
         return sci(value, 3)
+    return sig(value, 3)
+
+
+def seconds(value: float | None) -> str:
+    """Latencies: 3 significant figures, but never more than 4 decimals (0.0071, 0.0789, 12.3),
+    so that the column stays 6 wide on an 80-column terminal."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.4f}"
     return sig(value, 3)
 
 

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
@@ -18,17 +19,22 @@ from carbontop.errors import CarbontopError
 
 # (key, what it does): the help screen's list; the footer shows the same keys
 KEYS: tuple[tuple[str, str], ...] = (
-    ("s", "Start a sweep with the run configuration (fields are checked first)"),
+    ("s", "Start a sweep with the run configuration (checked first)"),
     ("c", "Cancel the sweep: the running point stops, finished points stay"),
     ("e", "Export the results to CSV (asks for a path)"),
-    ("o", "Open a saved run directory (table and power trace, no GPU needed)"),
-    ("f", "Show or hide the run configuration form"),
+    ("o", "Open a saved run: its table and power trace, no GPU needed"),
+    ("f", "Show or hide the run configuration"),
     ("t", "Next colour theme"),
     ("?", "This help"),
-    ("q", "Quit (asks first while a sweep runs); ctrl+q does the same"),
-    ("tab / shift+tab", "Move between the form fields and the panes"),
-    ("escape", "Leave a form field (so the letter keys act again); close a dialog"),
-    ("↑ ↓ ← →", "Move in the results table (scroll right for more columns)"),
+    ("q", "Quit (asks first while a sweep runs); ctrl+q too"),
+    ("tab", "Next field or pane (shift+tab: previous)"),
+    ("escape", "Leave the form, so the letter keys act again; close a dialog"),
+    ("← →", "In the form: step through a choice; in the table: scroll"),
+)
+FIGURES = (
+    "tok/s: output tokens / wall time.  s/tok: mean end-to-end time per output token.  "
+    "J/tok: from the GPU energy counter.  gCO2e/tok: energy × PUE × grid intensity "
+    "(operational; embodied and total are further right).  MFU, MBU: against the card's dense peak."
 )
 
 
@@ -42,6 +48,7 @@ class _Dialog(ModalScreen[Any]):
     _Dialog .title { text-style: bold; width: 1fr; margin-bottom: 1; }
     _Dialog .buttons { height: auto; align-horizontal: right; margin-top: 1; }
     _Dialog Button { margin-left: 1; }
+    _Dialog Input { margin: 1 0 0 0; }
     _Dialog .error-line { color: $error; height: auto; }
     """
 
@@ -53,19 +60,24 @@ class HelpScreen(_Dialog):
         Binding("q", "close", "Close", show=False),
     ]
 
+    DEFAULT_CSS = """
+    HelpScreen #help-body { height: auto; max-height: 60vh; }
+    HelpScreen #help-figures { color: $text-muted; margin-top: 1; }
+    """
+
     def compose(self) -> ComposeResult:
-        width = max(len(k) for k, _ in KEYS)
-        lines = "\n".join(f"[b $accent]{k.ljust(width)}[/]  {text}" for k, text in KEYS)
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column()
+        for key, text in KEYS:
+            table.add_row(key, text)
         with Vertical():
             yield Label("carbontop: keys", classes="title")
-            yield Static(lines, id="help-keys")
-            yield Static(
-                "\n[$text-muted]Figures: tok/s = output tokens / wall time; s/tok = mean end-to-end time "
-                "per output token; J/tok from the GPU energy counter; gCO2e/tok = energy × PUE × grid "
-                "intensity (operational); MFU / MBU against the card's dense peak.[/]"
-            )
+            with VerticalScroll(id="help-body"):
+                yield Static(table, id="help-keys")
+                yield Static(FIGURES, id="help-figures")
             with Horizontal(classes="buttons"):
-                yield Button("Close", variant="primary", id="close")
+                yield Button("Close", variant="primary", compact=True, id="close")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(None)
@@ -92,8 +104,8 @@ class ConfirmScreen(_Dialog):
             yield Label(self._title, classes="title")
             yield Static(self._question)
             with Horizontal(classes="buttons"):
-                yield Button(f"{self._no} (n)", id="no")
-                yield Button(f"{self._yes} (y)", variant="error", id="yes")
+                yield Button(f"{self._no} (n)", compact=True, id="no")
+                yield Button(f"{self._yes} (y)", variant="error", compact=True, id="yes")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()
@@ -119,7 +131,7 @@ class ErrorScreen(_Dialog):
             yield Label(self._title, classes="title")
             yield Static(self._message, markup=False, id="error-message")
             with Horizontal(classes="buttons"):
-                yield Button("OK", variant="primary", id="ok")
+                yield Button("OK", variant="primary", compact=True, id="ok")
 
     def on_mount(self) -> None:
         self.query_one("#ok", Button).focus()
@@ -144,11 +156,11 @@ class ExportScreen(_Dialog):
         with Vertical():
             yield Label("Export the results to CSV", classes="title")
             yield Label("File to write (enter to export, escape to cancel):")
-            yield Input(str(self._default), id="export-path")
+            yield Input(str(self._default), compact=True, id="export-path")
             yield Static("", classes="error-line", id="export-error")
             with Horizontal(classes="buttons"):
-                yield Button("Cancel", id="cancel")
-                yield Button("Export", variant="primary", id="export")
+                yield Button("Cancel", compact=True, id="cancel")
+                yield Button("Export", variant="primary", compact=True, id="export")
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()
@@ -195,7 +207,7 @@ class OpenScreen(_Dialog):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
     DEFAULT_CSS = """
-    OpenScreen OptionList { height: auto; max-height: 12; margin-top: 1; }
+    OpenScreen OptionList { height: auto; max-height: 8; }
     """
 
     def __init__(self, loader: Callable[[Path], Any], recent: list[Path], start: str = "") -> None:
@@ -208,7 +220,7 @@ class OpenScreen(_Dialog):
         with Vertical():
             yield Label("Open a saved run", classes="title")
             yield Label("Run directory (enter to open, escape to cancel):")
-            yield Input(self._start, placeholder="path/to/run-directory", id="open-path")
+            yield Input(self._start, placeholder="path/to/run-directory", compact=True, id="open-path")
             yield Static("", classes="error-line", id="open-error")
             if self._recent:
                 yield Label("Recent runs (newest first):")
@@ -221,8 +233,8 @@ class OpenScreen(_Dialog):
             else:
                 yield Label("[dim]No runs in the default runs folder yet.[/]")
             with Horizontal(classes="buttons"):
-                yield Button("Cancel", id="cancel")
-                yield Button("Open", variant="primary", id="open")
+                yield Button("Cancel", compact=True, id="cancel")
+                yield Button("Open", variant="primary", compact=True, id="open")
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()

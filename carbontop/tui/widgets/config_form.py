@@ -100,7 +100,8 @@ def to_text(value: Any) -> str:
 class ConfigForm(VerticalScroll):
     """Fields by section; `read()` returns a validated RunConfig or raises ConfigError."""
 
-    BINDINGS = [Binding("escape", "leave", "Leave form", show=False)]
+    # shown in the footer while a field has focus: the letter keys type there, escape leaves
+    BINDINGS = [Binding("escape", "leave", "Leave the form")]
 
     DEFAULT_CSS = """
     ConfigForm { padding: 0 1; }

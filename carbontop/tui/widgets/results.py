@@ -41,15 +41,15 @@ def _num(row: Mapping[str, Any], key: str) -> float | None:
 # The first eleven fit 80 columns; the rest are there on a wide terminal (or by scrolling right).
 COLUMNS: tuple[Column, ...] = (
     Column("tokens_per_s", "tok/s", lambda v: fmt.throughput(v)),
-    Column("s_per_token", "s/tok", lambda v: fmt.sig(v, 3)),
-    Column("ttft_p50_s", "TTFT\np50 s", lambda v: fmt.sig(v, 3)),
+    Column("s_per_token", "s/tok", fmt.seconds),
+    Column("ttft_p50_s", "TTFT\np50 s", fmt.seconds),
     Column("tpot_p50_s", "TPOT\np50 ms", lambda v: fmt.sig(None if v is None else v * 1000, 3)),
     Column("j_per_token", "J/tok", lambda v: fmt.sig(v, 3)),
     Column("gco2e_per_token", "gCO2e\n/tok", fmt.carbon),
     Column("mfu", "MFU\n%", lambda v: fmt.fixed(v, 1, 100.0)),
     Column("mbu", "MBU\n%", lambda v: fmt.fixed(v, 1, 100.0)),
     Column("peak_mem_gb", "peak\nGB", lambda v: fmt.fixed(v, 1)),
-    Column("ttft_p90_s", "TTFT\np90 s", lambda v: fmt.sig(v, 3)),
+    Column("ttft_p90_s", "TTFT\np90 s", fmt.seconds),
     Column("tpot_p90_s", "TPOT\np90 ms", lambda v: fmt.sig(None if v is None else v * 1000, 3)),
     Column("energy_j", "energy\nJ", lambda v: fmt.sig(v, 4)),
     Column("avg_power_w", "power\nW", lambda v: fmt.fixed(v, 0)),

@@ -19,6 +19,7 @@ STATUS_MARKS: dict[str, tuple[str, str]] = {
     "crashed": ("crash", "$error"),
     "cancelled": ("cancelled", "$warning"),
     "error": ("error", "$error"),
+    "skipped": ("skipped", "$text-muted"),
 }
 LEGEND = "✓ done  ▶ running  · pending  OOM/KV/crash: did not fit"
 
@@ -44,7 +45,7 @@ class SweepPane(Vertical):
     SweepPane { height: auto; }
     SweepPane #sweep-points { height: auto; }
     SweepPane #sweep-progress-row { height: 1; }
-    SweepPane #sweep-phase { width: auto; max-width: 30; padding-right: 1; color: $accent; }
+    SweepPane #sweep-phase { width: auto; max-width: 60%; padding-right: 1; color: $accent; }
     SweepPane ProgressBar { width: auto; }
     SweepPane ProgressBar Bar { width: 16; }
     SweepPane #sweep-eta { width: 1fr; padding-left: 1; color: $text-muted; }
@@ -76,7 +77,9 @@ class SweepPane(Vertical):
         self.auto = False
         self._render_points()
         self.set_phase("")
-        self.query_one("#sweep-progress", ProgressBar).update(total=None, progress=0)
+        bar = self.query_one("#sweep-progress", ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = False
         self.query_one("#sweep-progress-row").display = False
         self.set_status(status)
 
@@ -93,7 +96,8 @@ class SweepPane(Vertical):
         text = PHASES.get(phase, phase)
         if batch_size is not None and text:
             text = f"{text} · batch {batch_size}"
-        if detail:
+        # while a point runs the bar and its counts need the room; the detail shows otherwise
+        if detail and not self.query_one("#sweep-progress", ProgressBar).display:
             text = f"{text} ({detail})" if text else detail
         widget = self.query_one("#sweep-phase", Static)
         widget.update(text)
@@ -107,7 +111,9 @@ class SweepPane(Vertical):
         self.points[int(batch_size)] = "running"
         self._render_points()
         self.query_one("#sweep-progress-row").display = True
-        self.query_one("#sweep-progress", ProgressBar).update(total=max(1, n_requests), progress=0)
+        bar = self.query_one("#sweep-progress", ProgressBar)
+        bar.display = True
+        bar.update(total=max(1, n_requests), progress=0)
         self.query_one("#sweep-eta", Static).update(f"0/{n_requests} req")
 
     def progress(self, batch_size: int, done: int, total: int, elapsed_s: float, eta_s: float | None) -> None:
@@ -118,7 +124,9 @@ class SweepPane(Vertical):
     def point_finished(self, batch_size: int, status: object) -> None:
         self.points[int(batch_size)] = status_name(status) or "ok"
         self._render_points()
-        self.query_one("#sweep-progress", ProgressBar).update(total=None, progress=0)
+        bar = self.query_one("#sweep-progress", ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = False  # between points the phase line has the room
         self.query_one("#sweep-eta", Static).update("")
 
     def boundary(self, largest_ok: int | None, smallest_failed: int | None, next_batch: int | None) -> None:
@@ -141,6 +149,8 @@ class SweepPane(Vertical):
         for b, s in self.points.items():
             if s == "running":
                 self.points[b] = "cancelled" if status == "cancelled" else "error"
+            elif s == "pending":
+                self.points[b] = "skipped"  # planned, never started: the sweep ended first
         self._render_points()
         self.set_phase("")
         self.query_one("#sweep-progress-row").display = False
@@ -149,7 +159,7 @@ class SweepPane(Vertical):
         text = f"{words.get(status, 'Sweep ' + status)}: {done} point{'s' if done != 1 else ''} measured."
         if recommended is not None:
             text += f" Recommended batch: [b]{recommended}[/b]."
-        if message:
+        if message and status != "cancelled":  # the runner's "cancelled by the user" says it twice
             text += f" {message}"
         self.set_status(text)
 
