@@ -122,6 +122,25 @@ class Cancelled(Exception):
     pass
 
 
+def prime_multiprocessing() -> None:
+    """Start multiprocessing's resource tracker with a real stderr, before any engine child.
+
+    Spawning first starts a resource-tracker process and hands it `sys.stderr.fileno()`. Where
+    sys.stderr is not a real file (inside a Textual app it is a capture whose fileno() is -1) the
+    spawn fails with "bad value(s) in fds_to_keep". Started here with stderr on /dev/null, the
+    tracker runs and every later spawn reuses it.
+    """
+    from multiprocessing import resource_tracker
+
+    saved = sys.stderr
+    with open(os.devnull, "w") as devnull:
+        sys.stderr = devnull
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            sys.stderr = saved
+
+
 class EngineHost:
     """One engine child. `start()` loads the model; `run_point()` runs one sweep point."""
 
@@ -138,12 +157,17 @@ class EngineHost:
         return self._proc is not None and self._proc.is_alive()
 
     def start(self, on_message: OnMessage, should_stop: ShouldStop) -> dict[str, Any]:
+        prime_multiprocessing()
         parent_conn, child_conn = self._ctx.Pipe()
         self._proc = self._ctx.Process(
             target=_child_main,
             args=(child_conn, self.spec, str(self.log_path) if self.log_path else None),
             name=f"carbontop-engine-{self.spec.engine}",
-            daemon=True,
+            # Not a daemon: engines start processes of their own (inductor's compile and
+            # autotune workers, TensorRT-LLM's executor), which daemonic processes may not do.
+            # The child exits when the parent's end of the pipe closes, and the parent stops it
+            # on every way out of a sweep.
+            daemon=False,
         )
         self._proc.start()
         child_conn.close()

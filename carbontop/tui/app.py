@@ -11,7 +11,6 @@ the power sources are imported when first used.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 from collections.abc import Callable
@@ -99,26 +98,6 @@ def default_runs_dir() -> pathlib.Path | None:
     except Exception:  # noqa: BLE001 - the open dialog still takes a typed path
         return None
     return runs_dir()
-
-
-def prime_multiprocessing() -> None:
-    """Start multiprocessing's resource tracker with a real stderr, before the engine child.
-
-    The engine child is spawned through multiprocessing, which first starts a resource-tracker
-    process and hands it `sys.stderr.fileno()`. Inside a Textual app sys.stderr is Textual's print
-    capture, whose fileno() is -1, and the spawn fails with "bad value(s) in fds_to_keep". Started
-    here with stderr on /dev/null (its warnings would garble the screen anyway), the tracker is
-    running and every later spawn reuses it.
-    """
-    from multiprocessing import resource_tracker
-
-    saved = sys.stderr
-    with open(os.devnull, "w") as devnull:
-        sys.stderr = devnull
-        try:
-            resource_tracker.ensure_running()
-        finally:
-            sys.stderr = saved
 
 
 def stop_sampler(sampler: Any) -> None:
@@ -475,7 +454,6 @@ class CarbontopApp(App[int]):
     def _run_sweep(self, runner: Any) -> None:
         during = "prepare"
         try:
-            prime_multiprocessing()
             runner.prepare()
             self.post_message(SweepPrepared())
             if self._cancel_requested:
