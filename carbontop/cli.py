@@ -43,7 +43,7 @@ SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--trace", "trace", {"help": "hourly intensity CSV in Electricity Maps' export format"}),
     ("--trace-shift-h", "trace_shift_h", {"help": "shift the trace's clock by this many hours"}),
     ("--emaps-zone", "emaps_zone", {"help": "Electricity Maps API v3 zone (token in ELECTRICITYMAPS_TOKEN)"}),
-    ("--pue", "pue", {"help": "power usage effectiveness (default 1.0)"}),
+    ("--pue", "pue", {"help": "power usage effectiveness: a number (default 1.0) or a preset: hyperscale (1.10, Google fleet 2023), meta (1.08), industry (1.58, Uptime Institute 2023)"}),
     ("--lifetime-years", "lifetime_years", {"help": "GPU lifetime for embodied carbon (default 5)"}),
     ("--slo-s-per-token", "slo_s_per_token", {"help": "latency target per user (default 0.2 s/token = 5 tokens/s)"}),
     ("--slo-tpot-p90-s", "slo_tpot_p90_s", {"help": "optional TPOT p90 target in seconds"}),

@@ -136,6 +136,14 @@ def parse_batch_sizes(text: str) -> list[int] | None:
     return sorted(set(sizes))
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Bring a TOML or form value to the field's type, with a sentence when it cannot be."""
     ints = {"num_prompts", "max_input_len", "max_output_len", "min_len", "seed", "max_batch"}
@@ -145,6 +153,13 @@ def _coerce(name: str, value: Any) -> Any:
     }
     if value is None or value == "":
         return None
+    if name == "pue" and isinstance(value, str) and not _is_number(value):
+        from carbontop.core.carbon import PUE_PRESETS
+
+        if value.strip().lower() in PUE_PRESETS:
+            return PUE_PRESETS[value.strip().lower()][0]
+        raise ConfigError(
+            f"PUE must be a number or one of {', '.join(PUE_PRESETS)}, not '{value}'.", name)
     try:
         if name in ints:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):

@@ -65,3 +65,11 @@ def test_bad_toml_and_unknown_keys(tmp_path) -> None:
 
 def test_secrets_never_in_dict() -> None:
     assert "emaps_token" not in RunConfig(emaps_token="s3cret").to_dict()
+
+
+def test_pue_presets_by_name() -> None:
+    assert from_mapping({"pue": "hyperscale"}).pue == 1.10
+    assert from_mapping({"pue": "industry"}).pue == 1.58
+    assert from_mapping({"pue": "1.2"}).pue == 1.2
+    with pytest.raises(ConfigError, match="preset|one of"):
+        from_mapping({"pue": "green"})

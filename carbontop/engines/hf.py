@@ -18,6 +18,7 @@ runs until its longest output is done; every request is timed to its own last to
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -237,7 +238,9 @@ class HFEngine:
                 rows.append([t % self.vocab_size for t in prompt.token_ids])
             else:
                 # No tokenizer: token ids do not change the cost, only the count does.
-                gen = self.torch.Generator().manual_seed(hash(prompt.prompt_id) & 0xFFFFFFFF)
+                # crc32, not hash(): str hashes change from one process to the next
+                seed = zlib.crc32(prompt.prompt_id.encode()) ^ self.spec.seed
+                gen = self.torch.Generator().manual_seed(seed)
                 ids = self.torch.randint(3, self.vocab_size, (prompt.input_tokens,), generator=gen)
                 rows.append(ids.tolist())
         while len(rows) < batch_size:  # a short last batch still runs at full width

@@ -26,7 +26,7 @@ source to read the counter on its next tick).
 The loop must stay cheap (under 1% of a core at 10 Hz, all told): plain lists and deques, one
 lock, no pandas, and it sleeps to the next tick deadline so that ticks do not drift. With NVML's
 cheap readings the loop takes about 0.25% of a core at 10 Hz (a 2-core VM, wake-ups included);
-the NVML energy counter gets its own 0.5% (sources.COUNTER_CPU_BUDGET).
+the NVML energy counter gets its own 0.3% (sources.COUNTER_CPU_BUDGET); 0.71% in all on an H100.
 """
 
 from __future__ import annotations

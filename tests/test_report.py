@@ -1,0 +1,56 @@
+"""The printed summary: recommendation, carbon source, cleanest and dirtiest hour of a trace."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import pytest
+from rich.console import Console
+
+from carbontop.config import RunConfig
+from carbontop.core.runner import SweepRunner
+from carbontop.core.store import load_run
+from carbontop.report import extremes_line, print_summary
+
+HEADER = ("Datetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"
+          "Carbon intensity gCO₂eq/kWh (Life cycle),Carbon-free energy percentage (CFE%),"
+          "Renewable energy percentage (RE%),Data source,Data estimated,Data estimation method")
+
+
+def write_trace(path, start: dt.datetime, values: list[float]) -> None:
+    rows = [HEADER]
+    for i, g in enumerate(values):
+        t = (start + dt.timedelta(hours=i)).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append(f"{t},Germany,Germany,DE,{g * 0.8:.1f},{g:.1f},40,35,source,false,")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def test_sweep_with_a_day_long_trace_reports_cleanest_and_dirtiest_hour(tmp_path) -> None:
+    now = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+    values = [300.0 + 10 * i for i in range(26)]  # 26 hours, the run falls in hour 12
+    values[3], values[20] = 50.0, 900.0
+    write_trace(tmp_path / "trace.csv", now - dt.timedelta(hours=12), values)
+    cfg = RunConfig(model="tiny", device="cpu", dataset="synthetic", num_prompts=2, max_input_len=8,
+                    max_output_len=8, batch_sizes="1,2", trace=str(tmp_path / "trace.csv"),
+                    pue=1.1, out=str(tmp_path / "run"))
+    runner = SweepRunner(cfg)
+    runner.prepare()
+    runner.run()
+    run = load_run(tmp_path / "run")
+    carbon = run.meta["carbon"]
+    assert carbon["source"] == "trace"
+    assert (carbon["cleanest_gco2e_per_kwh"], carbon["dirtiest_gco2e_per_kwh"]) == (50.0, 900.0)
+    for p in run.points:
+        # the whole point ran inside hour 12: 420 g/kWh (life cycle), times PUE
+        assert p["intensity_gco2e_per_kwh"] == pytest.approx(420.0)
+        assert p["gco2e_per_token"] == pytest.approx(p["j_per_token"] / 3.6e6 * 420.0 * 1.1)
+    line = extremes_line(run)
+    best = run.points[0]
+    low = best["j_per_token"] / 3.6e6 * 50.0 * 1.1
+    assert f"b{best['batch_size']}: {low:.3g}" in line
+    out = io.StringIO()
+    print_summary(run, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "cleanest (50 g/kWh)" in text and "dirtiest (900 g/kWh)" in text
+    assert "recommended batch" in text
