@@ -175,7 +175,9 @@ class ConstantIntensity:
         return f"ConstantIntensity({self.g_per_kwh!r})"
 
 
-class ZoneIntensity:
+class ZoneIntensity(ConstantIntensity):
+    """A constant too: the zone's annual average, with its source and year."""
+
     kind = "zone"
 
     def __init__(self, zone: str) -> None:
@@ -183,21 +185,11 @@ class ZoneIntensity:
         if found is None:
             raise CarbonSourceError(_unknown_zone_message(zone))
         self.zone, self.figure = found
-        self.g_per_kwh = self.figure.g_per_kwh
-        self.description = (
+        super().__init__(
+            self.figure.g_per_kwh,
             f"{self.zone} annual average {self.figure.year} ({self.figure.source}): "
-            f"{_fmt_g(self.g_per_kwh)} g/kWh"
+            f"{_fmt_g(self.figure.g_per_kwh)} g/kWh",
         )
-        self.notes: list[str] = []
-
-    def intensity_at(self, t_s: float) -> float:
-        return self.g_per_kwh
-
-    def hourly_values(self) -> list[tuple[float, float]] | None:
-        return None
-
-    def refresh(self, t0_s: float, t1_s: float) -> None:
-        return None
 
     def __repr__(self) -> str:
         return f"ZoneIntensity({self.zone!r})"
