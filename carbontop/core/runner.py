@@ -115,7 +115,14 @@ class SweepRunner:
         self.planner = BatchPlanner(cfg.batch_plan(), max_batch=max_batch)
         self.intensity = carbon.make_intensity_source(cfg)
 
-        source = open_power_source(device, cfg.gpus)
+        gpus = list(cfg.gpus or [])
+        if cfg.engine in ("hf", "trtllm") and device == "cuda":
+            # an engine carbontop runs uses GPU 0 unless told otherwise (TensorRT-LLM shards over
+            # every GPU named): measure the GPUs in use, not every card in the box
+            if cfg.engine == "hf" and len(gpus) > 1:
+                raise ConfigError("The hf engine runs on one GPU; name one with --gpus.", "gpus")
+            gpus = gpus or [0]
+        source = open_power_source(device, gpus or None)
         names = source.device_names()
         self.gpu_indices = [i for i in names if i >= 0]
         self.device_names = [names[i] for i in sorted(names)]
@@ -139,7 +146,7 @@ class SweepRunner:
             weights=cfg.weights,
             dtype=dtype,
             device=device,
-            gpus=tuple(cfg.gpus or ()),
+            gpus=tuple(gpus),
             compile=cfg.compile in ("on", "max-autotune") or (cfg.compile == "auto" and device == "cuda"),
             url=cfg.url,
             kv_cache_fraction=cfg.kv_cache_fraction,
