@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from carbontop.core import metrics  # noqa: E402
 from carbontop.core.hardware import lookup_gpu, peak_bandwidth_bytes_s  # noqa: E402
-from carbontop.core.modelspec import resolve_model  # noqa: E402
+from carbontop.core.modelspec import ModelSpec, resolve_model  # noqa: E402
 from carbontop.core.records import Prompt  # noqa: E402
 from carbontop.engines.base import EngineSpec  # noqa: E402
 from carbontop.engines.hf import HFEngine  # noqa: E402
@@ -50,15 +50,16 @@ def make_engine(model: str, device: str, dtype: str, compile_: bool, graphs: boo
     return engine
 
 
-def engine_point(engine: HFEngine, batch: int, n_in: int, n_out: int, batches: int) -> tuple:
-    """tokens/s, ms per decode step, decode seconds, decode mode: `batches` static batches."""
+def engine_point(engine: HFEngine, batch: int, n_in: int, n_out: int, batches: int,
+                 model: ModelSpec, dtype: str) -> tuple:
+    """tokens/s, ms per decode step, decode mode and decode traffic of `batches` static batches,
+    the traffic counted by the same function that fills the sweep's MBU column."""
     prompts = [Prompt(f"b{batch}-{i}", n_in, n_out) for i in range(batch * batches)]
     run = engine.run_point(batch, prompts)
     duration = run.window_end_s - run.window_start_s
     tokens = sum(r.output_tokens for r in run.records)
-    decode_s = sum(max(r.e2e_s for r in run.records if r.batch_index == b) - run.records[b * batch].ttft_s
-                   for b in range(batches))
-    return tokens / duration, decode_s / batches / (n_out - 1) * 1000, decode_s, engine.decode_mode, run
+    traffic = metrics.decode_traffic(run.records, model, dtype)
+    return tokens / duration, traffic.decode_time_s / traffic.steps * 1000, engine.decode_mode, traffic
 
 
 def stock_point(engine: HFEngine, batch: int, n_in: int, n_out: int) -> tuple[float, float]:
@@ -131,8 +132,8 @@ def main() -> int:
                     step_bytes = model.weight_bytes_per_step(args.dtype) + b * model.kv_bytes_per_token(args.dtype) * (args.input_len + args.output_len / 2)
                     mbu = step_bytes / (ms / 1000) / bw if bw else None
                 else:
-                    tps, ms, decode_s, decode_mode, run = engine_point(engine, b, args.input_len, args.output_len, args.batches)
-                    traffic = metrics.decode_traffic(run.records, model, args.dtype)
+                    tps, ms, decode_mode, traffic = engine_point(
+                        engine, b, args.input_len, args.output_len, args.batches, model, args.dtype)
                     mbu = metrics.mbu(traffic, bw, 1)
             except torch.cuda.OutOfMemoryError:
                 log(f"{mode} b={b}: out of memory")
@@ -165,16 +166,16 @@ def main() -> int:
         (m for m in modes if m != "stock"), key=lambda m: results.get((m, sizes[0]), 0.0))
     compile_, graphs, extra = variants[best]
     engine = make_engine(args.model, "cuda", args.dtype, compile_, graphs, extra)
-    engine_point(engine, 1, args.input_len, args.output_len, 1)  # warm
+    engine_point(engine, 1, args.input_len, args.output_len, 1, model, args.dtype)  # warm
     on, off, cpu_pct = [], [], []
     for _ in range(3):
-        off.append(engine_point(engine, 1, args.input_len, args.output_len, 2)[0])
+        off.append(engine_point(engine, 1, args.input_len, args.output_len, 2, model, args.dtype)[0])
         sampler = TelemetrySampler(open_power_source("cuda"), interval_s=0.1)
         sampler.start()
         time.sleep(0.5)
         t0 = time.time()
         cpu0 = sampler.thread_cpu_s
-        on.append(engine_point(engine, 1, args.input_len, args.output_len, 2)[0])
+        on.append(engine_point(engine, 1, args.input_len, args.output_len, 2, model, args.dtype)[0])
         cpu_pct.append((sampler.thread_cpu_s - cpu0) / (time.time() - t0) * 100)
         sampler.stop()
     ratio = (sum(on) / len(on)) / (sum(off) / len(off))

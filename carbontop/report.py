@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from carbontop.core.carbon import gco2e_per_token_at
 from carbontop.core.store import SavedRun
 
 # (column in points.csv, header, format); multipliers turn SI units into what people read
@@ -99,8 +100,8 @@ def extremes_line(run: SavedRun) -> str:
     for row in run.points:
         if row.get("status") != "ok" or row.get("j_per_token") is None:
             continue
-        emb = row.get("embodied_gco2e_per_token") or 0.0
-        at = [float(row["j_per_token"]) / 3.6e6 * g * pue + emb for g in (clean, dirty)]
+        at = [gco2e_per_token_at(float(row["j_per_token"]), g, pue, row.get("embodied_gco2e_per_token"))
+              for g in (clean, dirty)]
         parts.append(f"b{row['batch_size']}: {at[0]:.3g}–{at[1]:.3g}")
     return (f"at the trace's cleanest ({clean:.0f} g/kWh) and dirtiest ({dirty:.0f} g/kWh) hour, "
             "total gCO2e/tok would be " + ", ".join(parts))

@@ -24,6 +24,11 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def tpots_s(records: Sequence[RequestRecord]) -> list[float]:
+    """Time per output token after the first, for every request of two or more tokens."""
+    return [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) for r in records if r.output_tokens > 1]
+
+
 @dataclass(frozen=True)
 class LatencyFigures:
     tokens_per_s: float
@@ -40,7 +45,7 @@ def latency_figures(records: Sequence[RequestRecord], duration_s: float) -> Late
     out_tokens = sum(r.output_tokens for r in records)
     per_req = [r.e2e_s / r.output_tokens for r in records if r.output_tokens > 0]
     ttfts = [r.ttft_s for r in records]
-    tpots = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) for r in records if r.output_tokens > 1]
+    tpots = tpots_s(records)
     return LatencyFigures(
         tokens_per_s=out_tokens / duration_s if duration_s > 0 else 0.0,
         s_per_token=sum(per_req) / len(per_req) if per_req else 0.0,
@@ -107,7 +112,7 @@ def decode_traffic(records: Sequence[RequestRecord], spec: ModelSpec, dtype: str
     start = min(r.start_s for r in records)
     end = max(r.start_s + r.e2e_s for r in records)
     ttft_med = percentile([r.ttft_s for r in records], 50) or 0.0
-    tpots = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) for r in records if r.output_tokens > 1]
+    tpots = tpots_s(records)
     tpot_med = percentile(tpots, 50)
     decode_s = max(end - start - ttft_med, 0.0)
     steps = decode_s / tpot_med if tpot_med else 0.0
