@@ -39,9 +39,41 @@ class RequestRecord:
     batch_index: int  # which static batch ran it; -1 where the engine batches continuously
     input_tokens: int
     output_tokens: int
-    start_s: float  # Unix time the request was submitted
+    start_s: float  # Unix time the request was admitted to a slot (or sent to the server)
     ttft_s: float  # time to first token, from start_s
     e2e_s: float  # time to last token, from start_s
+    # False: still generating when the point stopped; output_tokens then counts the tokens it made
+    finished: bool = True
+
+
+class Batching(str, Enum):
+    """How an engine fills its b slots."""
+
+    INFLIGHT = "inflight"  # at most b sequences in flight; a freed slot is refilled at once
+    STATIC = "static"  # batches of b, each running until its longest request ends
+
+
+@dataclass(frozen=True)
+class PointPlan:
+    """What the runner asks of an engine for one sweep point."""
+
+    batch_size: int
+    batching: Batching
+    prompts: tuple[Prompt, ...]  # the request stream in order; engines wrap around it for more
+    min_window_s: float  # keep admitting until the steady-state window has lasted this long
+    max_point_s: float  # cap from the first admission: stop admitting then, whatever the window
+
+
+@dataclass(frozen=True)
+class StepTimeline:
+    """One entry per engine step (or per streamed chunk): when its tokens were ready."""
+
+    end_s: tuple[float, ...]  # Unix time the step's tokens were ready
+    tokens: tuple[int, ...]  # output tokens the step made
+    live: tuple[int, ...]  # sequences holding a slot and doing useful work in the step
+    slots: int  # b: slots available in each step
+    kv_tokens_read: tuple[int, ...] | None = None  # cached tokens the step's attention read
+    decode: tuple[bool, ...] | None = None  # True for decode steps, False for prefill steps
 
 
 class PointStatus(str, Enum):
@@ -63,11 +95,13 @@ class EngineRun:
     """What the engine child returns for one sweep point that ran to the end."""
 
     batch_size: int
-    window_start_s: float  # Unix time the first request was submitted
-    window_end_s: float  # Unix time the last request finished
+    window_start_s: float  # steady-state window the engine saw (core/window.py), Unix time
+    window_end_s: float
     records: tuple[RequestRecord, ...]
     concurrency_reached: int | None = None  # engines that schedule themselves report this
     notes: tuple[str, ...] = ()
+    batching: Batching = Batching.STATIC
+    timeline: StepTimeline | None = None
 
 
 @dataclass(frozen=True)
