@@ -136,9 +136,9 @@ def _open(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from carbontop.core import events
-    from carbontop.core.runner import SweepRunner
     from carbontop.report import print_summary
+    from carbontop.sweep import events
+    from carbontop.sweep.runner import SweepRunner
 
     cfg = config_from_args(args)
     err = Console(stderr=True, highlight=False)
@@ -230,11 +230,12 @@ def _runs() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from carbontop.core.store import default_runs_dir, list_runs, load_run
+    from carbontop.config import runs_dir
+    from carbontop.core.store import list_runs, load_run
 
-    runs = list_runs()
+    runs = list_runs(runs_dir())
     if not runs:
-        print(f"No runs yet under {default_runs_dir()}.")
+        print(f"No runs yet under {runs_dir()}.")
         return EXIT_OK
     table = Table("run", "model", "device", "state", "points")
     for path in runs:

@@ -14,6 +14,13 @@ from typing import Any
 
 import platformdirs
 
+from carbontop.core.carbon import (
+    DEFAULT_SLO_S_PER_TOKEN,
+    PAPER_INTENSITY_GCO2E_PER_KWH,
+    PUE_PRESETS,
+    IntensitySource,
+    make_intensity_source,
+)
 from carbontop.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -29,11 +36,6 @@ DTYPES = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("auto", "on", "off", "max-autotune")
 
-# The paper's one reading: Electricity Maps, Wisconsin (MISO), 2024-05-03 (Lim, Pan, Zhou, CMU).
-PAPER_INTENSITY_GCO2E_PER_KWH = 413.0
-# Human reading speed the paper uses as its latency bar: 5 tokens/s per user.
-DEFAULT_SLO_S_PER_TOKEN = 0.2
-
 
 def config_dir() -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME))
@@ -41,6 +43,11 @@ def config_dir() -> Path:
 
 def data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def runs_dir() -> Path:
+    """Where runs go when --out names none (the store is handed this folder)."""
+    return data_dir() / "runs"
 
 
 def user_config_path() -> Path:
@@ -106,14 +113,14 @@ class RunConfig:
             return None if self.batch_sizes == "auto" else parse_batch_sizes(self.batch_sizes)
         return list(self.batch_sizes)
 
-    def carbon_source_kind(self) -> str:
-        if self.trace:
-            return "trace"
-        if self.emaps_zone:
-            return "electricitymaps"
-        if self.zone:
-            return "zone"
-        return "constant"
+    def intensity_source(
+        self, *, http_client: Any = None, emaps_base_url: str | None = None
+    ) -> IntensitySource:
+        """The grid-intensity source these settings ask for (the precedence lives in carbon)."""
+        return make_intensity_source(
+            intensity=self.intensity, zone=self.zone, trace=self.trace,
+            trace_shift_h=self.trace_shift_h, emaps_zone=self.emaps_zone,
+            emaps_token=self.emaps_token, http_client=http_client, emaps_base_url=emaps_base_url)
 
 
 FIELD_NAMES = {f.name for f in fields(RunConfig)}
@@ -154,8 +161,6 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None or value == "":
         return None
     if name == "pue" and isinstance(value, str) and not _is_number(value):
-        from carbontop.core.carbon import PUE_PRESETS
-
         if value.strip().lower() in PUE_PRESETS:
             return PUE_PRESETS[value.strip().lower()][0]
         raise ConfigError(

@@ -28,7 +28,6 @@ from carbontop.core.carbon import (
     embodied_gco2e,
     gco2e_per_token_at,
     intensity_extremes,
-    make_intensity_source,
     mean_intensity,
     operational_gco2e,
     recommend_batch,
@@ -399,18 +398,18 @@ def test_recommend_falls_back_to_operational():
 
 def test_make_intensity_source_priority(new_trace, monkeypatch):
     monkeypatch.delenv("ELECTRICITYMAPS_TOKEN", raising=False)
-    assert make_intensity_source(RunConfig()).description.startswith("constant 413")
-    assert make_intensity_source(RunConfig(intensity=250.0)).intensity_at(0) == 250.0
-    assert make_intensity_source(RunConfig(zone="SE")).kind == "zone"
-    src = make_intensity_source(
-        RunConfig(zone="SE", trace=str(new_trace), trace_shift_h=24, emaps_zone="FR")
-    )
+    assert RunConfig().intensity_source().description.startswith("constant 413")
+    assert RunConfig(intensity=250.0).intensity_source().intensity_at(0) == 250.0
+    assert RunConfig(zone="SE").intensity_source().kind == "zone"
+    src = RunConfig(
+        zone="SE", trace=str(new_trace), trace_shift_h=24, emaps_zone="FR"
+    ).intensity_source()
     assert src.kind == "trace" and src.intensity_at(utc(2024, 5, 4, 0, 30)) == 100.0
     with pytest.raises(CarbonSourceError) as e:
-        make_intensity_source(RunConfig(zone="DE", emaps_zone="DE"))
+        RunConfig(zone="DE", emaps_zone="DE").intensity_source()
     assert "ELECTRICITYMAPS_TOKEN" in one_sentence(e.value)
     with pytest.raises(CarbonSourceError):
-        make_intensity_source(RunConfig(zone="NOWHERE"))
+        RunConfig(zone="NOWHERE").intensity_source()
 
 
 # ---- Electricity Maps API, against a local server --------------------------------------------
@@ -563,14 +562,14 @@ def test_api_through_make_intensity_source_with_env_token(emaps, monkeypatch):
 
     monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", TOKEN)
     with httpx.Client() as client:
-        src = make_intensity_source(
-            RunConfig(emaps_zone="FR", zone="DE"), http_client=client, emaps_base_url=emaps.url
+        src = RunConfig(emaps_zone="FR", zone="DE").intensity_source(
+            http_client=client, emaps_base_url=emaps.url
         )
         assert src.kind == "electricitymaps" and src.intensity_at(0) == 56.0
     # The config's token wins over the environment.
     monkeypatch.setenv("ELECTRICITYMAPS_TOKEN", "wrong")
-    src = make_intensity_source(
-        RunConfig(emaps_zone="FR", emaps_token=TOKEN), emaps_base_url=emaps.url
+    src = RunConfig(emaps_zone="FR", emaps_token=TOKEN).intensity_source(
+        emaps_base_url=emaps.url
     )
     assert src.intensity_at(0) == 56.0
 

@@ -7,9 +7,9 @@ import pytest
 from carbontop.config import RunConfig
 from carbontop.core.modelspec import PRESETS
 from carbontop.core.records import PointStatus, Prompt
-from carbontop.core.runner import SweepRunner
 from carbontop.core.store import load_run
 from carbontop.engines.base import EngineSpec
+from carbontop.sweep.runner import SweepRunner
 
 pytestmark = pytest.mark.gpu
 

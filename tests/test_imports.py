@@ -18,7 +18,7 @@ def _modules_after(code: str) -> set[str]:
 
 def test_core_imports_nothing_heavy() -> None:
     loaded = _modules_after(
-        "import carbontop.core.runner, carbontop.core.metrics, carbontop.core.carbon, "
+        "import carbontop.sweep.runner, carbontop.core.metrics, carbontop.core.carbon, "
         "carbontop.core.workload, carbontop.core.store, carbontop.core.hardware, "
         "carbontop.engines.host, carbontop.telemetry.sampler, carbontop.telemetry.sources, "
         "carbontop.config, carbontop.report"

@@ -9,9 +9,9 @@ import pytest
 from rich.console import Console
 
 from carbontop.config import RunConfig
-from carbontop.core.runner import SweepRunner
 from carbontop.core.store import load_run
 from carbontop.report import extremes_line, print_summary
+from carbontop.sweep.runner import SweepRunner
 
 HEADER = ("Datetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"
           "Carbon intensity gCO₂eq/kWh (Life cycle),Carbon-free energy percentage (CFE%),"

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from carbontop.config import RunConfig
-from carbontop.core import events
-from carbontop.core.runner import SweepRunner
 from carbontop.core.store import load_run
 from carbontop.errors import CarbontopError
+from carbontop.sweep import events
+from carbontop.sweep.runner import SweepRunner
 
 
 def small(tmp_path, **kw) -> RunConfig:

@@ -551,7 +551,7 @@ def test_app_import_stays_light_and_core_does_not_import_textual() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
     code = (
         "import sys\n"
-        "import carbontop.config, carbontop.core.runner, carbontop.core.store, carbontop.core.events\n"
+        "import carbontop.config, carbontop.sweep.runner, carbontop.core.store, carbontop.sweep.events\n"
         "assert 'textual' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -628,7 +628,7 @@ def test_point_status_words_cover_every_status() -> None:
 
 
 async def test_a_malformed_event_is_a_dialog_not_a_crash(tmp_path: Path) -> None:
-    from carbontop.core import events as ev
+    from carbontop.sweep import events as ev
     from carbontop.tui.messages import SweepEventMessage
 
     app = make_app(tmp_path)

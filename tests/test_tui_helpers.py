@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from carbontop.core import events as ev
 from carbontop.core.records import PointResult, PointStatus, Sample
 from carbontop.core.store import RunWriter
+from carbontop.sweep import events as ev
 
 T0 = 1_700_000_000.0  # fixed clock for deterministic telemetry
 

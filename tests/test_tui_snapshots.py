@@ -10,8 +10,8 @@ import pytest
 from test_tui_helpers import FixedSampler, isolated_dirs, point, wait_until  # noqa: F401
 
 from carbontop.config import RunConfig
-from carbontop.core import events as ev
 from carbontop.core.records import PointStatus
+from carbontop.sweep import events as ev
 from carbontop.tui.app import CarbontopApp
 from carbontop.tui.messages import SweepEventMessage
 

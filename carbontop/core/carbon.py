@@ -26,17 +26,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from carbontop.config import PAPER_INTENSITY_GCO2E_PER_KWH
 from carbontop.core.hardware import GpuSpec
 from carbontop.core.records import PointStatus
 from carbontop.core.zones import ZONES, ZoneFigure, find_zone
 from carbontop.errors import CarbonSourceError
 
 if TYPE_CHECKING:
-    from carbontop.config import RunConfig
     from carbontop.core.records import PointResult
 
 __all__ = [
+    "PAPER_INTENSITY_GCO2E_PER_KWH",
+    "DEFAULT_SLO_S_PER_TOKEN",
     "ZONES",
     "ZoneFigure",
     "PUE_PRESETS",
@@ -57,6 +57,12 @@ __all__ = [
     "recommend_batch",
     "intensity_extremes",
 ]
+
+# The paper's one reading: Electricity Maps, Wisconsin (MISO), 2024-05-03 (Lim, Pan, Zhou, CMU,
+# "Characterizing the Carbon Impact of LLM Inference").
+PAPER_INTENSITY_GCO2E_PER_KWH = 413.0
+# Human reading speed the paper uses as its latency bar: 5 tokens/s per user.
+DEFAULT_SLO_S_PER_TOKEN = 0.2
 
 J_PER_KWH = 3.6e6
 HOUR_S = 3600.0
@@ -615,22 +621,30 @@ def _parse_emaps_entry(entry: Any, zone: str, what: str) -> tuple[float | None, 
 
 
 def make_intensity_source(
-    cfg: RunConfig, *, http_client: Any = None, emaps_base_url: str | None = None
+    *,
+    intensity: float = PAPER_INTENSITY_GCO2E_PER_KWH,
+    zone: str | None = None,
+    trace: str | None = None,
+    trace_shift_h: float = 0.0,
+    emaps_zone: str | None = None,
+    emaps_token: str | None = None,
+    http_client: Any = None,
+    emaps_base_url: str | None = None,
 ) -> IntensitySource:
-    """The source a run config asks for: trace > Electricity Maps API > zone > constant."""
-    if cfg.trace:
-        return TraceIntensity(cfg.trace, shift_h=cfg.trace_shift_h)
-    if cfg.emaps_zone:
-        token = cfg.emaps_token or os.environ.get(EMAPS_TOKEN_ENV, "")
+    """The source asked for: trace > Electricity Maps API > zone > constant."""
+    if trace:
+        return TraceIntensity(trace, shift_h=trace_shift_h)
+    if emaps_zone:
+        token = emaps_token or os.environ.get(EMAPS_TOKEN_ENV, "")
         return ElectricityMapsIntensity(
-            cfg.emaps_zone,
+            emaps_zone,
             token,
             base_url=emaps_base_url or DEFAULT_EMAPS_URL,
             http_client=http_client,
         )
-    if cfg.zone:
-        return ZoneIntensity(cfg.zone)
-    return ConstantIntensity(cfg.intensity)
+    if zone:
+        return ZoneIntensity(zone)
+    return ConstantIntensity(intensity)
 
 
 # ---- the figures -----------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from typing import Any
 
 import tomli_w
 
-from carbontop.config import data_dir
 from carbontop.core.records import PointResult, PointStatus, RequestRecord, Sample
 from carbontop.errors import CarbontopError
 
@@ -38,12 +37,8 @@ REQUEST_COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
 POWER_COLUMNS = [f.name for f in dataclasses.fields(Sample)]
 
 
-def default_runs_dir() -> Path:
-    return data_dir() / "runs"
-
-
-def new_run_dir(base: Path | None = None, label: str = "") -> Path:
-    base = base or default_runs_dir()
+def new_run_dir(base: Path, label: str = "") -> Path:
+    """A fresh folder under `base` named for now (and `label`); the caller chooses `base`."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"{stamp}-{label}" if label else stamp
     path = base / name
@@ -247,8 +242,7 @@ def load_run(path: Path, *, with_power: bool = True) -> SavedRun:
     )
 
 
-def list_runs(base: Path | None = None) -> list[Path]:
-    base = base or default_runs_dir()
+def list_runs(base: Path) -> list[Path]:
     if not base.is_dir():
         return []
     return sorted((p for p in base.iterdir() if is_run_dir(p)), reverse=True)

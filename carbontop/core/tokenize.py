@@ -134,7 +134,7 @@ def _load_tokenizer_json(path: Path) -> TokenizersCounter | None:
         return None
     try:
         tok = Tokenizer.from_file(str(path))
-    except Exception:  # a malformed or too-new file: let transformers try, else estimate
+    except Exception:  # noqa: BLE001 - tokenizers raises a bare Exception for a malformed or too-new file
         return None
     return TokenizersCounter(tok, f"tokenizer.json of {path.parent}")
 
@@ -146,7 +146,7 @@ def _load_transformers(where: str) -> TransformersCounter | None:
         return None
     try:
         tok = AutoTokenizer.from_pretrained(where, local_files_only=True)
-    except Exception:  # no tokenizer files, missing sentencepiece, not in the local cache, ...
+    except Exception:  # noqa: BLE001 - no tokenizer files, no sentencepiece, not cached: each its own type
         return None
     return TransformersCounter(tok, f"transformers tokenizer of {where}")
 

@@ -94,7 +94,7 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None) -> None:
             conn.send(("kv_bound", str(exc), exc.concurrency_reached, getattr(exc, "run", None)))
         except EngineFailure as exc:
             conn.send(("failure", str(exc)))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as a message
             traceback.print_exc()
             if looks_like_oom(str(exc)):
                 conn.send(("oom", f"{type(exc).__name__}: {exc}", False))

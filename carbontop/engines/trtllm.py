@@ -205,7 +205,7 @@ class TRTLLMEngine:
             timed = asyncio.run(self._point(batch_size, prompts, inputs))
         except (EngineOOM, EngineFailure, EngineKVBound):
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - TensorRT-LLM's errors have no common type: classified here
             error = self._classify(exc, batch_size, "generating")
             self._shutdown_llm()  # its state after a failure is unknown: the next point builds afresh
             raise error from None
@@ -303,7 +303,7 @@ class TRTLLMEngine:
         self._emit("phase", {"phase": "build", "detail": f"creating the executor for max_batch_size={batch_size}"})
         try:
             self._llm = self._trt.LLM(**self._llm_kwargs(batch_size))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - classified into OOM, KV-bound or failure
             raise self._classify(exc, batch_size, "creating its executor") from None
         self._llm_batch_size = batch_size
         return True
@@ -314,7 +314,7 @@ class TRTLLMEngine:
             return
         try:
             llm.shutdown()
-        except Exception:  # an executor that already died may refuse to shut down; it is gone either way
+        except Exception:  # noqa: BLE001 - an executor that already died may refuse to shut down
             pass
         del llm
         gc.collect()

@@ -222,7 +222,7 @@ class TelemetrySampler:
     def _tick(self) -> None:
         try:
             samples = self.source.read()
-        except Exception as err:  # a source that fails once must not end the sampling
+        except Exception as err:  # noqa: BLE001 - a source that fails once must not end the sampling
             self.read_errors += 1
             self.last_error = f"{err.__class__.__name__}: {err}"
             return

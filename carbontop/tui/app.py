@@ -1,6 +1,6 @@
 """The Textual app that `carbontop` opens: configure a sweep, watch power live, read the results.
 
-The sweep runs in a thread worker that drives carbontop.core's SweepRunner (which keeps the engine
+The sweep runs in a thread worker that drives carbontop.sweep's SweepRunner (which keeps the engine
 in a child process and the telemetry sampler in its own thread); each sweep event is posted to the
 app as a message, and the telemetry pane pulls the sampler four times a second. Nothing in here
 blocks the UI thread on the engine, the GPU or pandas, and nothing the sweep raises ends the app.
@@ -64,7 +64,7 @@ Exporter = Callable[[pathlib.Path, pathlib.Path], pathlib.Path]
 
 
 def default_runner_factory(config: cfgmod.RunConfig, on_event: Callable[[Any], None]) -> Any:
-    from carbontop.core.runner import SweepRunner
+    from carbontop.sweep.runner import SweepRunner
 
     return SweepRunner(config, on_event)
 
@@ -92,23 +92,15 @@ def default_exporter(run_dir: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
     return export_points_csv(run_dir, dest)
 
 
-def default_runs_dir() -> pathlib.Path | None:
-    try:
-        from carbontop.core.store import default_runs_dir as runs_dir
-    except Exception:  # noqa: BLE001 - the open dialog still takes a typed path
-        return None
-    return runs_dir()
-
-
 def stop_sampler(sampler: Any) -> None:
     """Stop a sampler thread and close its source; never raises (it runs on the way out)."""
     try:
         sampler.stop()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - on the way out a failing sampler must not stop the rest
         pass
     try:
         sampler.source.close()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - likewise a source that cannot close (NVML already gone)
         pass
 
 
@@ -222,7 +214,7 @@ class CarbontopApp(App[int]):
         self._idle_factory = idle_sampler_factory if idle_sampler_factory is not None else default_idle_sampler
         self._load_run = run_loader or default_run_loader
         self._export = exporter or default_exporter
-        self._runs_dir = runs_dir or default_runs_dir
+        self._runs_dir = runs_dir or cfgmod.runs_dir
         self._remember = remember  # False in tests that must not touch the user's config dir
 
         self.runner: Any = None
@@ -297,10 +289,7 @@ class CarbontopApp(App[int]):
         self._shutting_down = True
         if self.runner is not None and self.sweep_running and not self._cancel_requested:
             self._cancel_requested = True
-            try:
-                self.runner.cancel()
-            except Exception:  # noqa: BLE001
-                pass
+            self.runner.cancel()  # sets a flag the sweep's thread reads
         self._stop_idle_sampler()
 
     @property
@@ -434,7 +423,7 @@ class CarbontopApp(App[int]):
             self.show_error("The sweep cannot start", str(exc))
             self._start_idle_sampler(config)
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a bug in setting up must not end the app
             self.show_error("The sweep cannot start", f"{type(exc).__name__}: {exc}")
             self._start_idle_sampler(config)
             return
@@ -476,11 +465,7 @@ class CarbontopApp(App[int]):
         if self._cancel_requested:
             return
         self._cancel_requested = True
-        try:
-            self.runner.cancel()
-        except Exception as exc:  # noqa: BLE001
-            self.show_error("Cancel failed", f"{type(exc).__name__}: {exc}")
-            return
+        self.runner.cancel()  # sets a flag the sweep's thread reads
         self.sweep.set_status("Cancelling: the running point stops, finished points stay.")
         self.notify("Cancelling the sweep…")
 
@@ -504,7 +489,7 @@ class CarbontopApp(App[int]):
         except CarbontopError as exc:
             self.call_from_thread(self.show_error, "Export failed", str(exc))
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - pandas and the disk fail in many ways; the app stays
             self.call_from_thread(self.show_error, "Export failed", f"{type(exc).__name__}: {exc}")
             return
         self.call_from_thread(self._exported, pathlib.Path(written))
@@ -613,7 +598,9 @@ class CarbontopApp(App[int]):
                             f"{type(exc).__name__}: {exc}\n\nThe sweep goes on; its run directory has every point.")
 
     def _show_event(self, event: Any) -> None:
-        from carbontop.core import events as ev  # plain dataclasses, already imported by the runner
+        from carbontop.sweep import (
+            events as ev,  # plain dataclasses, already imported by the runner
+        )
 
         if isinstance(event, ev.SweepStarted):
             self.run_dir = pathlib.Path(event.run_dir)

@@ -8,7 +8,7 @@ from textual.message import Message
 
 
 class SweepEventMessage(Message):
-    """One event of carbontop.core.events, carried onto the UI thread."""
+    """One event of carbontop.sweep.events, carried onto the UI thread."""
 
     def __init__(self, event: Any) -> None:
         super().__init__()

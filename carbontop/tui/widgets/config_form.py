@@ -281,15 +281,10 @@ class ConfigForm(VerticalScroll):
 
 
 def _model_presets() -> list[str]:
-    """Preset names for the model field's completion, if the preset table is importable."""
-    try:
-        from carbontop.core import modelspec  # light: plain data, no torch
-    except Exception:  # noqa: BLE001 - completion is a nicety; the field works without it
-        return []
-    presets = getattr(modelspec, "PRESETS", None)
-    if isinstance(presets, dict):
-        return sorted(presets)
-    return []
+    """Preset names for the model field's completion."""
+    from carbontop.core.modelspec import PRESETS  # light: plain data, no torch
+
+    return sorted(PRESETS)
 
 
 __all__ = ["ConfigForm", "FIELDS", "FieldSpec", "SECTIONS", "to_text"]

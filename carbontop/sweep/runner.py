@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from carbontop import __version__
-from carbontop.config import RunConfig, validate
-from carbontop.core import carbon, events, metrics
+from carbontop.config import RunConfig, runs_dir, validate
+from carbontop.core import carbon, metrics
 from carbontop.core.hardware import GpuSpec, lookup_gpu, peak_bandwidth_bytes_s, peak_flops
 from carbontop.core.modelspec import ModelSpec, folder_has_weights, resolve_model
 from carbontop.core.records import EngineRun, PointResult, PointStatus, Workload
+from carbontop.core.search import BatchPlanner
 from carbontop.core.store import RunWriter, new_run_dir
-from carbontop.core.sweep import BatchPlanner
 from carbontop.core.tokenize import load_token_counter
 from carbontop.core.workload import build_workload, requests_for_point
 from carbontop.engines.base import EngineSpec
 from carbontop.errors import CarbontopError, ConfigError
+from carbontop.sweep import events
 
 OnEvent = Callable[[Any], None]
 
@@ -43,14 +44,18 @@ def detect_device() -> str:
     """'cuda' where NVML sees a GPU, else 'cpu'. The parent never initialises CUDA itself."""
     try:
         import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return "cuda" if pynvml.nvmlDeviceGetCount() > 0 else "cpu"
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - no library, no driver, no GPU: all mean CPU
+    except ImportError:
         return "cpu"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:  # no driver, no library, no GPU: all mean CPU
+        return "cpu"
+    try:
+        return "cuda" if pynvml.nvmlDeviceGetCount() > 0 else "cpu"
+    except pynvml.NVMLError:
+        return "cpu"
+    finally:
+        pynvml.nvmlShutdown()
 
 
 class SweepRunner:
@@ -113,7 +118,7 @@ class SweepRunner:
             cfg.dataset, num_prompts, max_in, max_out, counter, min_len=cfg.min_len, seed=cfg.seed)
         self.num_prompts = num_prompts
         self.planner = BatchPlanner(cfg.batch_plan(), max_batch=max_batch)
-        self.intensity = carbon.make_intensity_source(cfg)
+        self.intensity = cfg.intensity_source()
 
         gpus = list(cfg.gpus or [])
         if cfg.engine in ("hf", "trtllm") and device == "cuda":
@@ -159,7 +164,7 @@ class SweepRunner:
         # the sampler tells the source its tick, which sets how often NVML's counter is read
         self.sampler = TelemetrySampler(source, interval_s=cfg.sample_interval_s)
         label = f"{Path(cfg.model).name}-{cfg.engine}"
-        self.run_dir = Path(cfg.out).expanduser() if cfg.out else new_run_dir(label=label)
+        self.run_dir = Path(cfg.out).expanduser() if cfg.out else new_run_dir(runs_dir(), label=label)
         self._writer = RunWriter(self.run_dir, self._meta(source))
         self.sampler.start()
         self._prepared = True

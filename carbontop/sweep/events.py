@@ -1,5 +1,8 @@
 """What a running sweep tells its viewer (the TUI, the headless CLI). Sent on the sweep's thread.
 
+Kept with the runner (not in core): only the runner emits these, only the layers above the sweep
+read them.
+
 The viewer must not block in its handler: the TUI posts each event on as a Textual message.
 """
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from carbontop.core.sweep import BatchPlanner
+from carbontop.core.search import BatchPlanner
 
 
 def drive(planner: BatchPlanner, boundary: int | None, limit: int = 100) -> list[int]:
