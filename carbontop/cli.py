@@ -21,13 +21,14 @@ EXIT_CANCELLED = 130
 
 # flag -> RunConfig field, for the sweep and the app
 SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--model", "model", {"help": "preset (tiny, llama2-7b, llama2-13b, gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local model folder; for --engine openai the served model name"}),
+    ("--model", "model", {"help": "preset (tiny, llama2-7b, llama2-13b, llama3.1-8b, gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local model folder; for --engine openai the served model name"}),
     ("--engine", "engine", {"choices": ["hf", "trtllm", "openai"], "help": "inference engine (default hf)"}),
     ("--weights", "weights", {"choices": ["dummy", "auto"], "help": "dummy: random weights from the architecture config; auto: the folder's weights"}),
     ("--dtype", "dtype", {"choices": ["auto", "bf16", "fp16", "fp32"], "help": "default: bf16 on a GPU, fp32 on the CPU"}),
     ("--device", "device", {"choices": ["auto", "cpu", "cuda"], "help": "default: cuda where a GPU is visible"}),
     ("--gpus", "gpus", {"help": "GPU indices to use and measure, e.g. 0 or 0,1"}),
     ("--compile", "compile", {"choices": ["auto", "on", "off", "max-autotune"], "help": "hf engine on CUDA: auto compiles the decode step (autotuned at batch 1), on compiles without autotuning, off runs it eagerly; always in a CUDA graph"}),
+    ("--quant", "quant", {"choices": ["none", "int4-wo", "int8-wo"], "help": "weight-only quantisation: hf through torchao (int4-wo needs a CUDA GPU), trtllm through TensorRT-LLM's W4A16/W8A16 (default none)"}),
     ("--url", "url", {"help": "openai engine: server base URL, e.g. http://localhost:8000"}),
     ("--arch", "arch", {"help": "openai engine: preset or folder with the served model's architecture (for MFU/MBU)"}),
     ("--kv-cache-fraction", "kv_cache_fraction", {"help": "trtllm: share of free GPU memory for the KV cache (default 0.9)"}),

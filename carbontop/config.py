@@ -35,6 +35,7 @@ WEIGHTS = ("dummy", "auto")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("auto", "on", "off", "max-autotune")
+QUANTS = ("none", "int4-wo", "int8-wo")
 
 
 def config_dir() -> Path:
@@ -67,6 +68,9 @@ class RunConfig:
     # products at batch 1; "on" compiles without autotuning; "max-autotune" autotunes every
     # batch size; "off" runs it eagerly (always inside a CUDA graph). On the CPU only "on" compiles.
     compile: str = "auto"
+    # weight-only quantisation of the linear layers: the built-in engine through torchao, the
+    # trtllm engine through TensorRT-LLM's W4A16 / W8A16
+    quant: str = "none"
     url: str | None = None  # openai engine: base URL of the server
     arch: str | None = None  # openai engine: preset or folder whose architecture the server runs
     kv_cache_fraction: float = 0.9  # trtllm: share of free GPU memory for the KV cache
@@ -208,6 +212,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise bad("device", f"Device must be one of {', '.join(DEVICES)}, not '{cfg.device}'.")
     if cfg.compile not in COMPILE_MODES:
         raise bad("compile", f"compile must be one of {', '.join(COMPILE_MODES)}, not '{cfg.compile}'.")
+    if cfg.quant not in QUANTS:
+        raise bad("quant", f"quant must be one of {', '.join(QUANTS)}, not '{cfg.quant}'.")
+    if cfg.quant != "none" and cfg.engine == "openai":
+        raise bad("quant", "--quant applies to the engines carbontop runs (hf, trtllm); a server "
+                  "quantises its model itself, so start it with the quantised model instead.")
     if not cfg.model:
         raise bad("model", "Name a model: a preset such as 'tiny' or 'llama2-7b', or a model folder.")
     if cfg.num_prompts is not None and cfg.num_prompts < 1:

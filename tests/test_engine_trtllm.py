@@ -318,6 +318,25 @@ def test_a_point_maps_onto_the_llm_api(world: World) -> None:
     assert any("deterministic token ids of their exact input length" in n for n in run.notes)
 
 
+@pytest.mark.parametrize(("scheme", "algo"), [("int4-wo", "W4A16"), ("int8-wo", "W8A16")])
+def test_quant_maps_onto_weight_only_algorithms(world: World, scheme: str, algo: str) -> None:
+    engine = TRTLLMEngine(make_spec(quant=scheme), Events())
+    facts = engine.load()
+    assert facts["quant_algo"] == algo
+    engine.run_point(1, prompts([2]))
+    (llm,) = world.created
+    written = json.loads((Path(engine._model_source) / "hf_quant_config.json").read_text())
+    assert written["quantization"]["quant_algo"] == algo
+    engine.close()
+
+
+def test_quant_on_a_folder_without_a_quantised_checkpoint_is_refused(world: World, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_PRESET))
+    spec = make_spec(model=str(tmp_path), model_path=str(tmp_path), weights="auto", quant="int4-wo")
+    with pytest.raises(EngineUnavailable, match="hf_quant_config.json"):
+        TRTLLMEngine(spec, Events()).load()
+
+
 def test_the_executor_is_rebuilt_only_when_the_batch_size_changes(world: World) -> None:
     engine = loaded()
     engine.run_point(1, prompts([2, 2]))

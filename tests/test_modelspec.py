@@ -18,6 +18,8 @@ from carbontop.errors import ConfigError
         ("gpt2-medium", 354_823_168),
         ("gpt2-large", 774_030_080),
         ("gpt2-xl", 1_557_611_200),
+        # meta-llama/Llama-3.1-8B: the safetensors index's total_size 16,060,522,496 bytes / 2 (bf16)
+        ("llama3.1-8b", 8_030_261_248),
     ],
 )
 def test_preset_parameter_counts_match_the_real_models(name: str, params: int) -> None:
@@ -86,3 +88,35 @@ def test_parameter_part_cross_checked_with_calflops(name: str) -> None:
     )
     ours = 2.0 * (spec.nonembedding_params + spec.lm_head_params) * seq
     assert flops == pytest.approx(ours, rel=0.03)
+
+
+def test_grouped_query_attention_sets_kv_bytes_and_flops() -> None:
+    l2, l3 = resolve_model("llama2-7b"), resolve_model("llama3.1-8b")
+    assert (l3.n_heads, l3.n_kv_heads, l3.d_head) == (32, 8, 128)
+    # a cached token: K and V x 32 layers x 8 KV heads x 128 x 2 bytes, a quarter of Llama-2-7B's
+    assert l3.kv_bytes_per_token("bf16") == 2 * 32 * 8 * 128 * 2 == l2.kv_bytes_per_token("bf16") / 4
+    # K and V projections are 4096 x 1024: the block holds 2 x 3 x 4096^2 fewer weights than MHA
+    mha = resolve_model("llama3.1-8b").__class__(**{**l3.__dict__, "n_kv_heads": 32})
+    assert mha.nonembedding_params - l3.nonembedding_params == 32 * 2 * 4096 * (4096 - 1024)
+
+
+def test_head_dim_from_the_config_wins(tmp_path) -> None:
+    cfg = {**PRESETS["tiny"], "head_dim": 64}  # 8 heads of 64 = 512, wider than d_model 256
+    folder = tmp_path / "wide-heads"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    spec = resolve_model(str(folder))
+    assert spec.d_head == 64 and spec.d_attn == 512
+    assert spec.kv_bytes_per_token("fp32") == 2 * 4 * 4 * 64 * 4
+    # q: 256 -> 512, k and v: 256 -> 4 x 64, o: 512 -> 256
+    assert spec.linear_shapes()[:4] == [(512, 256), (256, 256), (256, 256), (256, 512)]
+
+
+def test_mixture_of_experts_is_refused_in_one_sentence(tmp_path) -> None:
+    cfg = {**PRESETS["tiny"], "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2}
+    folder = tmp_path / "moe"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="mixture-of-experts model \\(8 experts\\)") as err:
+        resolve_model(str(folder))
+    assert str(err.value).count(". ") == 0

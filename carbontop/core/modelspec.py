@@ -66,6 +66,33 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-medium": {**_GPT2_COMMON, "n_embd": 1024, "n_layer": 24, "n_head": 16},
     "gpt2-large": {**_GPT2_COMMON, "n_embd": 1280, "n_layer": 36, "n_head": 20},
     "gpt2-xl": {**_GPT2_COMMON, "n_embd": 1600, "n_layer": 48, "n_head": 25},
+    # meta-llama/Llama-3.1-8B config.json: grouped-query attention (8 KV heads for 32 query
+    # heads, so a cached token takes a quarter of Llama-2-7B's KV bytes), a 128k vocabulary.
+    "llama3.1-8b": {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "vocab_size": 128256,
+        "tie_word_embeddings": False,
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
+    },
     # A small Llama-shaped model (about 12M parameters, most of them in the 32k vocabulary) that
     # sweeps in seconds on a CPU. Not a real model: it exists to exercise the whole pipeline.
     "tiny": {
@@ -101,10 +128,14 @@ class ModelSpec:
     tied_embeddings: bool
     hf_config: dict[str, Any]
     path: str | None = None  # a local folder, where the model came from one
+    # config.json's head_dim where it names one (it need not be d_model / heads), else derived
+    head_dim: int | None = None
+    # weight-only quantisation of the linear layers, where the run asks for it
+    weight_quant: WeightQuant | None = None
 
     @property
     def d_head(self) -> int:
-        return self.d_model // self.n_heads
+        return self.head_dim or self.d_model // self.n_heads
 
     @property
     def d_attn(self) -> int:
@@ -166,12 +197,58 @@ class ModelSpec:
 
     def weight_bytes_per_step(self, dtype: str) -> float:
         """Weight bytes one decode step must read: every block and the LM head; of the input
-        embedding only a few rows, so it is left out."""
+        embedding only a few rows, so it is left out. With weight-only quantisation, the bytes
+        the quantised weights really take (see `quantised_weight_bytes_per_step`)."""
+        if self.weight_quant is not None:
+            return quantised_weight_bytes_per_step(self, self.weight_quant, dtype)
         return (self.nonembedding_params + self.lm_head_params) * BYTES_PER_ELEMENT[dtype]
+
+    def linear_shapes(self) -> list[tuple[int, int]]:
+        """(out_features, in_features) of every matrix a decode step multiplies by: the blocks'
+        projections and the LM head, in the layout the model stores them."""
+        d, kv, attn = self.d_model, self.n_kv_heads * self.d_head, self.d_attn
+        if self.family == "gpt2":
+            # fused QKV, output projection, MLP up and down (Conv1D layers, same sizes)
+            block = [(3 * d, d), (d, d), (self.d_ff, d), (d, self.d_ff)]
+        else:
+            block = [(attn, d), (kv, d), (kv, d), (d, attn),
+                     (self.d_ff, d), (self.d_ff, d), (d, self.d_ff)]
+        return block * self.n_layers + [(self.vocab_size, d)]
 
     def kv_bytes_per_token(self, dtype: str) -> float:
         """KV-cache bytes of one cached token: K and V for every layer and KV head."""
         return 2.0 * self.n_layers * self.n_kv_heads * self.d_head * BYTES_PER_ELEMENT[dtype]
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """How a library stores weight-only quantised linear layers, enough to count their bytes.
+
+    A matrix of out x in weights takes out x in x bits / 8 bytes of packed integers, plus, for
+    every output row and every group of `group_size` inputs (the whole row where group_size is
+    None), `scale_bytes` of scale (and zero point). `measured_bytes`, where the engine reports it,
+    is what its quantised tensors really hold (padding and packing included) and wins.
+    """
+
+    scheme: str  # "int4-wo" or "int8-wo"
+    bits: int
+    group_size: int | None
+    scale_bytes: int
+    measured_bytes: float | None = None
+
+
+def quantised_weight_bytes_per_step(spec: ModelSpec, quant: WeightQuant, dtype: str) -> float:
+    """Bytes one decode step reads of a weight-only quantised model: the packed integer weights
+    and their scales for every linear layer (LM head included), and the rest of the non-embedding
+    parameters (norms, biases) at the activation dtype."""
+    if quant.measured_bytes is not None:
+        return quant.measured_bytes
+    shapes = spec.linear_shapes()
+    linear_params = sum(o * i for o, i in shapes)
+    groups = sum(o * (-(-i // quant.group_size) if quant.group_size else 1) for o, i in shapes)
+    other_params = spec.nonembedding_params + spec.lm_head_params - linear_params
+    return linear_params * quant.bits / 8 + groups * quant.scale_bytes + (
+        other_params * BYTES_PER_ELEMENT[dtype])
 
 
 def sum_range(lo: int, hi: int) -> float:
@@ -181,9 +258,22 @@ def sum_range(lo: int, hi: int) -> float:
     return (lo + hi) * (hi - lo + 1) / 2
 
 
+# Fields by which Hugging Face configs of mixture-of-experts models give their expert count
+# (Mixtral, Qwen2-MoE/Qwen3-MoE, DeepSeek-V2/V3, DBRX's ffn_config is nested and not dense-like).
+_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
 def spec_from_hf_config(name: str, cfg: dict[str, Any], path: str | None = None) -> ModelSpec:
     """Read the numbers that matter from an HF config.json (Llama-like or GPT-2)."""
     mt = cfg.get("model_type", "")
+    experts = next((cfg[k] for k in _EXPERT_KEYS if cfg.get(k)), None)
+    if experts:
+        raise ConfigError(
+            f"'{name}' is a mixture-of-experts model ({experts} experts), and carbontop does not "
+            "yet count the parameters each token really uses, so its FLOPs, MFU and MBU would "
+            "be wrong; choose a dense model.",
+            "model",
+        )
     try:
         if mt == "gpt2":
             d = int(cfg["n_embd"])
@@ -203,6 +293,7 @@ def spec_from_hf_config(name: str, cfg: dict[str, Any], path: str | None = None)
             )
         d = int(cfg["hidden_size"])
         heads = int(cfg["num_attention_heads"])
+        head_dim = cfg.get("head_dim")
         return ModelSpec(
             name=name,
             family="llama",
@@ -216,6 +307,7 @@ def spec_from_hf_config(name: str, cfg: dict[str, Any], path: str | None = None)
             tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             hf_config=cfg,
             path=path,
+            head_dim=int(head_dim) if head_dim else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(

@@ -36,6 +36,7 @@ class EngineSpec:
     max_input_len: int = 1024
     max_output_len: int = 1024
     seed: int = 0
+    quant: str = "none"  # "none", "int4-wo" or "int8-wo": weight-only quantisation of the linears
     extra: dict[str, Any] = field(default_factory=dict)
 
 

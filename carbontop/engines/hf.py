@@ -24,6 +24,7 @@ from typing import Any
 
 from carbontop.core.records import EngineRun, Prompt, RequestRecord
 from carbontop.engines.base import Emit, EngineOOM, EngineSpec
+from carbontop.engines.quant import apply_weight_only
 from carbontop.errors import EngineUnavailable
 
 WARMUP_DECODE_STEPS = 3
@@ -98,6 +99,7 @@ class HFEngine:
             raise EngineOOM(f"the weights alone do not fit: {exc}") from None
         model.eval()
         model.requires_grad_(False)
+        quant = apply_weight_only(model, spec.quant, spec.device) if spec.quant != "none" else None
         self.model = model
         self.cache_kw = _cache_kwarg(model)
         self.vocab_size = int(model.config.vocab_size)
@@ -112,6 +114,8 @@ class HFEngine:
             "device": spec.device,
             "attn_implementation": "sdpa",
         }
+        if quant is not None:
+            info["quant"] = quant.to_dict()
         self.loaded_bytes = torch.cuda.memory_allocated() if spec.device == "cuda" else 0
         if spec.device == "cuda":
             info["cuda_device"] = torch.cuda.get_device_name(0)

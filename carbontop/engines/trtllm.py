@@ -63,6 +63,13 @@ ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
 }
 
+# --quant -> TensorRT-LLM's weight-only algorithms (tensorrt_llm.quantization.QuantAlgo): int4 or
+# int8 weights with one scale per output channel, bf16/fp16 activations. The PyTorch backend takes
+# a checkpoint's quantisation from the hf_quant_config.json that NVIDIA's Model Optimizer writes
+# beside config.json ("The PyTorch backend currently supports only models quantized using TensorRT
+# Model Optimizer", TensorRT-LLM docs, torch/features/quantization.md), so random weights get one.
+QUANT_ALGOS = {"int4-wo": "W4A16", "int8-wo": "W8A16"}
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 WARMUP_OUTPUT_TOKENS = 4
 
@@ -182,6 +189,7 @@ class TRTLLMEngine:
         self._kv_cache_config_cls = KvCacheConfig
         self._resolve_model()
         return {
+            "quant_algo": QUANT_ALGOS.get(self.spec.quant, "none"),
             "tensorrt_llm_version": str(getattr(trt, "__version__", "unknown")),
             "backend": "LLM API, default (PyTorch) backend",
             "model_source": self._model_source,
@@ -245,6 +253,11 @@ class TRTLLMEngine:
             folder = Path(spec.model_path)
             self._model_source = str(folder)
             self._has_tokenizer = any((folder / name).exists() for name in TOKENIZER_FILES)
+            if spec.quant in QUANT_ALGOS and not (folder / "hf_quant_config.json").exists():
+                raise EngineUnavailable(
+                    f"--quant {spec.quant} on a model folder needs a quantised checkpoint (ModelOpt's "
+                    f"hf_quant_config.json with {QUANT_ALGOS[spec.quant]}), which {folder} lacks; "
+                    "TensorRT-LLM's PyTorch backend does not quantise real weights as it loads them.")
             config_file = folder / "config.json"
             if config_file.exists():
                 config = json.loads(config_file.read_text())
@@ -253,6 +266,13 @@ class TRTLLMEngine:
             self._tmpdir = tempfile.mkdtemp(prefix="carbontop-trtllm-")
             config = self._hf_config(config)
             (Path(self._tmpdir) / "config.json").write_text(json.dumps(config, indent=2))
+            if self.spec.quant in QUANT_ALGOS:
+                # The PyTorch backend reads a checkpoint's quantisation from the hf_quant_config.json
+                # that ModelOpt writes beside config.json; random weights get one too.
+                quant = {"producer": {"name": "modelopt"},
+                         "quantization": {"quant_algo": QUANT_ALGOS[self.spec.quant],
+                                          "kv_cache_quant_algo": None}}
+                (Path(self._tmpdir) / "hf_quant_config.json").write_text(json.dumps(quant, indent=2))
             self._model_source = self._tmpdir
             self._has_tokenizer = False
         else:

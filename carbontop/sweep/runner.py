@@ -7,6 +7,7 @@ as it happens, so a crash, a cancel or a power cut keeps every finished point.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import threading
 import time
@@ -25,6 +26,7 @@ from carbontop.core.store import RunWriter, new_run_dir
 from carbontop.core.tokenize import load_token_counter
 from carbontop.core.workload import build_workload, requests_for_point
 from carbontop.engines.base import EngineSpec
+from carbontop.engines.quant import plan_weight_quant
 from carbontop.errors import CarbontopError, ConfigError
 from carbontop.sweep import events
 
@@ -113,6 +115,9 @@ class SweepRunner:
                 f"{max_in} input + {max_out} output tokens; lower --max-input-len/--max-output-len.",
                 "max_input_len")
 
+        if self.model is not None:
+            quant = plan_weight_quant(cfg.quant, cfg.engine, device, dtype, self.model.family)
+            self.model = dataclasses.replace(self.model, weight_quant=quant)
         counter = load_token_counter(model_path)
         self.workload: Workload = build_workload(
             cfg.dataset, num_prompts, max_in, max_out, counter, min_len=cfg.min_len, seed=cfg.seed)
@@ -158,6 +163,7 @@ class SweepRunner:
             max_input_len=max_in,
             max_output_len=max_out,
             seed=cfg.seed,
+            quant=cfg.quant,
             extra={"compile_mode": {"on": "default"}.get(cfg.compile, cfg.compile),
                    "request_timeout_s": cfg.request_timeout_s},
         )
@@ -215,7 +221,9 @@ class SweepRunner:
                      "nonembedding_parameters": self.model.nonembedding_params,
                      "layers": self.model.n_layers, "d_model": self.model.d_model,
                      "heads": self.model.n_heads, "kv_heads": self.model.n_kv_heads,
-                     "vocab": self.model.vocab_size}
+                     "head_dim": self.model.d_head, "vocab": self.model.vocab_size,
+                     "quant": cfg.quant,
+                     "weight_bytes_per_step": self.model.weight_bytes_per_step(self.dtype)}
         wl = self.workload
         lengths_in = [p.input_tokens for p in wl.prompts]
         lengths_out = [p.output_tokens for p in wl.prompts]
@@ -291,6 +299,11 @@ class SweepRunner:
         self._host = EngineHost(self.engine_spec, log_path=self._writer.engine_log)
         info = self._host.start(self._relay(None), self._cancel.is_set)
         self._writer.update_meta("engine", info)
+        measured = (info.get("quant") or {}).get("weight_bytes_per_step")
+        if measured and self.model is not None and self.model.weight_quant is not None:
+            # MBU counts the bytes the engine's quantised tensors really hold
+            quant = dataclasses.replace(self.model.weight_quant, measured_bytes=float(measured))
+            self.model = dataclasses.replace(self.model, weight_quant=quant)
 
     def _relay(self, batch_size: int | None, started: list[float] | None = None) -> Callable[[str, dict], None]:
         def on_message(kind: str, payload: dict[str, Any]) -> None:
