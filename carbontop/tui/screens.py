@@ -16,6 +16,7 @@ from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from carbontop.errors import CarbontopError
+from carbontop.tui.wording import for_app
 
 # (key, what it does): the help screen's list; the footer shows the same keys
 KEYS: tuple[tuple[str, str], ...] = (
@@ -23,6 +24,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("c", "Cancel the sweep: the running point stops, finished points stay"),
     ("e", "Export the results to CSV (asks for a path)"),
     ("o", "Open a saved run: its table and power trace, no GPU needed"),
+    ("u", "Use the saved run's settings in the form, to run it again (in a new folder)"),
     ("f", "Show or hide the run configuration"),
     ("t", "Next colour theme"),
     ("?", "This help"),
@@ -247,7 +249,7 @@ class OpenScreen(_Dialog):
         try:
             saved = self._loader(Path(text).expanduser())
         except CarbontopError as exc:
-            self.query_one("#open-error", Static).update(str(exc))
+            self.query_one("#open-error", Static).update(for_app(str(exc)))
             return
         except Exception as exc:  # noqa: BLE001 - a damaged run must not take the app down
             self.query_one("#open-error", Static).update(f"{type(exc).__name__}: {exc}")

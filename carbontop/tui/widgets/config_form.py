@@ -6,9 +6,11 @@ TOML files), so a bad value is marked with the very sentence the CLI would print
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
@@ -47,6 +49,13 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
         FieldSpec("device", "device", cfgmod.DEVICES),
         FieldSpec("gpus", "GPUs", placeholder="all visible (or 0,1)",
                   help="NVML indices of the GPUs in use, comma-separated; blank for all."),
+        FieldSpec("compile", "compile", cfgmod.COMPILE_MODES,
+                  help="Built-in engine on CUDA: auto compiles the decode step (autotuned at batch 1), "
+                       "on compiles, max-autotune autotunes every batch, off runs eagerly."),
+        FieldSpec("kv_cache_fraction", "KV fraction", placeholder="0.9", required=True,
+                  help="trtllm: the share of free GPU memory its KV cache may take."),
+        FieldSpec("request_timeout_s", "timeout s", placeholder="600", required=True,
+                  help="openai: the longest one request may take, in seconds."),
     )),
     ("Workload", (
         FieldSpec("dataset", "dataset", placeholder="sharegpt/synthetic/path", required=True),
@@ -56,6 +65,8 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
                   help="Longest prompt, in tokens; blank for the model preset's default."),
         FieldSpec("max_output_len", "max output", placeholder="preset default",
                   help="Longest output, in tokens; blank for the model preset's default."),
+        FieldSpec("min_len", "min length", placeholder="4", required=True,
+                  help="Shortest prompt and output kept from the dataset, in tokens."),
         FieldSpec("seed", "seed", placeholder="0", required=True),
     )),
     ("Sweep", (
@@ -71,6 +82,8 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
                   help="An Electricity Maps zone id: its annual average replaces the number above."),
         FieldSpec("trace", "trace CSV", placeholder="none (hourly CSV)",
                   help="An hourly Electricity Maps export: intensity follows the clock of the run."),
+        FieldSpec("trace_shift_h", "trace shift h", placeholder="0", required=True,
+                  help="Shift the trace's clock by this many hours onto the run's."),
         FieldSpec("emaps_zone", "live zone", placeholder="none (API, live)",
                   help="Electricity Maps zone read live through its API during the run."),
         FieldSpec("pue", "PUE", placeholder="1.0", required=True,
@@ -79,8 +92,21 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
                   help="Years over which the GPU's embodied carbon is spread."),
         FieldSpec("slo_s_per_token", "SLO s/tok", placeholder="0.2", required=True,
                   help="Latency target per token for the recommendation (0.2 s = reading speed)."),
+        FieldSpec("slo_tpot_p90_s", "SLO TPOT p90", placeholder="none (seconds)",
+                  help="A second target for the recommendation: p90 time per output token, in s."),
+    )),
+    ("Output", (
+        FieldSpec("out", "run folder", placeholder="a new one under the data dir",
+                  help="Where this sweep writes its run; blank for a new folder of its own. "
+                       "Not remembered for the next start."),
+        FieldSpec("sample_interval_s", "sample s", placeholder="0.1", required=True,
+                  help="Seconds between telemetry readings during a point."),
     )),
 )
+# Settings a sweep uses that the form does not show, and why.
+NOT_IN_FORM = {
+    "emaps_token": "a secret: read from ELECTRICITYMAPS_TOKEN or the config file, never shown",
+}
 FIELDS: dict[str, FieldSpec] = {f.name: f for _, specs in SECTIONS for f in specs}
 
 
@@ -106,11 +132,15 @@ class ConfigForm(VerticalScroll):
     DEFAULT_CSS = """
     ConfigForm { padding: 0 1; }
     ConfigForm #form-grid {
-        layout: grid; grid-size: 2; grid-columns: 12 1fr; grid-rows: 1; height: auto;
+        layout: grid; grid-size: 2; grid-columns: 15 1fr; grid-rows: 1; height: auto;
     }
     ConfigForm .section { column-span: 2; text-style: bold; color: $primary; }
     ConfigForm .gap { column-span: 2; }
     ConfigForm .field-label { color: $text-muted; }
+    /* the field being edited: its label turns bold in the accent colour behind a marker, so the
+       focus shows without colour too */
+    ConfigForm .field-label.-focused { color: $accent; text-style: bold; }
+    ConfigForm #field-help { column-span: 2; color: $text-muted; height: auto; display: none; }
     ConfigForm #field-error { column-span: 2; color: $error; display: none; }
     ConfigForm #field-error.shown { display: block; }
     """
@@ -154,7 +184,7 @@ class ConfigForm(VerticalScroll):
             widgets.append(Label(title, classes="section"))
             for spec in specs:
                 value = to_text(getattr(self.base, spec.name))
-                widgets.append(Label(spec.label, classes="field-label"))
+                widgets.append(Label(spec.label, classes="field-label", id=f"l-{spec.name}"))
                 if spec.choices:
                     widgets.append(Choice(spec.choices, value, id=f"f-{spec.name}", tooltip=spec.help or None))
                 else:
@@ -162,6 +192,7 @@ class ConfigForm(VerticalScroll):
                     widgets.append(Input(value, placeholder=spec.placeholder, compact=True, id=f"f-{spec.name}",
                                          suggester=suggester, tooltip=spec.help or None))
         widgets.append(Static("", id="field-error"))
+        widgets.append(Static("", id="field-help"))
         return widgets
 
     def on_mount(self) -> None:
@@ -222,6 +253,9 @@ class ConfigForm(VerticalScroll):
 
     def mark(self, message: str, field: str | None) -> None:
         """Show `message` under `field` (or at the top, for a setting that has no field here)."""
+        from carbontop.tui.wording import for_app  # imports this module: here, not at the top
+
+        message = for_app(message)
         if field == self.error_field and message == self.error_message:
             return  # unchanged: keep typing smooth
         if not self.built:
@@ -238,7 +272,14 @@ class ConfigForm(VerticalScroll):
         self.error_field = field if field in FIELDS else None
         self.error_message = message
         error.update(message)
+        self._fit_rows(error, message)
         error.add_class("shown")
+
+    def _fit_rows(self, line: Static, text: str) -> None:
+        # The grid's rows are one line each (that keeps the form quick to lay out): a note that
+        # wraps spans as many rows as it needs at the form's width.
+        width = max(10, self.scrollable_content_region.width or 36)
+        line.styles.row_span = max(1, len(textwrap.wrap(text, width)))
 
     def clear_errors(self) -> None:
         if self.error_message and self.built:
@@ -266,6 +307,37 @@ class ConfigForm(VerticalScroll):
 
     # ---- events -------------------------------------------------------------------------
 
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        self._mark_focus(event.widget)
+
+    def on_descendant_blur(self, event: events.DescendantBlur) -> None:
+        self.call_later(lambda: self._mark_focus(self.app.focused))
+
+    def _mark_focus(self, focused: Widget | None) -> None:
+        """Mark the label of the field being edited and show that field's help under the form."""
+        if not self.built:
+            return
+        name = (focused.id or "").removeprefix("f-") if focused is not None else ""
+        if name not in FIELDS or focused not in self.query(f"#f-{name}"):
+            name = ""
+        for label in self.query(".field-label.-focused"):
+            label.remove_class("-focused")
+            label.update(FIELDS[(label.id or "").removeprefix("l-")].label)
+        help_line = self.query_one("#field-help", Static)
+        if not name or not FIELDS[name].help:
+            help_line.display = False
+        else:
+            # right under the field (and under its error, if it has one), where the eye is
+            anchor = self.query_one("#field-error") if name == self.error_field else focused
+            self.query_one("#form-grid", Grid).move_child(help_line, after=anchor)
+            help_line.update(FIELDS[name].help)
+            self._fit_rows(help_line, FIELDS[name].help)
+            help_line.display = True
+        if name:
+            label = self.query_one(f"#l-{name}", Label)
+            label.add_class("-focused")
+            label.update(f"▸ {FIELDS[name].label}")
+
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
         if not self._loading:
@@ -287,4 +359,4 @@ def _model_presets() -> list[str]:
     return sorted(PRESETS)
 
 
-__all__ = ["ConfigForm", "FIELDS", "FieldSpec", "SECTIONS", "to_text"]
+__all__ = ["ConfigForm", "FIELDS", "FieldSpec", "NOT_IN_FORM", "SECTIONS", "to_text"]
