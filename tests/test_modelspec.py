@@ -31,16 +31,24 @@ def test_flops_per_token_by_hand() -> None:
     n = 6_476_271_616  # non-embedding
     head = 32000 * 4096
     assert s.nonembedding_params == n
-    assert s.flops_per_token(1000) == 2 * (n + head) + 2 * 32 * 1000 * 4096
+    # attention: QK^T and the weighted sum over V, 2 FLOPs per multiply-add each
+    assert s.flops_per_token(1000) == 2 * n + 2 * head + 4 * 32 * 1000 * 4096
+    assert s.flops_per_token(1000, logits=False) == 2 * n + 4 * 32 * 1000 * 4096
 
 
 def test_request_flops_counts_prefill_and_each_decode_step() -> None:
     s = resolve_model("gpt2")
-    per_tok = 2 * (s.nonembedding_params + s.lm_head_params)
-    attn = 2 * s.n_layers * s.d_attn
-    # 3 prompt tokens attend to 1, 2, 3; 2 decode steps (4 outputs - first from prefill... O=3)
-    expected = per_tok * (3 + 2) + attn * (1 + 2 + 3 + 4 + 5)
+    n, head = s.nonembedding_params, s.lm_head_params
+    attn = 4 * s.n_layers * s.d_attn
+    # 3 prompt tokens attend to 1, 2, 3 and only the last computes logits; O = 3 outputs, the
+    # first from the prefill, then 2 decode steps attending to 4 and 5 tokens, each with logits
+    expected = 2 * n * (3 + 2) + 2 * head * (1 + 2) + attn * (1 + 2 + 3 + 4 + 5)
     assert s.request_flops(3, 3) == pytest.approx(expected)
+    assert s.prefill_flops(3) == pytest.approx(2 * n * 3 + 2 * head + attn * 6)
+    assert s.decode_flops(3, 2, 2) == pytest.approx(2 * (n + head) + attn * 5)
+    assert s.decode_flops(3, 3, 2) == 0
+    # a one-token request is its prefill alone
+    assert s.request_flops(3, 1) == pytest.approx(s.prefill_flops(3))
     assert sum_range(4, 5) == 9 and sum_range(5, 4) == 0
 
 

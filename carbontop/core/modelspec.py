@@ -177,21 +177,37 @@ class ModelSpec:
 
     # ---- FLOPs ----------------------------------------------------------------------------
 
-    def flops_per_token(self, context: int) -> float:
-        """Forward FLOPs of one token that attends to `context` tokens (Kaplan et al. 2020, table 1):
-        2 x N (non-embedding) + 2 x d_model x vocab (the LM head) + 2 x n_layer x context x d_attn."""
-        return 2.0 * (self.nonembedding_params + self.lm_head_params) + (
-            2.0 * self.n_layers * context * self.d_attn
-        )
+    def flops_per_token(self, context: int, logits: bool = True) -> float:
+        """Forward FLOPs of one token that attends to `context` tokens: 2 x N (non-embedding
+        parameters, Kaplan et al. 2020, "Scaling Laws for Neural Language Models", table 1)
+        + 4 x n_layer x context x d_attn for attention's two products, QK^T and the weighted sum
+        over V (2 FLOPs per multiply-add each; Kaplan's table counts only the first)
+        + 2 x d_model x vocab for the LM head, only where this token's logits are computed."""
+        head = 2.0 * self.lm_head_params if logits else 0.0
+        return 2.0 * self.nonembedding_params + head + 4.0 * self.n_layers * context * self.d_attn
+
+    def prefill_flops(self, input_tokens: int) -> float:
+        """FLOPs of a prompt's prefill: prompt token k attends to k tokens (causal), and logits
+        are computed once, at the last position, for the first output token. Padding is not
+        useful work and is not counted."""
+        i = input_tokens
+        return (2.0 * self.nonembedding_params * i + 2.0 * self.lm_head_params
+                + 4.0 * self.n_layers * self.d_attn * i * (i + 1) / 2)
+
+    def decode_flops(self, input_tokens: int, first_step: int, last_step: int) -> float:
+        """FLOPs of decode steps first_step..last_step of one request: step j (1-based; the first
+        output token comes from the prefill) attends to input + j tokens and computes logits."""
+        steps = last_step - first_step + 1
+        if steps <= 0:
+            return 0.0
+        i = input_tokens
+        return (2.0 * (self.nonembedding_params + self.lm_head_params) * steps
+                + 4.0 * self.n_layers * self.d_attn * sum_range(i + first_step, i + last_step))
 
     def request_flops(self, input_tokens: int, output_tokens: int) -> float:
-        """FLOPs of one request: prefill of every prompt token (token i attends to i tokens) and
-        every decode step (the first output token comes out of the prefill, so O - 1 steps; step j
-        attends to input + j tokens). Padding is not useful work and is not counted."""
-        i, o = input_tokens, output_tokens
-        token_part = 2.0 * (self.nonembedding_params + self.lm_head_params) * (i + max(o - 1, 0))
-        attn_contexts = i * (i + 1) / 2 + sum_range(i + 1, i + o - 1)
-        return token_part + 2.0 * self.n_layers * self.d_attn * attn_contexts
+        """FLOPs of one whole request: its prefill and its O - 1 decode steps."""
+        return self.prefill_flops(input_tokens) + self.decode_flops(
+            input_tokens, 1, output_tokens - 1)
 
     # ---- bytes ----------------------------------------------------------------------------
 

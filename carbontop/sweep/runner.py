@@ -24,6 +24,7 @@ from carbontop.core.records import EngineRun, PointResult, PointStatus, Workload
 from carbontop.core.search import BatchPlanner
 from carbontop.core.store import RunWriter, new_run_dir
 from carbontop.core.tokenize import load_token_counter
+from carbontop.core.window import Window
 from carbontop.core.workload import build_workload, requests_for_point
 from carbontop.engines.base import EngineSpec
 from carbontop.engines.quant import plan_weight_quant
@@ -377,7 +378,7 @@ class SweepRunner:
         chunks = self.sampler.energy_chunks(t0, t1)
         self.intensity.refresh(t0, t1)
         out_tokens = sum(r.output_tokens for r in records)
-        lat = metrics.latency_figures(records, duration_s)
+        lat = metrics.latency_figures(records, Window(t0, t1), out_tokens)
         op_g = carbon.operational_gco2e(chunks, self.intensity, cfg.pue)
         emb_g = carbon.embodied_gco2e(self.gpu_specs, duration_s, cfg.lifetime_years) if self.gpu_specs else None
         spec0 = self.gpu_specs[0] if self.gpu_specs and all(self.gpu_specs) else None
