@@ -784,13 +784,102 @@ def test_wait_for_asks_only_once_the_time_has_passed():
     assert src.counter_requests == 0  # the window has not ended yet: nothing to read now
 
 
+def test_wait_for_a_reading_that_never_comes_returns_false():
+    """A counter that stops answering after a window must be visible, never a short window."""
+
+    class StoppingCounter(LinearSource):
+        def read(self) -> list[Sample]:
+            (sample,) = super().read()
+            if self.reads > 3:  # the counter read fails from the 4th tick on; power goes on
+                return [Sample(t_s=sample.t_s, gpu_index=0, power_w=sample.power_w, energy_j=None)]
+            return [sample]
+
+    sampler = TelemetrySampler(StoppingCounter(), interval_s=0.01)
+    sampler.start()
+    try:
+        time.sleep(0.1)
+        t1 = time.time()
+        start = time.monotonic()
+        assert not sampler.wait_for(t1, timeout_s=0.2)
+        assert 0.2 <= time.monotonic() - start < 1.0
+        assert sampler.latest()[0].t_s >= t1  # power came past t1; the counter did not
+    finally:
+        sampler.stop()
+    # with the thread stopped nothing can come: False at once, not at the timeout
+    start = time.monotonic()
+    assert not sampler.wait_for(time.time(), timeout_s=5.0)
+    assert time.monotonic() - start < 0.5
+
+
+def ticks(sampler: TelemetrySampler, *tick_samples: list[Sample]) -> None:
+    for samples in tick_samples:
+        sampler._ingest(samples)
+
+
+def test_counter_readings_per_gpu_and_summed():
+    sampler = TelemetrySampler(ListSource(devices=(0, 1)), interval_s=1.0)
+    ticks(
+        sampler,
+        [s(0.00, 100, 50), s(0.01, 1000, 50, gpu=1)],
+        [s(1.00, None, 50), s(1.01, None, 50, gpu=1)],  # power only: no counter this tick
+        [s(2.00, 200, 50), s(2.01, 1100, 50, gpu=1)],
+        [s(3.00, 250, 50), s(3.01, None, 50, gpu=1)],  # GPU 1's read failed: no summed reading
+        [s(4.00, 40, 50), s(4.01, 1300, 50, gpu=1)],  # GPU 0's counter went back (driver reload)
+        [s(5.00, 90, 50), s(5.01, 1400, 50, gpu=1)],
+    )
+    assert sampler.counter_readings(0, 10, gpu=0) == [
+        (0.0, 100.0), (2.0, 200.0), (3.0, 250.0), (4.0, 250.0), (5.0, 300.0)
+    ]  # fmt: skip
+    assert sampler.counter_readings(0, 10, gpu=1) == [
+        (0.01, 1000.0), (2.01, 1100.0), (4.01, 1300.0), (5.01, 1400.0)
+    ]  # fmt: skip
+    summed = sampler.counter_readings(0, 10)
+    assert [t for t, _ in summed] == pytest.approx([0.005, 2.005, 4.005, 5.005])
+    assert [e for _, e in summed] == [1100.0, 1300.0, 1550.0, 1700.0]
+    assert [t for t, _ in sampler.counter_readings(1.5, 4.5)] == pytest.approx([2.005, 4.005])
+    # between two readings the difference is what energy_between counts
+    (ta, ea), (tb, eb) = summed[1], summed[3]
+    assert sampler.energy_between(ta, tb).energy_j == pytest.approx(eb - ea, abs=1.0)
+    assert sampler.counter_readings(6, 7) == []
+
+
+def test_counter_readings_leave_out_power_only_devices():
+    sampler = TelemetrySampler(ListSource(devices=(0, 1)), interval_s=1.0)
+    ticks(sampler, [s(0, 10, 50), s(0, None, 50, gpu=1)], [s(1, 30, 50), s(1, None, 50, gpu=1)])
+    assert sampler.counter_readings(0, 1) == [(0.0, 10.0), (1.0, 30.0)]
+
+
+@pytest.mark.parametrize("counter_cost_s", [0.003, 0.007])
+def test_a_20_s_window_holds_ten_sub_windows_bounded_by_counter_readings(
+    monkeypatch, clock, counter_cost_s
+):
+    """The H100's measured counter cost, 3-7 ms: NvmlSource at 10 Hz, 25 s of ticks."""
+    gpu = FakeGpu()
+    gpu.energy_cpu_s = counter_cost_s
+    install(monkeypatch, [gpu], clock=clock)
+    sampler = TelemetrySampler(NvmlSource(), interval_s=0.1)
+    assert sampler.source.counter_interval_s <= 1.0
+    for n in range(250):
+        clock.t = 1000.0 + n / 10
+        gpu.energy_mj = n * 30_000
+        sampler._tick()
+    for offset in (0.0, 0.03, 0.37, 0.55, 0.99):  # wherever the window falls
+        t0 = 1002.0 + offset
+        readings = sampler.counter_readings(t0, t0 + 20.0)
+        assert len(readings) - 1 >= 10, (offset, len(readings))
+    # and the cost stays inside the budget: counter CPU per second
+    per_s = counter_cost_s / sampler.source.counter_interval_s
+    assert per_s <= max(sources.COUNTER_CPU_BUDGET, counter_cost_s / sources.COUNTER_MAX_INTERVAL_S)
+
+
 # ---------------------------------------------------------------------------------------------
 # choosing k
 
 
 def test_choose_counter_every_hand_values():
-    # written for a 5 ms/s budget; the default (COUNTER_CPU_BUDGET) is stricter
-    assert choose_counter_every(0.004, 0.1) == 14  # 4 / (k x 100 ms) <= 0.3%
+    # the default budget, 1% of a core: 4 ms / (k x 100 ms) <= 1%  ->  k = 4 (0.4 s)
+    assert choose_counter_every(0.004, 0.1) == 4
+    assert choose_counter_every(0.007, 0.1) == 7  # the slowest read measured: 0.7 s
     # the measured H100 cost, 4 ms of CPU per read, budget 5 ms/s:
     # 4 / (k x 100 ms) <= 0.5%  ->  k >= 8 at 10 Hz (0.8 s); k >= 40 at 50 Hz (0.8 s)
     assert choose_counter_every(0.004, 0.1, cpu_budget=0.005) == 8
@@ -798,8 +887,9 @@ def test_choose_counter_every_hand_values():
     assert choose_counter_every(0.0041, 0.1, cpu_budget=0.005) == 9  # a little more cost: one more tick
     assert choose_counter_every(0.0, 0.1, cpu_budget=0.005) == 1  # free: every tick
     assert choose_counter_every(0.00001, 0.1, cpu_budget=0.005) == 1  # 10 us per read is 0.01% at 10 Hz
-    # 8 GPUs x 4 ms = 32 ms would need 6.4 s at 0.5%; the 2 s cap wins (k = 20, 1.6% of a core)
-    assert choose_counter_every(0.032, 0.1, cpu_budget=0.005) == 20
+    # 8 GPUs x 4 ms = 32 ms would need 6.4 s at 0.5%; the 1 s cap wins (k = 10, 3.2% of a core)
+    assert choose_counter_every(0.032, 0.1, cpu_budget=0.005) == 10
+    assert choose_counter_every(0.032, 0.1, cpu_budget=0.005, max_interval_s=2.0) == 20
     assert choose_counter_every(0.004, 3.0, cpu_budget=0.005) == 1  # ticks longer than the cap: every tick
     assert choose_counter_every(0.004, 0.1, cpu_budget=0.01) == 4
 
@@ -855,10 +945,11 @@ def test_nvml_costs_add_over_gpus(monkeypatch, clock):
         g.energy_cpu_s = 0.004
     install(monkeypatch, gpus, clock=clock)
     src = NvmlSource(counter_cpu_budget=0.005)
-    # both counters on the same tick: 8 ms per counter tick -> k = 16 at 0.1 s
-    assert src.counter_every == 16 and src.counter_interval_s == pytest.approx(1.6)
+    # both counters on the same tick: 8 ms per counter tick -> k = 16 at 0.1 s, held at the 1 s cap
+    assert src.counter_every == 10 and src.counter_interval_s == pytest.approx(1.0)
+    assert NvmlSource(counter_cpu_budget=0.01).counter_every == 8  # at the default budget: 0.8 s
     gpus[0].energy_cpu_s = gpus[1].energy_cpu_s = 0.02
-    assert NvmlSource(counter_cpu_budget=0.005).counter_every == 20  # 40 ms per counter tick: held at the 2 s cap
+    assert NvmlSource().counter_every == 10  # 40 ms per counter tick: held at the 1 s cap
 
 
 def test_nvml_without_counter_reads_no_counter(monkeypatch, clock):
@@ -894,16 +985,16 @@ def test_nvml_sampler_energy_with_sparse_counter(monkeypatch, clock):
 
 def test_thread_closes_a_window_in_about_a_tick_not_a_counter_period(monkeypatch):
     install(monkeypatch, [FakeGpu()])
-    src = NvmlSource(counter_cpu_budget=1e-12)  # any cost is too much: the 2 s cap, k = 200
+    src = NvmlSource(counter_cpu_budget=1e-12)  # any cost is too much: the 1 s cap, k = 100
     sampler = TelemetrySampler(src, interval_s=0.01)
-    assert src.counter_every == 200
+    assert src.counter_every == 100
     sampler.start()
     try:
         time.sleep(0.1)
         t1 = time.time()
         start = time.monotonic()
         assert sampler.wait_for(t1, timeout_s=1.5)  # without asking it would take up to 2 s
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 0.5
     finally:
         sampler.stop()
     counters = [x for x in sampler.samples() if x.energy_j is not None]

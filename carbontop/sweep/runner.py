@@ -8,6 +8,7 @@ as it happens, so a crash, a cancel or a power cut keeps every finished point.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import threading
 import time
@@ -133,7 +134,13 @@ class SweepRunner:
             if cfg.engine == "hf" and len(gpus) > 1:
                 raise ConfigError("The hf engine runs on one GPU; name one with --gpus.", "gpus")
             gpus = gpus or [0]
-        source = open_power_source(device, gpus or None)
+        # On a CPU, measure the engine's process tree (the engine child is ours) rather than the
+        # machine; a server's work happens outside it, so there the machine is measured and the
+        # run says that other load is included.
+        process_root = os.getpid() if cfg.engine != "openai" else None
+        source = open_power_source(device, gpus or None, process_root=process_root)
+        if source.scope_note:
+            self.warnings.append(source.scope_note)
         names = source.device_names()
         self.gpu_indices = [i for i in names if i >= 0]
         self.device_names = [names[i] for i in sorted(names)]
@@ -204,6 +211,7 @@ class SweepRunner:
             "devices": self.device_names,
             "gpu_indices": self.gpu_indices,
             "power_source": source.kind,
+            "energy_scope": source.scope.value,
             "energy_estimated": bool(source.estimated),
             "nvml": nvml_environment() if source.kind == "nvml" else {},
             "sample_interval_s": cfg.sample_interval_s,

@@ -169,6 +169,11 @@ class TelemetrySampler:
         self._maxlen = max(2, math.ceil(history_s / interval_s) + 1)
         self._devices: dict[int, deque[Sample]] = {}
         self._last_counter_t: dict[int, float] = {}  # per device, its latest counter reading
+        # Counter readings by tick, for sub-windows bounded by real readings: per tick that read a
+        # counter, {device: (t_s, unwrapped energy_j)}. The unwrapped value is the counter with
+        # every backward step (a driver reload) left out, as energy_between counts it.
+        self._counter_ticks: deque[dict[int, tuple[float, float]]] = deque(maxlen=self._maxlen)
+        self._unwrapped: dict[int, tuple[float, float]] = {}  # device -> (last raw, unwrapped)
         # A source whose counter is costly schedules it by the tick (sources.NvmlSource).
         tune = getattr(source, "set_tick_interval", None)
         if tune is not None:
@@ -230,6 +235,7 @@ class TelemetrySampler:
 
     def _ingest(self, samples: Iterable[Sample]) -> None:
         with self._new_sample:
+            counters: dict[int, tuple[float, float]] = {}
             for s in samples:
                 dq = self._devices.get(s.gpu_index)
                 if dq is None:
@@ -238,6 +244,15 @@ class TelemetrySampler:
                 self._pending.append(s)
                 if s.energy_j is not None:
                     self._last_counter_t[s.gpu_index] = s.t_s
+                    last = self._unwrapped.get(s.gpu_index)
+                    if last is None:
+                        unwrapped = s.energy_j
+                    else:
+                        unwrapped = last[1] + max(0.0, s.energy_j - last[0])
+                    self._unwrapped[s.gpu_index] = (s.energy_j, unwrapped)
+                    counters[s.gpu_index] = (s.t_s, unwrapped)
+            if counters:
+                self._counter_ticks.append(counters)
             self.ticks += 1
             self._new_sample.notify_all()
 
@@ -265,6 +280,8 @@ class TelemetrySampler:
             while not passed():
                 if self._request_counter is not None and time.time() >= t_s:
                     self._request_counter()
+                if not self.running:
+                    return False  # nothing will come: say so now rather than at the timeout
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
@@ -292,6 +309,40 @@ class TelemetrySampler:
             out.extend(series[lo:hi])
         if len(snap) > 1 and gpu is None:
             out.sort(key=_T)
+        return out
+
+    def counter_readings(
+        self, t0: float, t1: float, gpu: int | None = None
+    ) -> list[tuple[float, float]]:
+        """(t_s, energy_j) for every counter reading inside [t0, t1], oldest first.
+
+        These are the real readings that bound sub-windows: the energy between two of them is
+        exactly the counter's change (energy_between interpolates only at a window's edges). The
+        values are the counter in joules with every backward step (a driver reload) left out, so
+        differences between any two readings are what energy_between counts.
+
+        `gpu` None: summed over the devices, one reading per tick on which every device that
+        gives counter readings gave one (a tick where one GPU's read failed is left out); its
+        time is the mean of the devices' reading times, which lie within one tick (each GPU's
+        counter is read right after the last's). A device that has never given a counter
+        reading (power only) is not part of the sum.
+        """
+        with self._lock:
+            ticks = list(self._counter_ticks)
+            counter_devices = set(self._last_counter_t)
+        out: list[tuple[float, float]] = []
+        for tick in ticks:
+            if gpu is not None:
+                if gpu not in tick:
+                    continue
+                t_s, energy_j = tick[gpu]
+            else:
+                if not counter_devices or set(tick) != counter_devices:
+                    continue
+                t_s = sum(t for t, _ in tick.values()) / len(tick)
+                energy_j = sum(e for _, e in tick.values())
+            if t0 <= t_s <= t1:
+                out.append((t_s, energy_j))
         return out
 
     def latest(self) -> dict[int, Sample]:

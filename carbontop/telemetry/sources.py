@@ -23,27 +23,39 @@ import platform
 import statistics
 import time
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
 from carbontop.core.records import Sample
 from carbontop.errors import CarbontopError, ConfigError
+from carbontop.telemetry.process_tree import ProcessTree, TreeReading
 
 # nvmlFieldValue ids (nvml.h): NVML_FI_DEV_POWER_AVERAGE = 185, NVML_FI_DEV_POWER_INSTANT = 186.
 NVML_FI_DEV_POWER_INSTANT = 186
 
 # CPU time per NVML call from Python (time.thread_time), measured on an H100 80GB HBM3 in a
-# Firecracker VM, driver 580.159.04: nvmlDeviceGetTotalEnergyConsumption 4000 us (!); field 186
+# Firecracker VM, driver 580.159.04: nvmlDeviceGetTotalEnergyConsumption 3-7 ms (!); field 186
 # (instant power) 5 us; nvmlDeviceGetPowerUsage 2 us; GetMemoryInfo 7 us; GetUtilizationRates 2 us;
 # GetTemperature 2 us; GetClockInfo 1 us. Asking for the energy as field 83
-# (NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION) together with 186 costs the same (4133 us). Read every tick
-# at 10 Hz the counter alone would take 4% of a core, against a budget of 1% for the whole sampler,
-# so NvmlSource times its first few counter reads and then reads the counter only every k-th tick:
-# the smallest k that keeps the counter's average cost under COUNTER_CPU_BUDGET, but at least once
-# every COUNTER_MAX_INTERVAL_S. The sampler places window edges between counter readings by the
-# instant power curve, so energy stays anchored on the counter.
-COUNTER_CPU_BUDGET = 0.003  # 3 ms of CPU per second for the counter: the sampler as a whole stays under 1% of a core
-COUNTER_MAX_INTERVAL_S = 2.0  # read at least this often, whatever it costs
+# (NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION) together with 186 costs the same (4133 us).
+#
+# The trade-off. A point's figures carry a confidence interval from sub-windows bounded by real
+# counter readings, so a window of the minimum length (20 s on a GPU) needs at least ten of them:
+# the counter must be read at least every COUNTER_MAX_INTERVAL_S = 1 s (>= 19 sub-windows in 20 s),
+# whatever it costs. Read every tick at 10 Hz it would take 3-7% of a core per GPU, so NvmlSource
+# times its first few counter reads and reads it every k-th tick: the smallest k that keeps the
+# counter's average cost under COUNTER_CPU_BUDGET (1% of a core), but never less often than the
+# 1 s cap. At the H100's 3-4 ms that is every 0.4 s (50 readings in 20 s, ~1% of a core for the
+# whole sampler); at 7 ms every 0.7 s; with 8 GPUs the cap wins (7 ms x 8 = 56 ms a second, 5.6%
+# of one core). The cost falls on the parent process's sampler thread: NVML calls release the
+# GIL and the engine runs in its own process, so it competes with the engine only for a core;
+# benchmarks/README.md measured a sampler at 1% of a core beside the engine (same process, the
+# worst case) as a tokens/s ratio of 0.9964, within run-to-run noise. The sampler places window
+# edges between counter readings by the instant power curve, so energy stays anchored on the
+# counter.
+COUNTER_CPU_BUDGET = 0.01  # 10 ms of CPU per second for the counter (1% of a core)
+COUNTER_MAX_INTERVAL_S = 1.0  # read at least this often, whatever it costs (>= 19 sub-windows in 20 s)
 COUNTER_CALIBRATION_READS = 3  # timed reads per GPU at open, after one untimed (warm-up) read
 
 # CodeCarbon's fallback TDP when the CPU model is not in its table: POWER_CONSTANT = 85 (W),
@@ -53,6 +65,14 @@ DEFAULT_CPU_TDP_W = 85.0
 # power = TDP x (0.1 + 0.9 x load^3), "cubic relationship with minimum 10% of TDP".
 ESTIMATE_IDLE_SHARE = 0.1
 ESTIMATE_LOAD_EXPONENT = 3.0
+
+
+class EnergyScope(str, Enum):
+    """What a source's energy covers, so that a row can say whether other work is in it."""
+
+    DEVICES = "devices"  # the GPUs in use, whole (NVML's counter: any other process on them counts too)
+    PROCESS_TREE = "process-tree"  # carbontop and the engine processes it started, nothing else
+    MACHINE = "machine"  # the whole machine's CPU: every other process on it is included
 
 
 class PowerSource(Protocol):
@@ -71,6 +91,10 @@ class PowerSource(Protocol):
     # and the estimate's is constant over each span, so for them the counter is interpolated
     # linearly.
     instant_power: bool
+    scope: EnergyScope
+    # One sentence for the run and its rows where the figure includes work that is not the
+    # engine's (None where it does not, as far as the source can tell).
+    scope_note: str | None
 
     def device_names(self) -> dict[int, str]: ...
 
@@ -153,6 +177,8 @@ class NvmlSource:
     kind = "nvml"
     estimated = False
     instant_power = True
+    scope = EnergyScope.DEVICES
+    scope_note = None
 
     def __init__(
         self,
@@ -465,6 +491,37 @@ class _CpuLoad:
 # RAPL
 
 
+class RaplUnavailable(CarbontopError):
+    """No readable RAPL package counter here; 'cpu' then falls back to the estimate."""
+
+
+class _CpuMemory:
+    """Memory for a CPU sample: the engine process tree's RSS where a tree is followed, else the
+    machine's used memory; the total is always the machine's."""
+
+    def __init__(self, proc_dir: Path, tree: ProcessTree | None) -> None:
+        self._proc_dir = proc_dir
+        self._tree = tree
+
+    def read(self, tree_reading: TreeReading | None = None) -> tuple[int | None, int | None]:
+        used, total = _read_meminfo(self._proc_dir)
+        if self._tree is None:
+            return used, total
+        reading = tree_reading if tree_reading is not None else self._tree.read()
+        return reading.engine_rss_bytes, total
+
+
+def _open_tree(process_root: int | None) -> ProcessTree | None:
+    if process_root is None:
+        return None
+    try:
+        return ProcessTree(process_root)
+    except Exception as err:  # psutil.NoSuchProcess, AccessDenied: the root must exist
+        raise CarbontopError(
+            f"Process {process_root} cannot be followed for its CPU time ({err.__class__.__name__})."
+        ) from None
+
+
 class RaplSource:
     """CPU package energy from Linux powercap RAPL counters, summed over the packages.
 
@@ -472,15 +529,28 @@ class RaplSource:
     the sub-domains intel-rapl:N:M, which are parts of a package; not 'psys', which is the whole
     platform and would count the packages twice). The counters wrap at max_energy_range_uj; the
     source unwraps them into one running total, in joules since the source was opened.
+
+    A package counter cannot tell processes apart, so its energy is the whole machine's
+    (`scope_note` says so). Given `process_root`, memory is that process tree's (see
+    process_tree.py) and util_pct is the tree's share of the machine's CPU time, so the run shows
+    how much of the load was the engine's.
     """
 
     kind = "rapl"
     estimated = False
     has_energy_counter = True
     instant_power = False  # power_w is the counter's own difference over the last tick
+    scope = EnergyScope.MACHINE
+    scope_note = (
+        "RAPL measures the whole CPU package, so the energy includes every other process on this "
+        "machine."
+    )
 
     def __init__(
-        self, powercap_dir: str | Path = "/sys/class/powercap", proc_dir: str | Path = "/proc"
+        self,
+        powercap_dir: str | Path = "/sys/class/powercap",
+        proc_dir: str | Path = "/proc",
+        process_root: int | None = None,
     ) -> None:
         self._proc_dir = Path(proc_dir)
         root = Path(powercap_dir)
@@ -495,7 +565,7 @@ class RaplSource:
             if name.startswith("package"):
                 domains.append(path)
         if not domains:
-            raise CarbontopError(f"No RAPL package counter was found under {root}.")
+            raise RaplUnavailable(f"No RAPL package counter was found under {root}.")
         self._domains = domains
         try:
             self._max_uj = [int((d / "max_energy_range_uj").read_text()) for d in domains]
@@ -503,13 +573,16 @@ class RaplSource:
         except (OSError, ValueError) as err:
             # Since the PLATYPUS fix (CVE-2020-8694) energy_uj is readable by root only on most
             # distributions.
-            raise CarbontopError(
+            raise RaplUnavailable(
                 f"The RAPL counters under {root} cannot be read ({err.__class__.__name__})."
             ) from None
         self._total_uj = 0
         self._last_t = time.time()
         self._last_total_j = 0.0
         self._load = _CpuLoad(self._proc_dir)
+        self._tree = _open_tree(process_root)
+        self._tree_load = _TreeLoad(self._tree) if self._tree is not None else None
+        self._memory = _CpuMemory(self._proc_dir, self._tree)
         self._name = f"CPU: {cpu_model_name(self._proc_dir)}"
 
     @staticmethod
@@ -536,8 +609,13 @@ class RaplSource:
         dt = t_s - self._last_t
         power_w = (energy_j - self._last_total_j) / dt if dt > 0 else None
         self._last_t, self._last_total_j = t_s, energy_j
-        load = self._load.update()
-        used, total = _read_meminfo(self._proc_dir)
+        if self._tree_load is not None:
+            reading = self._tree_load.update(t_s)
+            load = self._tree_load.load
+            used, total = self._memory.read(reading)
+        else:
+            load = self._load.update()
+            used, total = self._memory.read()
         return [
             Sample(
                 t_s=t_s,
@@ -554,6 +632,26 @@ class RaplSource:
         pass
 
 
+class _TreeLoad:
+    """A process tree's share of the machine's CPU time over the span since the last read."""
+
+    def __init__(self, tree: ProcessTree) -> None:
+        self.tree = tree
+        self.n_cpus = tree.cpu_count()
+        self._last_t = time.time()
+        self._last_cpu_s = 0.0
+        self.load = 0.0
+
+    def update(self, t_s: float) -> TreeReading:
+        reading = self.tree.read()
+        dt = t_s - self._last_t
+        if dt > 0:
+            share = (reading.cpu_s - self._last_cpu_s) / (dt * self.n_cpus)
+            self.load = min(1.0, max(0.0, share))
+            self._last_t, self._last_cpu_s = t_s, reading.cpu_s
+        return reading
+
+
 # ---------------------------------------------------------------------------------------------
 # Estimate
 
@@ -561,16 +659,22 @@ class RaplSource:
 class EstimateSource:
     """CPU power modelled from TDP and load, where no counter can be read. estimated=True.
 
-    Model (CodeCarbon's "cpu_load" mode for a whole machine, codecarbon/external/hardware.py,
-    CPU._get_power_from_cpu_load):
+    Two models, both CodeCarbon's "cpu_load" mode (codecarbon/external/hardware.py,
+    CPU._get_power_from_cpu_load), chosen by what is measured:
 
-        power_w = tdp_w x (0.1 + 0.9 x load^3)
+    - `process_root` given (carbontop's own engines): CodeCarbon's "process" tracking mode,
+      power_w = tdp_w x the share of the machine's CPU time the process tree used (its CPU seconds
+      over wall seconds x CPUs). Energy is then tdp_w / CPUs x the tree's CPU seconds, exactly,
+      however the ticks fall; other work on the machine adds nothing, and an idle tree draws
+      nothing (the machine's idle floor is not the engine's). Memory is the tree's RSS.
+    - no `process_root` (a server carbontop does not start): CodeCarbon's "machine" mode,
+      power_w = tdp_w x (0.1 + 0.9 x load^3), load the whole machine's busy share of CPU time
+      from /proc/stat, energy integrated span by span (exact for the model: the load is that
+      span's mean). `scope_note` says the figure includes other work.
 
-    where load (0..1) is the whole machine's busy share of CPU time over the span since the last
-    read, from /proc/stat. Without a TDP it uses CodeCarbon's generic 85 W (POWER_CONSTANT).
-    Energy is this power integrated over time (each span's power times its length, exact for the
-    model because the load is that span's mean), so energy_j runs like a counter from 0 at open.
-    It is a guess: a real CPU's power depends on frequency, memory traffic and the whole board.
+    Without a TDP it uses CodeCarbon's generic 85 W (POWER_CONSTANT). energy_j runs like a counter
+    from 0 at open. It is a guess: a real CPU's power depends on frequency, memory traffic and the
+    whole board.
     """
 
     kind = "estimate"
@@ -578,23 +682,46 @@ class EstimateSource:
     has_energy_counter = False  # energy_j is the model's integral, not a hardware counter
     instant_power = False  # constant over each span, so the integral is linear inside it
 
-    def __init__(self, tdp_w: float | None = None, proc_dir: str | Path = "/proc") -> None:
+    def __init__(
+        self,
+        tdp_w: float | None = None,
+        proc_dir: str | Path = "/proc",
+        process_root: int | None = None,
+    ) -> None:
         if tdp_w is not None and tdp_w <= 0:
             raise ConfigError(f"The CPU TDP must be more than 0 W, not {tdp_w}.", "tdp_w")
         self.tdp_is_default = tdp_w is None
         self.tdp_w = DEFAULT_CPU_TDP_W if tdp_w is None else float(tdp_w)
         self._proc_dir = Path(proc_dir)
         self._name = f"CPU: {cpu_model_name(self._proc_dir)}"
-        self._load = _CpuLoad(self._proc_dir)
+        self._tree = _open_tree(process_root)
+        self._memory = _CpuMemory(self._proc_dir, self._tree)
+        self._load = _CpuLoad(self._proc_dir) if self._tree is None else None
+        self._tree_load = _TreeLoad(self._tree) if self._tree is not None else None
         self._last_t = time.time()
         self._energy_j = 0.0
         generic = " (generic)" if self.tdp_is_default else ""
-        self.note = (
-            f"CPU power estimated as {self.tdp_w:g} W TDP{generic} x (0.1 + 0.9 x load^3), "
-            "CodeCarbon's load model; no hardware counter was readable."
-        )
+        if self._tree is not None:
+            self.scope = EnergyScope.PROCESS_TREE
+            self.scope_note: str | None = None
+            self.note = (
+                f"CPU power estimated as {self.tdp_w:g} W TDP{generic} x the share of the machine's "
+                "CPU time used by carbontop's process tree (CodeCarbon's process mode); no hardware "
+                "counter was readable."
+            )
+        else:
+            self.scope = EnergyScope.MACHINE
+            self.scope_note = (
+                "The estimate follows the whole machine's CPU load, so it includes every other "
+                "process on this machine."
+            )
+            self.note = (
+                f"CPU power estimated as {self.tdp_w:g} W TDP{generic} x (0.1 + 0.9 x load^3), "
+                "CodeCarbon's load model; no hardware counter was readable."
+            )
 
     def power_w(self, load: float) -> float:
+        """The machine model's power at a whole-machine load (0..1)."""
         return self.tdp_w * (
             ESTIMATE_IDLE_SHARE + (1.0 - ESTIMATE_IDLE_SHARE) * load**ESTIMATE_LOAD_EXPONENT
         )
@@ -603,12 +730,22 @@ class EstimateSource:
         return {-1: self._name}
 
     def read(self) -> list[Sample]:
-        load = self._load.update()
         t_s = time.time()
-        power_w = self.power_w(load)
-        self._energy_j += power_w * max(0.0, t_s - self._last_t)
+        dt = max(0.0, t_s - self._last_t)
         self._last_t = t_s
-        used, total = _read_meminfo(self._proc_dir)
+        if self._tree_load is not None:
+            reading = self._tree_load.update(t_s)
+            load = self._tree_load.load
+            # linear in CPU seconds, so the energy is exact whatever the span
+            self._energy_j = self.tdp_w * reading.cpu_s / self._tree_load.n_cpus
+            power_w = self.tdp_w * load
+            used, total = self._memory.read(reading)
+        else:
+            assert self._load is not None
+            load = self._load.update()
+            power_w = self.power_w(load)
+            self._energy_j += power_w * dt
+            used, total = self._memory.read()
         return [
             Sample(
                 t_s=t_s,
@@ -628,13 +765,19 @@ class EstimateSource:
 # ---------------------------------------------------------------------------------------------
 
 
-def open_power_source(device: str, gpus: Sequence[int] | None = None) -> PowerSource:
+def open_power_source(
+    device: str, gpus: Sequence[int] | None = None, *, process_root: int | None = None
+) -> PowerSource:
     """The best source for a device.
 
     'cuda': NVML, or CarbontopError where NVML or a GPU is missing or a named index does not exist.
     'cpu': RAPL where its counters are readable, else the estimate.
     'auto': NVML where it starts and sees a GPU, else as 'cpu'. A GPU index that does not exist
     is still an error: the user named it.
+
+    `process_root`: on a CPU, follow this process and its descendants (the engine child) for the
+    estimate's load and for memory, instead of the whole machine; give it where the engine runs
+    under carbontop, leave it None where the work happens elsewhere (a server).
     """
     if device == "cuda":
         return NvmlSource(gpus)
@@ -646,14 +789,15 @@ def open_power_source(device: str, gpus: Sequence[int] | None = None) -> PowerSo
     elif device != "cpu":
         raise ConfigError(f"Device must be one of auto, cpu, cuda, not '{device}'.", "device")
     try:
-        return RaplSource()
-    except CarbontopError:
-        return EstimateSource()
+        return RaplSource(process_root=process_root)
+    except RaplUnavailable:
+        return EstimateSource(process_root=process_root)
 
 
 __all__ = [
     "DEFAULT_CPU_TDP_W",
     "COUNTER_CPU_BUDGET",
+    "EnergyScope",
     "COUNTER_MAX_INTERVAL_S",
     "EstimateSource",
     "NVML_FI_DEV_POWER_INSTANT",
@@ -661,6 +805,7 @@ __all__ = [
     "NvmlUnavailable",
     "PowerSource",
     "RaplSource",
+    "RaplUnavailable",
     "choose_counter_every",
     "cpu_model_name",
     "nvml_environment",
