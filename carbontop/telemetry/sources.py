@@ -514,9 +514,11 @@ class _CpuMemory:
 def _open_tree(process_root: int | None) -> ProcessTree | None:
     if process_root is None:
         return None
+    import psutil
+
     try:
         return ProcessTree(process_root)
-    except Exception as err:  # psutil.NoSuchProcess, AccessDenied: the root must exist
+    except psutil.Error as err:  # NoSuchProcess, AccessDenied: the root must exist and be readable
         raise CarbontopError(
             f"Process {process_root} cannot be followed for its CPU time ({err.__class__.__name__})."
         ) from None
