@@ -299,13 +299,12 @@ async def test_open_run_at_start_and_a_bad_one_is_a_dialog(tmp_path: Path) -> No
     app = CarbontopApp(CONFIG, open_run=run, idle_sampler_factory=lambda c: FixedSampler(),
                        remember=False)
     async with app.run_test() as pilot:
-        await pilot.pause()
-        assert app.showing_saved and len(table_cells(app)) == 3
+        await wait_until(pilot, lambda: app.showing_saved, what="the saved run")
+        assert len(table_cells(app)) == 3
     app = CarbontopApp(CONFIG, open_run=tmp_path / "nowhere", idle_sampler_factory=lambda c: FixedSampler(),
                        remember=False)
     async with app.run_test() as pilot:
-        await pilot.pause()
-        assert isinstance(app.screen, ErrorScreen)
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorScreen), what="the dialog")
         assert "does not exist" in str(app.screen.query_one("#error-message").render())
 
 

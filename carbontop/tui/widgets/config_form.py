@@ -46,6 +46,9 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
         FieldSpec("weights", "weights", cfgmod.WEIGHTS,
                   help="dummy: random weights of the real shape (no download); auto: the real ones."),
         FieldSpec("dtype", "dtype", cfgmod.DTYPES),
+        FieldSpec("quant", "quant", cfgmod.QUANTS,
+                  help="Weight-only quantisation of the linear layers (hf and trtllm; a server "
+                       "quantises its own model)."),
         FieldSpec("device", "device", cfgmod.DEVICES),
         FieldSpec("gpus", "GPUs", placeholder="all visible (or 0,1)",
                   help="NVML indices of the GPUs in use, comma-separated; blank for all."),
