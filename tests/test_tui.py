@@ -299,12 +299,12 @@ async def test_open_run_at_start_and_a_bad_one_is_a_dialog(tmp_path: Path) -> No
     app = CarbontopApp(CONFIG, open_run=run, idle_sampler_factory=lambda c: FixedSampler(),
                        remember=False)
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: app.showing_saved, what="the saved run")
+        await wait_until(pilot, lambda: app.showing_saved, timeout_s=30, what="the saved run")
         assert len(table_cells(app)) == 3
     app = CarbontopApp(CONFIG, open_run=tmp_path / "nowhere", idle_sampler_factory=lambda c: FixedSampler(),
                        remember=False)
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorScreen), what="the dialog")
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorScreen), timeout_s=30, what="the dialog")
         assert "does not exist" in str(app.screen.query_one("#error-message").render())
 
 
@@ -383,7 +383,7 @@ async def test_a_prepare_error_is_a_dialog_and_marks_the_field(tmp_path: Path) -
     async with app.run_test() as pilot:
         await ready(pilot)
         await pilot.press("s")
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorScreen), what="the dialog")
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorScreen), timeout_s=30, what="the dialog")
         assert "'llama-9' is not a preset" in str(app.screen.query_one("#error-message").render())
         await wait_until(pilot, lambda: not app.sweep_running, what="the sweep to end")
         assert app.form.error_field == "model"
@@ -397,7 +397,7 @@ async def test_an_unexpected_exception_is_a_dialog_not_a_crash(tmp_path: Path) -
     async with app.run_test() as pilot:
         await ready(pilot)
         await pilot.press("s")
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorScreen), what="the dialog")
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorScreen), timeout_s=30, what="the dialog")
         message = str(app.screen.query_one("#error-message").render())
         assert "RuntimeError: engine pipe broke" in message
         assert "unexpected" in str(app.screen.query_one(".title").render())
@@ -410,7 +410,7 @@ async def test_a_carbontop_error_from_run_is_a_dialog(tmp_path: Path) -> None:
     async with app.run_test() as pilot:
         await ready(pilot)
         await pilot.press("s")
-        await wait_until(pilot, lambda: isinstance(app.screen, ErrorScreen), what="the dialog")
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorScreen), timeout_s=30, what="the dialog")
         assert str(app.screen.query_one("#error-message").render()) == "Batch 1 failed: the server said 500."
 
 
