@@ -84,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     from carbontop.config import from_mapping, load_toml, load_user_defaults
+    from carbontop.errors import ConfigError
 
+    for flag, dest, _ in [("--config", "config", None), *SWEEP_FLAGS]:
+        value = getattr(args, dest, None)
+        if value is not None and str(value).strip() == "":
+            raise ConfigError(f"{flag} was given an empty value; give it one or leave it out.", dest)
     cfg = load_user_defaults()
     if getattr(args, "config", None):
         cfg = load_toml(args.config, cfg)
@@ -137,7 +142,6 @@ def _open(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from carbontop.report import print_summary
     from carbontop.sweep import events
     from carbontop.sweep.runner import SweepRunner
 
@@ -168,36 +172,54 @@ def _sweep(args: argparse.Namespace) -> int:
             err.print(f"  boundary: {event.largest_ok} fits, {event.smallest_failed} does not")
 
     runner = SweepRunner(cfg, on_event)
-    runner.prepare()
-    for warning in runner.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+    return _drive(runner, err)
+
+
+def _drive(runner: Any, err: Any) -> int:
+    """Prepare and run the sweep on a thread while the main thread waits for signals."""
+    from carbontop.core.store import load_run
+    from carbontop.interrupts import StopOnSignals
+    from carbontop.report import print_summary
+
     failure: list[BaseException] = []
+    done = threading.Event()
 
     def target() -> None:
         try:
-            runner.run()
+            runner.prepare()
+            for warning in runner.warnings:
+                err.print(f"[yellow]warning:[/] {warning}")
+            runner.run()  # records a cancel that came during prepare() as well
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             failure.append(exc)
+        finally:
+            done.set()
 
-    # The sweep runs in a thread so that Ctrl-C reaches the main thread, which cancels it
-    # cleanly: the engine child is stopped and every finished point is kept.
-    thread = threading.Thread(target=target, name="carbontop-sweep", daemon=True)
-    thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.2)
-    except KeyboardInterrupt:
-        err.print("cancelling: the running point stops, finished points are kept…")
-        runner.cancel()
+    def say(text: str) -> None:
+        try:
+            err.print(text)
+        except (OSError, ValueError):
+            pass  # no terminal left to tell
+
+    thread = threading.Thread(target=target, name="carbontop-sweep")
+    with StopOnSignals(runner.cancel, say) as signals:
+        thread.start()
+        # Wait on an Event, never on a timed join: signal handlers run here between waits.
+        while not done.wait(0.5):
+            pass
         thread.join()
-    from carbontop.core.store import load_run
-
-    print_summary(load_run(runner.run_dir, with_power=False), _stdout_console())
+    if runner.run_dir is not None and (runner.run_dir / "run.toml").exists():
+        try:
+            print_summary(load_run(runner.run_dir, with_power=False), _stdout_console())
+        except (OSError, ValueError):
+            pass  # the terminal is gone (SIGHUP); the run directory holds everything
     if failure:
         exc = failure[0]
         if isinstance(exc, CarbontopError):
             raise exc
-        raise CarbontopError(f"The sweep stopped on an unexpected error: {exc}")
+        raise CarbontopError(f"The sweep stopped on an unexpected error: {type(exc).__name__}: {exc}")
+    if signals.received is not None:
+        return signals.received.exit_code
     return EXIT_CANCELLED if runner.cancelled else EXIT_OK
 
 
@@ -240,9 +262,14 @@ def _runs() -> int:
         return EXIT_OK
     table = Table("run", "model", "device", "state", "points")
     for path in runs:
-        run = load_run(path, with_power=False)
+        try:
+            run = load_run(path, with_power=False)
+        except CarbontopError as exc:  # one damaged run must not hide the others
+            table.add_row(str(path), "", "", f"unreadable: {exc}", "")
+            continue
         table.add_row(str(path), str(run.config.get("model", "")),
-                      ", ".join(run.environment.get("devices", [])), run.status, str(len(run.points)))
+                      ", ".join(str(d) for d in run.environment.get("devices", [])), run.status,
+                      str(len(run.points)))
     Console().print(table)
     return EXIT_OK
 

@@ -187,13 +187,31 @@ def _coerce(name: str, value: Any) -> Any:
         parsed = parse_batch_sizes(str(value))
         return "auto" if parsed is None else parsed
     if name == "gpus":
-        if isinstance(value, str):
-            try:
-                return [int(v) for v in value.split(",") if v.strip()]
-            except ValueError:
-                raise ConfigError(f"'gpus' must be GPU indices like 0,1, not '{value}'.", name) from None
-        return [int(v) for v in value]
+        return _gpu_indices(value)
     return str(value) if not isinstance(value, str) else value
+
+
+def _gpu_indices(value: Any) -> list[int]:
+    """0, "0,1" or [0, 1] -> GPU indices; anything else is a sentence."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, int) and not isinstance(items, bool):
+        items = [items]
+    indices: list[int] = []
+    if isinstance(items, (list, tuple)):
+        for item in items:
+            text = item.strip() if isinstance(item, str) else item
+            if isinstance(text, str) and text.isdigit():
+                indices.append(int(text))
+            elif isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+                indices.append(text)
+            else:
+                indices = []
+                break
+    if not indices:
+        raise ConfigError(
+            f"'gpus' must be GPU indices such as 0 or 0,1 (in a file: gpus = [0, 1]), not '{value}'.",
+            "gpus")
+    return indices
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -247,6 +265,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise bad("url", "The openai engine needs --url, the server's base address (http://host:port).")
     if cfg.url and not cfg.url.startswith(("http://", "https://")):
         raise bad("url", f"The server URL must start with http:// or https://, not '{cfg.url}'.")
+    named = [n for n in CARBON_SOURCE_FIELDS if getattr(cfg, n)]
+    if len(named) > 1:
+        raise _carbon_conflict(named)
     if cfg.batch_plan() is None and cfg.batch_sizes != "auto":
         raise bad("batch_sizes", "Batch sizes must be 'auto' or a list of whole numbers.")
     return cfg
@@ -262,7 +283,24 @@ def from_mapping(data: dict[str, Any], base: RunConfig | None = None, *, origin:
         if name not in FIELD_NAMES:
             raise ConfigError(f"Unknown setting '{key}'{where}.", name)
         changes[name] = _coerce(name, value)
+    named = [n for n in CARBON_SOURCE_FIELDS if changes.get(n) is not None]
+    if len(named) > 1:
+        raise _carbon_conflict(named, where)
+    if named:
+        # a layer that names a carbon source replaces the one a lower layer named (flags over a
+        # file, a file over the user's defaults); two in one layer are a conflict
+        changes.update({n: None for n in CARBON_SOURCE_FIELDS if n not in named})
     return dataclasses.replace(cfg, **changes)
+
+
+# where gCO2e/kWh comes from, besides the constant --intensity: at most one may be named
+CARBON_SOURCE_FIELDS = ("zone", "trace", "emaps_zone")
+
+
+def _carbon_conflict(named: list[str], where: str = "") -> ConfigError:
+    flags = " and ".join("--" + n.replace("_", "-") for n in named)
+    return ConfigError(
+        f"{flags}{where} name two sources of carbon intensity; choose one.", named[-1])
 
 
 def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
@@ -276,10 +314,25 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
         raise ConfigError(f"Config file {path} is not valid TOML: {exc}.") from None
     except OSError as exc:
         raise ConfigError(f"Config file {path} cannot be read: {exc.strerror}.") from None
-    if "run" in data and isinstance(data["run"], dict):
+    tables = [k for k, v in data.items() if isinstance(v, dict)]
+    if "run" in tables:
+        # [run] holds the configuration; in a run.toml that a sweep wrote (it has [status]) the
+        # other tables record what the run found, in a hand-written file they are mistakes
+        unknown = [] if "status" in tables else [k for k in tables if k not in RUN_TOML_TABLES]
         data = data["run"]
+    else:
+        unknown = tables
+    if unknown:
+        raise ConfigError(
+            f"Config file {path} has a table [{unknown[0]}] that carbontop does not know; settings "
+            "go at the top level (or under [run]).")
     data = {k: v for k, v in data.items() if not isinstance(v, dict)}
     return from_mapping(data, base, origin=str(path))
+
+
+
+# tables the store writes into a run.toml beside [run]
+RUN_TOML_TABLES = ("run", "environment", "model", "workload", "carbon", "warnings", "engine")
 
 
 def load_user_defaults() -> RunConfig:

@@ -83,12 +83,27 @@ def print_summary(run: SavedRun, console: Console) -> None:
         lines.append("energy is estimated from the CPU's TDP and load: no hardware counter was readable")
     if workload and not workload.get("lengths_exact", True):
         lines.append("token counts are estimated: the model folder has no tokenizer")
-    if status.get("message") and run.status != "done":
+    if run.status_note:
+        lines.append(f"interrupted: {run.status_note}")
+    elif status.get("message") and run.status != "done":
         lines.append(f"stopped: {status['message']}")
+    for note in run_notes(run):
+        lines.append(f"note: {note}")
     for warning in run.meta.get("warnings", {}).get("messages", []):
         lines.append(f"warning: {warning}")
     for line in lines:
         console.print(line, highlight=False)
+
+
+def run_notes(run: SavedRun) -> list[str]:
+    """What the workload and the carbon source noted while the run was prepared and measured
+    (records skipped, a trace that does not cover the run, ...): shown, never only stored."""
+    notes: list[str] = []
+    for table in ("workload", "carbon"):
+        section = run.meta.get(table, {})
+        found = section.get("notes", []) if isinstance(section, dict) else []
+        notes.extend(str(n) for n in (found if isinstance(found, list) else [found]) if n)
+    return notes
 
 
 def extremes_line(run: SavedRun) -> str:

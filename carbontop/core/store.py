@@ -6,17 +6,24 @@
     power.csv      every telemetry sample, with its time and device
     engine.log     what the engine child printed
 
-Rows are flushed and fsynced as they are written, so a crash or a power cut loses at most the
-point that was running.
+Rows are flushed and fsynced as they are written, whole rows only, and run.toml is replaced
+atomically, so a crash or a power cut at any moment leaves readable files and loses at most the
+point that was running. run.toml names the process writing it (see liveness.py): a run whose
+process is gone reads `interrupted`, never `running`. A small reserve file is given back when the
+disk fills, so that the end of the sweep can still be recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import errno
+import io
 import os
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +31,7 @@ from typing import Any
 
 import tomli_w
 
+from carbontop.core.liveness import Heartbeat, effective_state, owner_record
 from carbontop.core.records import PointResult, PointStatus, RequestRecord, Sample
 from carbontop.errors import CarbontopError
 
@@ -38,15 +46,41 @@ POWER_COLUMNS = [f.name for f in dataclasses.fields(Sample)]
 
 
 def new_run_dir(base: Path, label: str = "") -> Path:
-    """A fresh folder under `base` named for now (and `label`); the caller chooses `base`."""
+    """Claim a fresh folder under `base` (the caller chooses it) named for now (and `label`).
+
+    The folder is created here, with an exclusive mkdir, so that two sweeps started in the same
+    second never share one: the second gets a `-2` suffix.
+    """
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"{stamp}-{label}" if label else stamp
-    path = base / name
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunWriteError(f"Cannot create the runs folder {base}: {exc.strerror}.") from None
     n = 1
-    while path.exists():
-        n += 1
-        path = base / f"{name}-{n}"
-    return path
+    while True:
+        path = base / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+        except OSError as exc:
+            raise RunWriteError(f"Cannot create the run directory {path}: {exc.strerror}.") from None
+
+
+class RunWriteError(CarbontopError):
+    """The run directory cannot be written (no space, no permission, a read-only file system)."""
+
+
+def _write_error(path: Path, exc: OSError) -> RunWriteError:
+    if exc.errno == errno.ENOSPC:
+        why = "the disk is full"
+    elif exc.errno == errno.EDQUOT:
+        why = "the disk quota is used up"
+    else:
+        why = (exc.strerror or str(exc)).lower().rstrip(".")
+    return RunWriteError(f"Cannot write {path}: {why}.")
 
 
 def _toml_clean(value: Any) -> Any:
@@ -71,67 +105,142 @@ def _fmt(value: Any) -> str:
 
 
 class _CsvAppender:
+    """Appends whole rows: each batch of rows goes down in one write and is fsynced; a write that
+    fails half-way (a full disk) is cut back, so the file never ends in half a row."""
+
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path = path
         self.columns = list(columns)
-        new = not path.exists()
-        self._fh = open(path, "a", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._fh)
+        try:
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            new = os.fstat(self._fd).st_size == 0
+        except OSError as exc:
+            raise _write_error(path, exc) from None
         if new:
-            self._writer.writerow(self.columns)
-            self._sync()
+            self._append([self.columns])
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        wrote = False
-        for row in rows:
-            self._writer.writerow([_fmt(row.get(c)) for c in self.columns])
-            wrote = True
-        if wrote:
-            self._sync()
+        self._append([[_fmt(row.get(c)) for c in self.columns] for row in rows])
 
-    def _sync(self) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+    def _append(self, rows: list[list[str]]) -> None:
+        if not rows or self._fd is None:
+            return
+        buf = io.StringIO()
+        csv.writer(buf).writerows(rows)
+        data = buf.getvalue().encode("utf-8")
+        size = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, size)  # freeing space always works, even on a full disk
+            except OSError:
+                pass
+            raise _write_error(self.path, exc) from None
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# Kept in the run directory while a sweep writes to it, and given back when the disk fills, so
+# that the final state still fits into run.toml. Several times a run.toml's usual size.
+RESERVE_NAME = ".carbontop-reserve"
+RESERVE_BYTES = 256 * 1024
 
 
 class RunWriter:
-    """Writes one run directory as the sweep goes."""
+    """Writes one run directory as the sweep goes.
 
-    def __init__(self, run_dir: Path, meta: dict[str, Any]) -> None:
+    `resume=True` reopens a run directory that a sweep left cancelled or interrupted: its rows are
+    kept and new rows appended.
+    """
+
+    def __init__(self, run_dir: Path, meta: dict[str, Any], *, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise CarbontopError(
+            raise RunWriteError(
                 f"Cannot create the run directory {self.run_dir}: {exc.strerror}."
             ) from None
-        if (self.run_dir / "points.csv").exists():
-            raise CarbontopError(
-                f"{self.run_dir} already holds a run; choose another --out or remove it."
-            )
+        if not resume:
+            _refuse_existing(self.run_dir)
         self.meta: dict[str, Any] = dict(meta)
-        self.meta.setdefault("status", {})
-        self.meta["status"].update({"state": "running", "started": dt.datetime.now().astimezone()})
+        status = self.meta.setdefault("status", {})
+        for stale in ("finished", "message", "recommended_batch", "largest_ok_batch",
+                      "smallest_failed_batch", "points"):
+            status.pop(stale, None)
+        status.update({"state": "running", **owner_record()})
+        if resume:
+            status["resumed"] = dt.datetime.now().astimezone()
+        else:
+            status["started"] = dt.datetime.now().astimezone()
+        self._make_reserve()
         self._write_meta()
         self._points = _CsvAppender(self.run_dir / "points.csv", POINT_COLUMNS)
         self._requests = _CsvAppender(self.run_dir / "requests.csv", REQUEST_COLUMNS)
         self._power = _CsvAppender(self.run_dir / "power.csv", POWER_COLUMNS)
+        self._heartbeat = Heartbeat(self.run_dir / "run.toml")
+        self._heartbeat.start()
+        self.finished = False
 
     @property
     def engine_log(self) -> Path:
         return self.run_dir / "engine.log"
 
+    def _make_reserve(self) -> None:
+        path = self.run_dir / RESERVE_NAME
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise _write_error(path, exc) from None
+        try:
+            # real blocks, not a sparse file: only allocated space can be handed back
+            os.write(fd, b"\0" * RESERVE_BYTES)
+            os.fsync(fd)
+        except OSError:
+            pass  # a disk already too full for the reserve: the run still starts
+        finally:
+            os.close(fd)
+
     def _write_meta(self) -> None:
-        tmp = self.run_dir / "run.toml.tmp"
-        with open(tmp, "wb") as fh:
-            tomli_w.dump(_toml_clean(self.meta), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.run_dir / "run.toml")
+        try:
+            self._replace_meta()
+        except OSError as exc:
+            reserve = self.run_dir / RESERVE_NAME
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not reserve.exists():
+                raise _write_error(self.run_dir / "run.toml", exc) from None
+            reserve.unlink()  # give the reserve back and try once more
+            try:
+                self._replace_meta()
+            except OSError as again:
+                raise _write_error(self.run_dir / "run.toml", again) from None
+
+    def _replace_meta(self) -> None:
+        """Write run.toml beside itself and rename it into place: a reader (or a crash) only ever
+        sees the old file or the new one, whole."""
+        fd, tmp = tempfile.mkstemp(prefix=".run.toml.", dir=self.run_dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                tomli_w.dump(_toml_clean(self.meta), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.run_dir / "run.toml")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):  # the rename itself reaches the disk
+            dir_fd = os.open(self.run_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     def update_meta(self, section: str, values: dict[str, Any]) -> None:
         self.meta.setdefault(section, {}).update(values)
@@ -145,12 +254,33 @@ class RunWriter:
         self._power.write(dataclasses.asdict(s) for s in samples)
 
     def finish(self, state: str, **summary: Any) -> None:
+        """Record how the sweep ended. Always closes the files, even where run.toml cannot be
+        written (then the run reads `interrupted` once this process is gone)."""
+        self._heartbeat.stop()
         self.meta["status"].update(
             {"state": state, "finished": dt.datetime.now().astimezone(), **summary}
         )
-        self._write_meta()
-        for appender in (self._points, self._requests, self._power):
-            appender.close()
+        try:
+            self._write_meta()
+        finally:
+            self.finished = True
+            for appender in (self._points, self._requests, self._power):
+                appender.close()
+            with contextlib.suppress(OSError):
+                (self.run_dir / RESERVE_NAME).unlink()
+
+
+def _refuse_existing(run_dir: Path) -> None:
+    if (run_dir / "points.csv").exists():
+        raise CarbontopError(
+            f"{run_dir} already holds a run; choose another --out, or carry it on with "
+            f"`carbontop resume {run_dir}`."
+        )
+    if (run_dir / "run.toml").exists():
+        raise CarbontopError(
+            f"{run_dir} holds a run.toml that is not a carbontop run (your configuration?), "
+            "which a sweep would overwrite; choose another --out."
+        )
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -192,6 +322,7 @@ class SavedRun:
     points: list[dict[str, Any]]
     requests_count: int
     power: list[dict[str, Any]] = field(default_factory=list)
+    status_note: str = ""  # why a run recorded as running is shown as interrupted
 
     def point_results(self) -> list[PointResult]:
         names = set(POINT_COLUMNS)
@@ -224,21 +355,31 @@ def load_run(path: Path, *, with_power: bool = True) -> SavedRun:
             meta = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CarbontopError(f"{path / 'run.toml'} cannot be read: {exc}.") from None
-    with (
-        open(path / "requests.csv", encoding="utf-8")
-        if (path / "requests.csv").exists()
-        else open(os.devnull) as fh
-    ):
-        n_requests = max(sum(1 for _ in fh) - 1, 0)
+    for table in ("run", "environment", "status"):
+        if not isinstance(meta.get(table, {}), dict):
+            raise CarbontopError(f"{path / 'run.toml'} is not a carbontop run: [{table}] is not a table.")
+    try:
+        with (
+            open(path / "requests.csv", encoding="utf-8")
+            if (path / "requests.csv").exists()
+            else open(os.devnull) as fh
+        ):
+            n_requests = max(sum(1 for _ in fh) - 1, 0)
+        points = _read_csv(path / "points.csv")
+        power = _read_csv(path / "power.csv") if with_power else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CarbontopError(f"The tables in {path} cannot be read: {exc}.") from None
+    live = effective_state(meta.get("status", {}), path / "run.toml")
     return SavedRun(
         path=path,
         config=meta.get("run", {}),
         environment=meta.get("environment", {}),
         meta=meta,
-        status=str(meta.get("status", {}).get("state", "unknown")),
-        points=_read_csv(path / "points.csv"),
+        status=live.state,
+        points=points,
         requests_count=n_requests,
-        power=_read_csv(path / "power.csv") if with_power else [],
+        power=power,
+        status_note=live.note,
     )
 
 

@@ -72,10 +72,12 @@ class SweepRunner:
         self.recommended_batch: int | None = None
         self.warnings: list[str] = []
         self._cancel = threading.Event()
+        self._stop_reason = ("cancelled", "cancelled by the user")
         self._prepared = False
         self._writer: RunWriter | None = None
         self._host: Any = None
         self._last_flush = 0.0
+        self.end_unrecorded = ""  # why run.toml could not take the final state, if it could not
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -86,6 +88,9 @@ class SweepRunner:
 
         cfg = validate(self.config)
         device = cfg.device if cfg.device != "auto" else detect_device()
+        if cfg.gpus and device == "cpu":
+            why = "--device cpu was chosen" if cfg.device == "cpu" else "no GPU is visible here"
+            raise ConfigError(f"--gpus names GPUs, but {why}; leave --gpus out.", "gpus")
         if cfg.engine == "trtllm" and device != "cuda":
             raise ConfigError("TensorRT-LLM needs an NVIDIA GPU, and none is visible here.", "engine")
         dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
@@ -254,7 +259,11 @@ class SweepRunner:
 
     # ---- the sweep ------------------------------------------------------------------------
 
-    def cancel(self) -> None:
+    def cancel(self, state: str = "cancelled", reason: str = "cancelled by the user") -> None:
+        """Stop the sweep: the running point ends as `cancelled`, and the run as `state`
+        ("cancelled" when the user asked, "interrupted" for a signal from elsewhere)."""
+        if not self._cancel.is_set():
+            self._stop_reason = (state, reason)
         self._cancel.set()
 
     @property
@@ -270,17 +279,22 @@ class SweepRunner:
             self._emit(events.SweepStarted(
                 run_dir=str(self.run_dir), planned=self.planner.planned(), auto=self.planner.auto,
                 devices=tuple(self.device_names), energy_estimated=bool(self.sampler.source.estimated)))
-            self._measure_idle()
+            if not self.cancelled:
+                self._measure_idle()
             if not self.cancelled:
                 self._sweep()
             if self.cancelled:
-                state, message = "cancelled", "cancelled by the user"
+                state, message = self._stop_reason
         except CarbontopError as exc:
             state, message = "error", str(exc)
         except Exception as exc:  # noqa: BLE001 - an unexpected failure must still save the run
             state, message = "error", f"{type(exc).__name__}: {exc}"
         finally:
             self._shutdown(state, message)
+        if self.end_unrecorded:
+            raise CarbontopError(
+                f"The sweep's end could not be recorded: {self.end_unrecorded} Finished points "
+                f"are in {self.run_dir}.")
         if state == "error":
             raise CarbontopError(message)
 
@@ -368,6 +382,9 @@ class SweepRunner:
 
     def _point(self, batch_size: int, outcome: Any) -> PointResult:
         run: EngineRun | None = outcome.run
+        if outcome.status is PointStatus.CANCELLED:
+            return PointResult(batch_size=batch_size, status=outcome.status,
+                               message=self._stop_reason[1])
         if run is None:
             return PointResult(batch_size=batch_size, status=outcome.status, message=outcome.message,
                                concurrency_reached=outcome.concurrency_reached)
@@ -433,32 +450,51 @@ class SweepRunner:
         )
 
     def _shutdown(self, state: str, message: str) -> None:
+        """Stop the engine and the sampler and record how the sweep ended. Every step runs even
+        where one before it failed (a full disk, a stuck child): the end must reach run.toml."""
+        problems: list[str] = []
+
+        def step(what: Callable[[], Any]) -> None:
+            try:
+                what()
+            except CarbontopError as exc:
+                problems.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - the remaining steps must still run
+                problems.append(f"{type(exc).__name__}: {exc}")
+
         if self._host is not None:
-            self._host.stop()
+            step(self._host.stop)
             self._host = None
         ok = [p for p in self.points if p.status is PointStatus.OK]
         self.recommended_batch = carbon.recommend_batch(
             ok, self.config.slo_s_per_token, self.config.slo_tpot_p90_s) if ok else None
         if self.sampler is not None:
-            self.sampler.stop()
+            step(self.sampler.stop)
             if self._writer is not None:
-                self._writer.write_samples(self.sampler.drain_new())
+                step(lambda: self._writer.write_samples(self.sampler.drain_new()))
         if self._writer is not None:
+            extremes = None
             try:
                 extremes = carbon.intensity_extremes(self.intensity)
             except CarbontopError:
-                extremes = None
+                pass
             notes = list(getattr(self.intensity, "notes", []))
             if notes:
-                self._writer.update_meta("carbon", {"notes": notes})
+                step(lambda: self._writer.update_meta("carbon", {"notes": notes}))
             if extremes is not None:
-                self._writer.update_meta("carbon", {"cleanest_gco2e_per_kwh": extremes[0],
-                                                    "dirtiest_gco2e_per_kwh": extremes[1]})
+                step(lambda: self._writer.update_meta("carbon", {
+                    "cleanest_gco2e_per_kwh": extremes[0], "dirtiest_gco2e_per_kwh": extremes[1]}))
+            if problems and not message:
+                message = problems[0]
             summary: dict[str, Any] = {"message": message, "points": len(self.points),
                                        "largest_ok_batch": self.planner.largest_ok,
                                        "smallest_failed_batch": self.planner.smallest_failed}
             if self.recommended_batch is not None:
                 summary["recommended_batch"] = self.recommended_batch
-            self._writer.finish(state, **summary)
+            try:
+                self._writer.finish(state, **summary)
+            except CarbontopError as exc:
+                # run.toml keeps "running" with this process as its owner: once the process
+                # ends, readers show the run as interrupted
+                self.end_unrecorded = str(exc)
         self._emit(events.SweepFinished(str(self.run_dir), state, message, self.recommended_batch))
-

@@ -462,10 +462,8 @@ class CarbontopApp(App[int]):
         try:
             runner.prepare()
             self.post_message(SweepPrepared())
-            if self._cancel_requested:
-                return
             during = "run"
-            runner.run()
+            runner.run()  # after a cancel during prepare() it only records the end
         except CarbontopError as exc:
             self.post_message(SweepFailed(str(exc), field=getattr(exc, "field", None),
                                           expected=True, during=during))
