@@ -67,3 +67,22 @@ class Hangs(_Base):
         self.emit("phase", {"phase": "measuring", "detail": ""})
         time.sleep(60)
         return self._run(batch_size, prompts)
+
+
+class HangsAbove1(_Base):
+    """Batch 1 runs; larger batches hang mid-measurement (a point a signal can interrupt)."""
+
+    def run_point(self, batch_size, prompts):
+        if batch_size > 1:
+            self.emit("phase", {"phase": "measuring", "detail": "hanging"})
+            time.sleep(600)
+        return self._run(batch_size, prompts)
+
+
+class SlowLoad(_Base):
+    """Takes a long time to load (a big model): the parent can be killed meanwhile."""
+
+    def load(self) -> dict:
+        self.emit("phase", {"phase": "loading", "detail": "slowly"})
+        time.sleep(600)
+        return super().load()

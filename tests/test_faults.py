@@ -1,0 +1,355 @@
+"""The fault table (docs/faults.md), one test per row: how a sweep ends, and what it leaves on disk.
+
+Signal tests start a real `carbontop sweep` in its own session (as a shell starts a job) and
+signal its process group, as a terminal, `timeout` or a dropped SSH session does. They use a
+test-double engine through tests/sweep_hook.py so that the point to interrupt is known; one runs
+the real tiny model.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from carbontop.cli import main
+from carbontop.config import RunConfig
+from carbontop.core.records import PointResult, PointStatus, Sample
+from carbontop.core.store import RESERVE_NAME, RunWriter, load_run, new_run_dir
+from carbontop.errors import CarbontopError
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOK = Path(__file__).with_name("sweep_hook.py")
+SMALL = ["--device", "cpu", "--dataset", "synthetic", "--num-prompts", "2",
+         "--max-input-len", "8", "--max-output-len", "8", "--quiet"]
+
+
+class Sweep:
+    """A `carbontop sweep` process in its own process group, its stderr read as it comes."""
+
+    def __init__(self, args: list[str], engine: str | None = None) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        cmd = [sys.executable, str(HOOK), engine, *args] if engine else [
+            sys.executable, "-m", "carbontop", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env, cwd=ROOT, start_new_session=True)
+        self.err: list[str] = []
+        self.out = ""
+        self._reader = threading.Thread(target=self._read_err, daemon=True)
+        self._reader.start()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.err.append(line)
+
+    def wait_for_file(self, path: Path, text: str, timeout_s: float = 60) -> None:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if path.exists() and text in path.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"{text!r} never appeared in {path}; stderr: {''.join(self.err)}")
+
+    def signal_group(self, signum: int) -> None:
+        os.killpg(self.proc.pid, signum)
+
+    def finish(self, timeout_s: float = 60) -> int:
+        try:
+            self.out, _ = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self._reader.join(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+
+def interrupted_at_batch_2(tmp_path: Path) -> tuple[Sweep, Path]:
+    """A sweep whose batch 1 finished and whose batch 2 is being measured (and never ends)."""
+    run_dir = tmp_path / "run"
+    sweep = Sweep(["sweep", *SMALL, "--batch-sizes", "1,2", "--out", str(run_dir)],
+                  engine="engines_for_tests:HangsAbove1")
+    sweep.wait_for_file(run_dir / "points.csv", "\n1,ok,")
+    time.sleep(0.3)  # batch 2 is sent to the engine
+    return sweep, run_dir
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "state", "reason"),
+    [
+        (signal.SIGINT, 130, "cancelled", "cancelled with Ctrl-C"),
+        (signal.SIGTERM, 143, "interrupted", "stopped by SIGTERM"),
+        (signal.SIGHUP, 129, "interrupted", "the terminal hung up (SIGHUP)"),
+    ],
+)
+def test_a_signal_to_the_sweep_records_its_end(tmp_path, signum, code, state, reason) -> None:
+    sweep, run_dir = interrupted_at_batch_2(tmp_path)
+    sweep.signal_group(signum)
+    assert sweep.finish() == code, sweep.stderr
+    run = load_run(run_dir)
+    assert run.status == state
+    status = run.meta["status"]
+    assert status["message"] == reason and "finished" in status
+    assert status["recommended_batch"] == 1
+    assert [(p["batch_size"], p["status"]) for p in run.points] == [(1, "ok"), (2, "cancelled")]
+    assert run.points[1]["message"] == reason
+    assert "Traceback" not in sweep.stderr
+    assert not (run_dir / RESERVE_NAME).exists()
+    if signum != signal.SIGHUP:  # after a hang-up there is no terminal to print to
+        assert "recommended batch" in sweep.out and f"({state})" in sweep.out
+
+
+def test_ctrl_c_in_a_real_tiny_model_sweep(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    sweep = Sweep(["sweep", *SMALL, "--batch-sizes", "1,2,4,8,16", "--max-output-len", "64",
+                   "--out", str(run_dir)])
+    sweep.wait_for_file(run_dir / "points.csv", "\n1,ok,", timeout_s=120)
+    sweep.signal_group(signal.SIGINT)
+    assert sweep.finish() == 130, sweep.stderr
+    run = load_run(run_dir)
+    assert run.status == "cancelled"
+    assert run.points[0]["status"] == "ok"
+    assert run.meta["status"]["recommended_batch"] == 1 or run.points[-1]["status"] == "ok"
+    assert "no batch met the latency target" not in sweep.out
+
+
+def test_a_second_signal_quits_at_once_and_the_run_reads_interrupted(tmp_path) -> None:
+    sweep, run_dir = interrupted_at_batch_2(tmp_path)
+    os.kill(sweep.proc.pid, signal.SIGSTOP)  # hold the shutdown so that the second one lands in it
+    sweep.signal_group(signal.SIGTERM)
+    sweep.signal_group(signal.SIGTERM)
+    os.kill(sweep.proc.pid, signal.SIGCONT)
+    code = sweep.finish()
+    assert code == 143
+    run = load_run(run_dir)
+    assert run.status in ("interrupted",)
+    assert run.points[0]["status"] == "ok"
+
+
+def test_a_killed_sweep_reads_interrupted(tmp_path) -> None:
+    sweep, run_dir = interrupted_at_batch_2(tmp_path)
+    assert load_run(run_dir).status == "running"
+    os.kill(sweep.proc.pid, signal.SIGKILL)
+    sweep.finish()
+    run = load_run(run_dir)
+    assert run.status == "interrupted"
+    assert f"PID {sweep.proc.pid}" in run.status_note
+    assert [p["status"] for p in run.points] == ["ok"]
+    assert main(["show", str(run_dir)]) == 0
+
+
+def test_a_silent_owner_on_another_host_reads_interrupted(tmp_path) -> None:
+    writer = RunWriter(tmp_path / "r", {"run": {}})
+    writer.meta["status"]["host"] = "elsewhere"
+    writer.update_meta("status", {})
+    assert load_run(tmp_path / "r").status == "running"
+    old = time.time() - 3600
+    os.utime(tmp_path / "r" / "run.toml", (old, old))
+    run = load_run(tmp_path / "r")
+    assert run.status == "interrupted" and "elsewhere" in run.status_note
+
+
+# ---- a full disk --------------------------------------------------------------------------
+
+
+def test_a_full_disk_keeps_whole_rows_and_records_the_end(tmp_path, monkeypatch) -> None:
+    writer = RunWriter(tmp_path / "r", {"run": {}})
+    writer.write_point(PointResult(batch_size=1, status=PointStatus.OK, tokens_per_s=1.0))
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if len(data) > 40:  # write part of the row, then run out of space
+            real_write(fd, bytes(data[:20]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(CarbontopError, match="the disk is full"):
+        writer.write_samples([Sample(1.0, -1, 10.0, 100.0, 5.0, 6.0, 7.0, 8.0)] * 3)
+    with pytest.raises(CarbontopError, match="points.csv: the disk is full"):
+        writer.write_point(PointResult(batch_size=2, status=PointStatus.OK, tokens_per_s=2.0,
+                                       message="x" * 100))
+    real_replace = os.replace
+    calls = []
+
+    def replace_fails_until_the_reserve_is_gone(src, dst):
+        calls.append(dst)
+        if (tmp_path / "r" / RESERVE_NAME).exists():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_fails_until_the_reserve_is_gone)
+    writer.finish("error", message="the disk is full")
+    assert len(calls) == 2  # the second try, after the reserve was given back
+    run = load_run(tmp_path / "r")
+    assert run.status == "error"
+    assert [p["batch_size"] for p in run.points] == [1]
+    assert (tmp_path / "r" / "power.csv").read_text().endswith("\n")
+
+
+def _small_tmpfs(path: Path, size: str) -> bool:
+    if os.geteuid() != 0 or sys.platform != "linux":
+        return False
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def test_a_sweep_on_a_disk_that_fills_up_ends_recorded(tmp_path) -> None:
+    disk = tmp_path / "disk"
+    if not _small_tmpfs(disk, "2m"):
+        pytest.skip("making a small file system needs root and tmpfs")
+    try:
+        run_dir = disk / "run"
+        sweep = Sweep(["sweep", *SMALL, "--batch-sizes", "1,2", "--out", str(run_dir)],
+                      engine="engines_for_tests:HangsAbove1")
+        sweep.wait_for_file(run_dir / "points.csv", "\n1,ok,")
+        with open(disk / "filler", "wb") as fh:  # fill the disk while batch 2 runs
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        assert sweep.finish() == 1  # power.csv's next flush fails: the sweep ends as an error
+        assert "the disk is full" in sweep.stderr and "Traceback" not in sweep.stderr
+        run = load_run(run_dir, with_power=True)
+        assert run.status == "error" and "disk is full" in run.meta["status"]["message"]
+        assert run.meta["status"]["recommended_batch"] == 1
+        assert run.points[0]["status"] == "ok"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# ---- where the run goes -------------------------------------------------------------------
+
+
+def test_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path) -> None:
+    made: list[Path] = []
+    threads = [threading.Thread(target=lambda: made.append(new_run_dir(tmp_path, "tiny-hf")))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(made)) == 8 and all(p.is_dir() for p in made)
+
+
+def test_out_holding_the_users_own_run_toml_is_refused(tmp_path, capsys) -> None:
+    mine = tmp_path / "run.toml"
+    mine.write_text('# my settings\nmodel = "tiny"\n')
+    assert main(["sweep", "--config", str(mine), "--device", "cpu", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "holds a run.toml" in err and len(err.strip().splitlines()) == 1
+    assert mine.read_text().startswith("# my settings")
+
+
+def test_an_unwritable_out_is_one_sentence(tmp_path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["sweep", *SMALL, "--out", str(blocker / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "Cannot create the run directory" in err and "Traceback" not in err
+    ro = tmp_path / "ro"
+    if not _small_tmpfs(ro, "1m"):
+        ro.mkdir(exist_ok=True)
+        ro.chmod(0o555)
+        if os.access(ro, os.W_OK):
+            pytest.skip("cannot make a folder this user cannot write")
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+    try:
+        assert main(["sweep", *SMALL, "--out", str(ro)]) == 1
+        err = capsys.readouterr().err
+        assert f"Cannot write {ro}" in err and len(err.strip().splitlines()) == 1
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+# ---- user mistakes: one sentence, non-zero exit --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "message"),
+    [
+        (["--batch-sizes", ""], None, "--batch-sizes was given an empty value"),
+        (["--pue", ""], None, "--pue was given an empty value"),
+        (["--intensity", " "], None, "--intensity was given an empty value"),
+        (["--dataset", ""], None, "--dataset was given an empty value"),
+        ([], "gpus = 1.5\n", "'gpus' must be GPU indices"),
+        ([], 'gpus = [1.5, "x"]\n', "'gpus' must be GPU indices"),
+        ([], "gpus = -1\n", "'gpus' must be GPU indices"),
+        ([], '[runn]\nmodel = "tiny"\n', "table [runn]"),
+        (["--gpus", "0"], None, "--gpus names GPUs, but --device cpu was chosen"),
+        (["--trace", "t.csv", "--emaps-zone", "DE"], None, "two sources of carbon intensity"),
+    ],
+)
+def test_user_mistakes(tmp_path, capsys, args, config, message) -> None:
+    extra = []
+    if config is not None:
+        (tmp_path / "c.toml").write_text(config)
+        extra = ["--config", str(tmp_path / "c.toml")]
+    code = main(["sweep", *SMALL, *extra, *args, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_flag_replaces_the_files_carbon_source(tmp_path) -> None:
+    from carbontop.cli import build_parser, config_from_args
+
+    (tmp_path / "c.toml").write_text('zone = "FR"\n')
+    args = build_parser().parse_args(["sweep", "--config", str(tmp_path / "c.toml"),
+                                      "--emaps-zone", "DE"])
+    cfg: RunConfig = config_from_args(args)
+    assert (cfg.zone, cfg.emaps_zone) == (None, "DE")
+    assert config_from_args(build_parser().parse_args(["sweep", "--gpus", "3"])).gpus == [3]
+
+
+def test_runs_lists_every_run_when_one_is_damaged(tmp_path, capsys, monkeypatch) -> None:
+    from carbontop.core import store
+
+    base = tmp_path / "runs"
+    good = new_run_dir(base, "good")
+    RunWriter(good, {"run": {"model": "tiny"}}).finish("done")
+    bad = new_run_dir(base, "bad")
+    RunWriter(bad, {"run": {}}).finish("done")
+    (bad / "run.toml").write_text("state = \n")
+    monkeypatch.setattr(store, "default_runs_dir", lambda: base)
+    assert main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert "unreadable" in out and "tiny" in out
+
+
+def test_notes_are_shown_in_the_summary(tmp_path, capsys) -> None:
+    writer = RunWriter(tmp_path / "r", {"run": {"model": "tiny"},
+                                        "workload": {"notes": ["1 truncated record skipped"]},
+                                        "carbon": {"notes": ["the trace does not cover this run"]}})
+    writer.write_point(PointResult(batch_size=1, status=PointStatus.OK, tokens_per_s=1.0))
+    writer.finish("done")
+    assert main(["show", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 truncated record skipped" in out
+    assert "note: the trace does not cover this run" in out
