@@ -183,10 +183,12 @@ def _drive(runner: Any, err: Any) -> int:
 
     failure: list[BaseException] = []
     done = threading.Event()
+    prepared = threading.Event()  # the run directory is carbontop's from here on
 
     def target() -> None:
         try:
             runner.prepare()
+            prepared.set()
             for warning in runner.warnings:
                 err.print(f"[yellow]warning:[/] {warning}")
             runner.run()  # records a cancel that came during prepare() as well
@@ -208,7 +210,7 @@ def _drive(runner: Any, err: Any) -> int:
         while not done.wait(0.5):
             pass
         thread.join()
-    if runner.run_dir is not None and (runner.run_dir / "run.toml").exists():
+    if prepared.is_set():
         try:
             print_summary(load_run(runner.run_dir, with_power=False), _stdout_console())
         except (OSError, ValueError):

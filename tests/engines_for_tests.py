@@ -84,5 +84,6 @@ class SlowLoad(_Base):
 
     def load(self) -> dict:
         self.emit("phase", {"phase": "loading", "detail": "slowly"})
+        print(f"loading in pid {os.getpid()}", flush=True)  # into engine.log, for the test
         time.sleep(600)
         return super().load()

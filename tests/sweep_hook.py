@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from carbontop.core import runner as runner_module
+from carbontop.sweep import runner as runner_module
 
 
 def main() -> int:

@@ -133,22 +133,45 @@ def test_ctrl_c_in_a_real_tiny_model_sweep(tmp_path) -> None:
     assert "no batch met the latency target" not in sweep.out
 
 
+def _gone(pid: int, timeout_s: float = 10) -> bool:
+    """True once `pid` has ended; where it has not, it is killed (no orphan outlives the test)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+            stat = Path(f"/proc/{pid}/stat")
+            if stat.exists() and ") Z" in stat.read_text():
+                return True  # a zombie: dead, waiting for its (new) parent to reap it
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return False
+
+
 def test_a_second_signal_quits_at_once_and_the_run_reads_interrupted(tmp_path) -> None:
     sweep, run_dir = interrupted_at_batch_2(tmp_path)
-    os.kill(sweep.proc.pid, signal.SIGSTOP)  # hold the shutdown so that the second one lands in it
-    sweep.signal_group(signal.SIGTERM)
+    engine_pid = load_run(run_dir).meta["engine"]["pid"]
+    # both signals arrive before the process runs again, so the second lands in the shutdown
+    os.kill(sweep.proc.pid, signal.SIGSTOP)
+    sweep.signal_group(signal.SIGINT)
     sweep.signal_group(signal.SIGTERM)
     os.kill(sweep.proc.pid, signal.SIGCONT)
-    code = sweep.finish()
-    assert code == 143
+    assert sweep.finish() == 143
     run = load_run(run_dir)
-    assert run.status in ("interrupted",)
-    assert run.points[0]["status"] == "ok"
+    assert run.meta["status"]["state"] == "running"  # it had no time to record its end
+    assert run.status == "interrupted" and "ended without recording" in run.status_note
+    assert [p["status"] for p in run.points] == ["ok"]
+    assert _gone(engine_pid), "the engine child outlived its parent"
 
 
-def test_a_killed_sweep_reads_interrupted(tmp_path) -> None:
+def test_a_killed_sweep_reads_interrupted_and_its_engine_dies_with_it(tmp_path) -> None:
     sweep, run_dir = interrupted_at_batch_2(tmp_path)
     assert load_run(run_dir).status == "running"
+    engine_pid = load_run(run_dir).meta["engine"]["pid"]
     os.kill(sweep.proc.pid, signal.SIGKILL)
     sweep.finish()
     run = load_run(run_dir)
@@ -156,6 +179,19 @@ def test_a_killed_sweep_reads_interrupted(tmp_path) -> None:
     assert f"PID {sweep.proc.pid}" in run.status_note
     assert [p["status"] for p in run.points] == ["ok"]
     assert main(["show", str(run_dir)]) == 0
+    assert _gone(engine_pid), "the engine child outlived its parent"
+
+
+def test_a_parent_killed_while_the_model_loads_takes_the_engine_with_it(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    sweep = Sweep(["sweep", *SMALL, "--batch-sizes", "1", "--out", str(run_dir)],
+                  engine="engines_for_tests:SlowLoad")
+    sweep.wait_for_file(run_dir / "engine.log", "loading in pid")
+    engine_pid = int((run_dir / "engine.log").read_text().split("loading in pid")[1].split()[0])
+    os.kill(sweep.proc.pid, signal.SIGKILL)
+    sweep.finish()
+    assert _gone(engine_pid, timeout_s=5), "the engine child outlived its parent"
+    assert load_run(run_dir).status == "interrupted"
 
 
 def test_a_silent_owner_on_another_host_reads_interrupted(tmp_path) -> None:
@@ -329,7 +365,7 @@ def test_a_flag_replaces_the_files_carbon_source(tmp_path) -> None:
 
 
 def test_runs_lists_every_run_when_one_is_damaged(tmp_path, capsys, monkeypatch) -> None:
-    from carbontop.core import store
+    from carbontop import config
 
     base = tmp_path / "runs"
     good = new_run_dir(base, "good")
@@ -337,7 +373,7 @@ def test_runs_lists_every_run_when_one_is_damaged(tmp_path, capsys, monkeypatch)
     bad = new_run_dir(base, "bad")
     RunWriter(bad, {"run": {}}).finish("done")
     (bad / "run.toml").write_text("state = \n")
-    monkeypatch.setattr(store, "default_runs_dir", lambda: base)
+    monkeypatch.setattr(config, "runs_dir", lambda: base)
     assert main(["runs"]) == 0
     out = capsys.readouterr().out
     assert "unreadable" in out and "tiny" in out

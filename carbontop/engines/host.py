@@ -23,6 +23,12 @@ from typing import Any
 
 from carbontop.core.records import EngineRun, PointStatus, Prompt
 from carbontop.engines.base import EngineFailure, EngineKVBound, EngineOOM, EngineSpec
+from carbontop.engines.procgroup import (
+    detach_and_tie_to_parent,
+    kill_group_now,
+    reap_group,
+    signal_group,
+)
 from carbontop.errors import CarbontopError, EngineUnavailable
 
 OnMessage = Callable[[str, dict[str, Any]], None]
@@ -41,8 +47,10 @@ def looks_like_oom(text: str) -> bool:
 # ---- child side ---------------------------------------------------------------------------
 
 
-def _child_main(conn: Any, spec: EngineSpec, log_path: str | None) -> None:
-    # Ctrl-C in the terminal reaches the whole process group; the parent decides what stops.
+def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: int) -> None:
+    # A process group of its own (the terminal's signals reach the parent, which decides what
+    # stops) and death with the parent, whatever ends it.
+    detach_and_tie_to_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_path:
         # Engines print a lot (compilers, TensorRT-LLM); keep it out of the user's terminal.
@@ -150,6 +158,7 @@ class EngineHost:
         self._ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA or threads
         self._proc: Any = None
         self._conn: Any = None
+        self._busy = False
         self.info: dict[str, Any] = {}
 
     @property
@@ -161,7 +170,8 @@ class EngineHost:
         parent_conn, child_conn = self._ctx.Pipe()
         self._proc = self._ctx.Process(
             target=_child_main,
-            args=(child_conn, self.spec, str(self.log_path) if self.log_path else None),
+            args=(child_conn, self.spec, str(self.log_path) if self.log_path else None,
+                  os.getpid()),
             name=f"carbontop-engine-{self.spec.engine}",
             # Not a daemon: engines start processes of their own (inductor's compile and
             # autotune workers, TensorRT-LLM's executor), which daemonic processes may not do.
@@ -173,7 +183,11 @@ class EngineHost:
         child_conn.close()
         self._conn = parent_conn
         while True:
-            msg = self._wait(on_message, should_stop)
+            try:
+                msg = self._wait(on_message, should_stop)
+            except Cancelled:
+                self.kill()  # a loading child reads no commands: a polite stop would only wait
+                raise
             if msg is None:
                 self._proc.join(5.0)
                 sentence = self._death_sentence("while loading the model")
@@ -197,9 +211,15 @@ class EngineHost:
         if not self.alive:
             raise RuntimeError("engine child is not running")
         self._conn.send(("run", batch_size, list(prompts)))
+        self._busy = True  # until the point's answer: a child in a point reads no commands
         try:
             msg = self._wait(on_message, should_stop)
+            self._busy = False
         except Cancelled:
+            self.kill()
+            return PointOutcome(PointStatus.CANCELLED, message="cancelled by the user")
+        if msg is None and should_stop():
+            # a stop and the child's end together (a signal to the whole group): the stop wins
             self.kill()
             return PointOutcome(PointStatus.CANCELLED, message="cancelled by the user")
         if msg is None:
@@ -268,7 +288,7 @@ class EngineHost:
     def stop(self, timeout_s: float = 10.0) -> None:
         if self._proc is None:
             return
-        if self._proc.is_alive():
+        if self._proc.is_alive() and not self._busy:
             try:
                 self._conn.send(("stop",))
             except (OSError, BrokenPipeError):
@@ -279,16 +299,19 @@ class EngineHost:
     def kill(self) -> None:
         if self._proc is None:
             return
+        pid = self._proc.pid
         if self._proc.is_alive():
-            self._proc.terminate()
+            signal_group(pid, signal.SIGTERM)
             self._proc.join(3.0)
             if self._proc.is_alive():
-                self._proc.kill()
+                kill_group_now(pid)  # a stopped or hung child ignores SIGTERM until resumed
                 self._proc.join(3.0)
+        reap_group(pid)  # the engine's own workers, left behind by the child
         if self._conn is not None:
             self._conn.close()
         self._proc = None
         self._conn = None
+        self._busy = False
 
 
 def _one_line(text: str, limit: int = 300) -> str:
