@@ -1,4 +1,5 @@
-"""Entry points: `carbontop` (the app), `carbontop sweep` (headless), `open`, `show`, `export`, `runs`.
+"""Entry points: `carbontop` (the app), `carbontop sweep` (headless), `resume`, `open`, `show`,
+`export`, `runs`.
 
 Every failure a user can cause ends in one sentence on stderr and a non-zero exit.
 """
@@ -71,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a batch-size sweep headless and print the table")
     _add_config_flags(sweep)
     sweep.add_argument("--quiet", action="store_true", help="print only the final table")
+    resume = sub.add_parser(
+        "resume", help="carry on a cancelled or interrupted sweep: finished points are kept")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--quiet", action="store_true", help="print only the final table")
     open_ = sub.add_parser("open", help="open a saved run in the app (no GPU needed)")
     open_.add_argument("run_dir", type=Path)
     show = sub.add_parser("show", help="print a saved run's table")
@@ -105,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             return _app(args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "resume":
+            return _resume(args)
         if args.command == "open":
             return _open(args)
         if args.command == "show":
@@ -139,13 +146,22 @@ def _open(args: argparse.Namespace) -> int:
     return run_app(None, open_run=args.run_dir)
 
 
-def _sweep(args: argparse.Namespace) -> int:
+def _resume(args: argparse.Namespace) -> int:
+    from carbontop.core.store import load_run
+    from carbontop.sweep.resume import check_resumable, config_for_resume
+
+    saved = load_run(args.run_dir, with_power=False)
+    check_resumable(saved)
+    return _sweep(args, config_for_resume(saved), saved)
+
+
+def _sweep(args: argparse.Namespace, cfg: Any = None, resume_from: Any = None) -> int:
     from rich.console import Console
 
     from carbontop.sweep import events
     from carbontop.sweep.runner import SweepRunner
 
-    cfg = config_from_args(args)
+    cfg = cfg if cfg is not None else config_from_args(args)
     err = Console(stderr=True, highlight=False)
     quiet = args.quiet
 
@@ -171,7 +187,7 @@ def _sweep(args: argparse.Namespace) -> int:
         elif isinstance(event, events.BoundaryChanged) and event.smallest_failed is not None:
             err.print(f"  boundary: {event.largest_ok} fits, {event.smallest_failed} does not")
 
-    runner = SweepRunner(cfg, on_event)
+    runner = SweepRunner(cfg, on_event, resume_from=resume_from)
     return _drive(runner, err)
 
 

@@ -319,7 +319,7 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
         # [run] holds the configuration; in a run.toml that a sweep wrote (it has [status]) the
         # other tables record what the run found, in a hand-written file they are mistakes
         unknown = [] if "status" in tables else [k for k in tables if k not in RUN_TOML_TABLES]
-        data = data["run"]
+        data = {k: v for k, v in data["run"].items() if not k.startswith(RESOLVED_PREFIX)}
     else:
         unknown = tables
     if unknown:
@@ -329,6 +329,20 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
     data = {k: v for k, v in data.items() if not isinstance(v, dict)}
     return from_mapping(data, base, origin=str(path))
 
+
+
+# run.toml's [run] also records what "auto" and the defaults became on the machine that ran it
+RESOLVED_PREFIX = "resolved_"
+
+
+def resumed_config(run_table: dict[str, Any], origin: str) -> RunConfig:
+    """The configuration a saved run ran with, defaults resolved as they were on its machine, so
+    that carrying it on measures the same thing (dtype, device, prompts, lengths)."""
+    settings = {k: v for k, v in run_table.items() if not k.startswith(RESOLVED_PREFIX)}
+    for key, value in run_table.items():
+        if key.startswith(RESOLVED_PREFIX) and key[len(RESOLVED_PREFIX):] in FIELD_NAMES:
+            settings[key[len(RESOLVED_PREFIX):]] = value
+    return from_mapping(settings, origin=origin)
 
 
 # tables the store writes into a run.toml beside [run]

@@ -72,11 +72,17 @@ class Hangs(_Base):
 class HangsAbove1(_Base):
     """Batch 1 runs; larger batches hang mid-measurement (a point a signal can interrupt)."""
 
+    limit = 1
+
     def run_point(self, batch_size, prompts):
-        if batch_size > 1:
+        if batch_size > self.limit:
             self.emit("phase", {"phase": "measuring", "detail": "hanging"})
             time.sleep(600)
         return self._run(batch_size, prompts)
+
+
+class HangsAbove4(HangsAbove1):
+    limit = 4
 
 
 class SlowLoad(_Base):

@@ -389,3 +389,68 @@ def test_notes_are_shown_in_the_summary(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "note: 1 truncated record skipped" in out
     assert "note: the trace does not cover this run" in out
+
+
+# ---- resume -------------------------------------------------------------------------------
+
+
+def _resume(run_dir: Path, engine: str = "engines_for_tests:OOMAbove") -> Sweep:
+    sweep = Sweep(["resume", str(run_dir)], engine=engine)
+    sweep.finish()
+    return sweep
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_resume_after_each_interruption(tmp_path, signum) -> None:
+    sweep, run_dir = interrupted_at_batch_2(tmp_path)
+    sweep.signal_group(signum) if signum != signal.SIGKILL else os.kill(sweep.proc.pid, signum)
+    sweep.finish()
+    before = load_run(run_dir)
+    assert before.status in ("cancelled", "interrupted")
+    resumed = _resume(run_dir)
+    assert resumed.proc.returncode == 0, resumed.stderr
+    run = load_run(run_dir)
+    assert run.status == "done" and run.meta["status"]["resumes"] == 1
+    assert run.meta["status"]["started"] == before.meta["status"]["started"]
+    # batch 1 is the row measured before the interruption; batch 2 is measured again
+    assert [(p["batch_size"], p["status"]) for p in run.points] == [(1, "ok"), (2, "ok")]
+    assert run.points[0] == before.points[0]
+    assert run.meta["status"]["recommended_batch"] in (1, 2)
+    assert "recommended batch" in resumed.out and "(done)" in resumed.out
+
+
+def test_resume_picks_the_search_up_where_it_stopped(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    sweep = Sweep(["sweep", *SMALL, "--batch-sizes", "auto", "--max-batch", "64",
+                   "--out", str(run_dir)], engine="engines_for_tests:HangsAbove4")
+    sweep.wait_for_file(run_dir / "points.csv", "\n4,ok,")
+    time.sleep(0.3)
+    sweep.signal_group(signal.SIGINT)
+    assert sweep.finish() == 130
+    assert [p["batch_size"] for p in load_run(run_dir).points] == [1, 2, 4, 8]
+    resumed = _resume(run_dir)
+    assert resumed.proc.returncode == 0, resumed.stderr
+    run = load_run(run_dir)
+    # the kept 1, 2, 4; then 8 measured again (it does not fit), and the bisection to 5
+    assert [(p["batch_size"], p["status"]) for p in run.points] == [
+        (1, "ok"), (2, "ok"), (4, "ok"), (8, "oom"), (6, "oom"), (5, "ok")]
+    assert run.meta["status"]["largest_ok_batch"] == 5
+    assert run.meta["status"]["smallest_failed_batch"] == 6
+
+
+def test_resume_refuses_what_cannot_be_carried_on(tmp_path, capsys) -> None:
+    done = tmp_path / "done"
+    RunWriter(done, {"run": {"model": "tiny"}}).finish("done")
+    assert main(["resume", str(done)]) == 1
+    assert "ran to its end" in capsys.readouterr().err
+    live = tmp_path / "live"
+    RunWriter(live, {"run": {"model": "tiny"}})  # this process is its owner: still running
+    assert main(["resume", str(live)]) == 1
+    assert "still being written by PID" in capsys.readouterr().err
+    other = tmp_path / "other"
+    writer = RunWriter(other, {"run": {"model": "tiny", "device": "cpu", "dataset": "synthetic"},
+                               "environment": {"devices": ["NVIDIA H100 80GB HBM3"]}})
+    writer.finish("interrupted")
+    assert main(["resume", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "was measured on NVIDIA H100 80GB HBM3" in err and len(err.strip().splitlines()) == 1

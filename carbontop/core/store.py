@@ -24,7 +24,7 @@ import io
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,9 +108,12 @@ class _CsvAppender:
     """Appends whole rows: each batch of rows goes down in one write and is fsynced; a write that
     fails half-way (a full disk) is cut back, so the file never ends in half a row."""
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+    def __init__(self, path: Path, columns: Sequence[str],
+                 keep: Callable[[dict[str, str]], bool] | None = None) -> None:
         self.path = path
         self.columns = list(columns)
+        if path.exists() and path.stat().st_size > 0:
+            _rewrite_rows(path, self.columns, keep)
         try:
             self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             new = os.fstat(self._fd).st_size == 0
@@ -147,6 +150,38 @@ class _CsvAppender:
             self._fd = None
 
 
+def _rewrite_rows(path: Path, columns: list[str], keep: Callable[[dict[str, str]], bool] | None) -> None:
+    """Before a resumed sweep appends to an existing table: rows cut short are dropped, so are
+    those `keep` refuses, and the columns are brought to this version's (by name), so that new
+    rows line up with the header. Written beside the file and renamed over it."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        rows = [dict(zip(header, r, strict=True)) for r in reader if len(r) == len(header)]
+    kept = [r for r in rows if keep is None or keep(r)]
+    if header == columns and len(kept) == len(rows) and _ends_in_newline(path):
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(columns)
+            writer.writerows([r.get(c, "") for c in columns] for r in kept)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _write_error(path, exc) from None
+
+
+def _ends_in_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
 # Kept in the run directory while a sweep writes to it, and given back when the disk fills, so
 # that the final state still fits into run.toml. Several times a run.toml's usual size.
 RESERVE_NAME = ".carbontop-reserve"
@@ -157,10 +192,11 @@ class RunWriter:
     """Writes one run directory as the sweep goes.
 
     `resume=True` reopens a run directory that a sweep left cancelled or interrupted: its rows are
-    kept and new rows appended.
+    kept (the points `keep_point` accepts) and new rows appended.
     """
 
-    def __init__(self, run_dir: Path, meta: dict[str, Any], *, resume: bool = False) -> None:
+    def __init__(self, run_dir: Path, meta: dict[str, Any], *, resume: bool = False,
+                 keep_point: Callable[[dict[str, str]], bool] | None = None) -> None:
         self.run_dir = Path(run_dir)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +218,7 @@ class RunWriter:
             status["started"] = dt.datetime.now().astimezone()
         self._make_reserve()
         self._write_meta()
-        self._points = _CsvAppender(self.run_dir / "points.csv", POINT_COLUMNS)
+        self._points = _CsvAppender(self.run_dir / "points.csv", POINT_COLUMNS, keep_point)
         self._requests = _CsvAppender(self.run_dir / "requests.csv", REQUEST_COLUMNS)
         self._power = _CsvAppender(self.run_dir / "power.csv", POWER_COLUMNS)
         self._heartbeat = Heartbeat(self.run_dir / "run.toml")
@@ -325,17 +361,17 @@ class SavedRun:
     status_note: str = ""  # why a run recorded as running is shown as interrupted
 
     def point_results(self) -> list[PointResult]:
-        names = set(POINT_COLUMNS)
-        out = []
-        for row in self.points:
-            kw = {k: v for k, v in row.items() if k in names}
-            kw["status"] = PointStatus(str(kw.get("status", "ok")))
-            kw["message"] = "" if kw.get("message") is None else str(kw["message"])
-            kw["energy_source"] = (
-                "" if kw.get("energy_source") is None else str(kw["energy_source"])
-            )
-            out.append(PointResult(**kw))
-        return out
+        return [point_from_row(row) for row in self.points]
+
+
+def point_from_row(row: dict[str, Any]) -> PointResult:
+    """A points.csv row (as read by load_run) back as a PointResult."""
+    names = set(POINT_COLUMNS)
+    kw = {k: v for k, v in row.items() if k in names}
+    kw["status"] = PointStatus(str(kw.get("status", "ok")))
+    kw["message"] = "" if kw.get("message") is None else str(kw["message"])
+    kw["energy_source"] = "" if kw.get("energy_source") is None else str(kw["energy_source"])
+    return PointResult(**kw)
 
 
 def is_run_dir(path: Path) -> bool:

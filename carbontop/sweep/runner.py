@@ -23,7 +23,7 @@ from carbontop.core.hardware import GpuSpec, lookup_gpu, peak_bandwidth_bytes_s,
 from carbontop.core.modelspec import ModelSpec, folder_has_weights, resolve_model
 from carbontop.core.records import EngineRun, PointResult, PointStatus, Workload
 from carbontop.core.search import BatchPlanner
-from carbontop.core.store import RunWriter, new_run_dir
+from carbontop.core.store import RunWriter, SavedRun, new_run_dir
 from carbontop.core.tokenize import load_token_counter
 from carbontop.core.window import Window
 from carbontop.core.workload import build_workload, requests_for_point
@@ -31,6 +31,7 @@ from carbontop.engines.base import EngineSpec
 from carbontop.engines.quant import plan_weight_quant
 from carbontop.errors import CarbontopError, ConfigError
 from carbontop.sweep import events
+from carbontop.sweep.resume import KEPT_STATUSES, check_same_devices
 
 OnEvent = Callable[[Any], None]
 
@@ -63,8 +64,12 @@ def detect_device() -> str:
 
 
 class SweepRunner:
-    def __init__(self, config: RunConfig, on_event: OnEvent | None = None) -> None:
+    """One sweep. `resume_from`: a saved run to carry on (sweep/resume.py) instead of a new one."""
+
+    def __init__(self, config: RunConfig, on_event: OnEvent | None = None, *,
+                 resume_from: SavedRun | None = None) -> None:
         self.config = config
+        self.resume_from = resume_from
         self.on_event: OnEvent = on_event or (lambda _e: None)
         self.sampler: Any = None
         self.run_dir: Path | None = None
@@ -182,11 +187,30 @@ class SweepRunner:
         )
         # the sampler tells the source its tick, which sets how often NVML's counter is read
         self.sampler = TelemetrySampler(source, interval_s=cfg.sample_interval_s)
-        label = f"{Path(cfg.model).name}-{cfg.engine}"
-        self.run_dir = Path(cfg.out).expanduser() if cfg.out else new_run_dir(runs_dir(), label=label)
-        self._writer = RunWriter(self.run_dir, self._meta(source))
+        if self.resume_from is not None:
+            self._carry_on(self.resume_from, source)
+        else:
+            label = f"{Path(cfg.model).name}-{cfg.engine}"
+            self.run_dir = Path(cfg.out).expanduser() if cfg.out else new_run_dir(runs_dir(), label=label)
+            self._writer = RunWriter(self.run_dir, self._meta(source))
         self.sampler.start()
         self._prepared = True
+
+    def _carry_on(self, saved: SavedRun, source: Any) -> None:
+        """Reopen a stopped run: keep its finished points, and let the search learn from them."""
+        check_same_devices(saved, self.device_names)
+        meta = self._meta(source)
+        before = saved.meta.get("status", {})
+        meta["status"] = {"started": before.get("started"),
+                          "resumes": int(before.get("resumes", 0)) + 1}
+        kept = {s.value for s in KEPT_STATUSES}
+        self.run_dir = saved.path
+        self._writer = RunWriter(saved.path, meta, resume=True,
+                                 keep_point=lambda row: row.get("status") in kept)
+        for point in saved.point_results():
+            if point.status in KEPT_STATUSES:
+                self.points.append(point)
+                self.planner.report(point.batch_size, fits=point.status is PointStatus.OK)
 
     def _resolve_model(self, cfg: RunConfig) -> ModelSpec | None:
         if cfg.engine == "openai":
@@ -279,6 +303,8 @@ class SweepRunner:
             self._emit(events.SweepStarted(
                 run_dir=str(self.run_dir), planned=self.planner.planned(), auto=self.planner.auto,
                 devices=tuple(self.device_names), energy_estimated=bool(self.sampler.source.estimated)))
+            for point in self.points:  # kept from before a resume
+                self._emit(events.PointFinished(point))
             if not self.cancelled:
                 self._measure_idle()
             if not self.cancelled:
