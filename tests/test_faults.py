@@ -454,3 +454,40 @@ def test_resume_refuses_what_cannot_be_carried_on(tmp_path, capsys) -> None:
     assert main(["resume", str(other)]) == 1
     err = capsys.readouterr().err
     assert "was measured on NVIDIA H100 80GB HBM3" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- the app -------------------------------------------------------------------------------
+
+
+async def test_cancel_while_the_app_prepares_still_records_the_end(tmp_path) -> None:
+    from test_tui_helpers import FixedSampler, wait_until
+
+    from carbontop.sweep.runner import SweepRunner
+    from carbontop.tui.app import CarbontopApp
+
+    release = threading.Event()
+    runners: list[SweepRunner] = []
+
+    class HeldInPrepare(SweepRunner):
+        def prepare(self) -> None:
+            release.wait(30)  # the model and the workload are still being set up
+            super().prepare()
+
+    def factory(cfg, on_event):
+        runners.append(HeldInPrepare(cfg, on_event))
+        return runners[-1]
+
+    cfg = RunConfig(model="tiny", device="cpu", dataset="synthetic", num_prompts=2,
+                    max_input_len=8, max_output_len=8, batch_sizes="1", out=str(tmp_path / "run"))
+    app = CarbontopApp(cfg, runner_factory=factory, idle_sampler_factory=lambda c: FixedSampler(),
+                       runs_dir=lambda: tmp_path / "runs", remember=False)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.form.built, what="the form")
+        await pilot.press("s")
+        await wait_until(pilot, lambda: bool(runners) and app.sweep_running, what="the sweep")
+        await pilot.press("c")
+        release.set()
+        await wait_until(pilot, lambda: not app.sweep_running, timeout_s=60, what="the end")
+    run = load_run(tmp_path / "run")
+    assert run.status == "cancelled" and run.points == []
+    assert not runners[0].sampler.running
