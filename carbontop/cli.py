@@ -1,5 +1,5 @@
 """Entry points: `carbontop` (the app), `carbontop sweep` (headless), `resume`, `open`, `show`,
-`export`, `runs`.
+`export`, `runs`, `compare` and `plot`.
 
 Every failure a user can cause ends in one sentence on stderr and a non-zero exit.
 """
@@ -76,14 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
         "resume", help="carry on a cancelled or interrupted sweep: finished points are kept")
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--quiet", action="store_true", help="print only the final table")
+    run_help = "a run directory, or a saved run's name (see carbontop runs)"
     open_ = sub.add_parser("open", help="open a saved run in the app (no GPU needed)")
-    open_.add_argument("run_dir", type=Path)
+    open_.add_argument("run_dir", help=run_help)
     show = sub.add_parser("show", help="print a saved run's table")
-    show.add_argument("run_dir", type=Path)
+    show.add_argument("run_dir", help=run_help)
     export = sub.add_parser("export", help="export a saved run's points to CSV")
-    export.add_argument("run_dir", type=Path)
+    export.add_argument("run_dir", help=run_help)
     export.add_argument("-o", "--output", type=Path, help="file or folder (default: ./<run>-points.csv)")
     sub.add_parser("runs", help="list saved runs")
+    compare = sub.add_parser("compare", help="put saved runs side by side (the first is the reference)")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help=run_help)
+    compare.add_argument("-o", "--output", type=Path,
+                         help="also write the runs' charts, overlaid, to this .svg, .png or .pdf")
+    plot = sub.add_parser("plot", help="write saved runs' charts to an SVG, PNG or PDF file (overlaid)")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help=run_help)
+    plot.add_argument("-o", "--output", type=Path, required=True, help="the file: .svg, .png or .pdf")
+    plot.add_argument("--charts", default="energy,carbon,tradeoff,power",
+                      help="which charts, in order (default: energy,carbon,tradeoff,power)")
+    plot.add_argument("--latency", choices=["s-per-token", "tpot-p90"], default="s-per-token",
+                      help="the trade-off chart's latency: user-perceived s/token (default) or TPOT p90")
+    plot.add_argument("--title", default="", help="the figure's title (default: the runs' names)")
     return parser
 
 
@@ -120,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "runs":
             return _runs()
+        if args.command == "compare":
+            return _compare(args)
+        if args.command == "plot":
+            return _plot(args)
     except CarbontopError as exc:
         print(f"carbontop: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -140,10 +157,11 @@ def _app(args: argparse.Namespace) -> int:
 def _open(args: argparse.Namespace) -> int:
     from carbontop.core.store import load_run
 
-    load_run(args.run_dir, with_power=False)  # a bad path fails here, in one sentence
+    run_dir = _find(args.run_dir)
+    load_run(run_dir, with_power=False)  # a bad path fails here, in one sentence
     from carbontop.tui.app import run_app
 
-    return run_app(None, open_run=args.run_dir)
+    return run_app(None, open_run=run_dir)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -241,12 +259,12 @@ def _drive(runner: Any, err: Any) -> int:
     return EXIT_CANCELLED if runner.cancelled else EXIT_OK
 
 
-def _stdout_console() -> Any:
+def _stdout_console(piped_width: int = 200) -> Any:
     from rich.console import Console
 
     console = Console()
     # piped into a file or a script: do not squeeze the table into 80 columns
-    return console if console.is_terminal else Console(width=200)
+    return console if console.is_terminal else Console(width=piped_width)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -254,7 +272,7 @@ def _show(args: argparse.Namespace) -> int:
     from carbontop.core.store import load_run
     from carbontop.report import print_summary
 
-    print_summary(load_run(args.run_dir, with_power=False), _stdout_console())
+    print_summary(load_run(_find(args.run_dir), with_power=False), _stdout_console())
     return EXIT_OK
 
 
@@ -262,9 +280,53 @@ def _export(args: argparse.Namespace) -> int:
     from carbontop.core.store import export_points_csv
 
     dest = args.output or Path.cwd()
-    written = export_points_csv(args.run_dir, dest)
+    written = export_points_csv(_find(args.run_dir), dest)
     print(written)
     return EXIT_OK
+
+
+def _find(ref: str) -> Path:
+    """A run directory from its path or its name under the runs folder."""
+    from carbontop.config import runs_dir
+    from carbontop.core.store import find_run
+
+    return find_run(ref, runs_dir())
+
+
+def _load_runs(refs: list[str], *, with_power: bool) -> list[Any]:
+    from carbontop.core.store import load_run
+
+    return [load_run(_find(ref), with_power=with_power) for ref in refs]
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from carbontop.figures.compare import summarize
+    from carbontop.report import print_comparison
+
+    saved = _load_runs(args.runs, with_power=args.output is not None)
+    # runs as columns: long cells wrap, so a file gets a page width rather than the widest line
+    print_comparison([summarize(run) for run in saved], _stdout_console(piped_width=120))
+    if args.output is not None:
+        _write_plot(saved, args.output)
+    return EXIT_OK
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from carbontop.figures.series import Metric
+
+    charts = [c.strip() for c in args.charts.split(",") if c.strip()]
+    latency = Metric.TPOT_P90_S if args.latency == "tpot-p90" else Metric.S_PER_TOKEN
+    _write_plot(_load_runs(args.runs, with_power="power" in charts), args.output,
+                charts=charts, latency=latency, title=args.title)
+    return EXIT_OK
+
+
+def _write_plot(saved: list[Any], dest: Path, **options: Any) -> None:
+    from carbontop.figures.matplotlib_files import output_format, write_figure
+    from carbontop.figures.series import chart_run
+
+    output_format(dest)  # a wrong suffix is said before the runs are drawn
+    print(write_figure([chart_run(run) for run in saved], dest, **options))
 
 
 def _runs() -> int:
@@ -274,22 +336,38 @@ def _runs() -> int:
     from carbontop.config import runs_dir
     from carbontop.core.store import list_runs, load_run
 
-    runs = list_runs(runs_dir())
+    base = runs_dir()
+    runs = list_runs(base)
     if not runs:
-        print(f"No runs yet under {runs_dir()}.")
+        print(f"No runs yet under {base}.")
         return EXIT_OK
-    table = Table("run", "model", "device", "state", "points")
+    # the name is what show, open, compare and plot take; the folder is said once, below
+    table = Table(box=None, header_style="bold", pad_edge=False, caption=f"in {base}",
+                  caption_justify="left")
+    table.add_column("run", overflow="fold", ratio=3)
+    table.add_column("date", no_wrap=True)
+    table.add_column("model", overflow="ellipsis", ratio=1)
+    table.add_column("device", overflow="ellipsis", ratio=2)
+    table.add_column("state", no_wrap=True)
+    table.add_column("pts", justify="right", no_wrap=True)
     for path in runs:
         try:
             run = load_run(path, with_power=False)
         except CarbontopError as exc:  # one damaged run must not hide the others
-            table.add_row(str(path), "", "", f"unreadable: {exc}", "")
+            table.add_row(path.name, "", "", f"unreadable: {exc}", "", "")
             continue
-        table.add_row(str(path), str(run.config.get("model", "")),
-                      ", ".join(str(d) for d in run.environment.get("devices", [])), run.status,
-                      str(len(run.points)))
+        started = run.meta.get("status", {}).get("started")
+        date = started.strftime("%Y-%m-%d %H:%M") if hasattr(started, "strftime") else ""
+        devices = [_short_device(str(d)) for d in run.environment.get("devices", [])]
+        table.add_row(path.name, date, str(run.config.get("model", "")), ", ".join(devices),
+                      run.status, str(len(run.points)))
     Console().print(table)
     return EXIT_OK
+
+
+def _short_device(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'H100 80GB HBM3': every GPU NVML names starts with the maker."""
+    return name.removeprefix("NVIDIA ").removeprefix("CPU: ")
 
 
 if __name__ == "__main__":  # pragma: no cover

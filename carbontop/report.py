@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -9,6 +10,7 @@ from rich.table import Table
 
 from carbontop.core.carbon import gco2e_per_token_at
 from carbontop.core.store import SavedRun
+from carbontop.figures.compare import RunSummary, like_for_like_warnings, table_rows
 
 # (column in points.csv, header, format); multipliers turn SI units into what people read
 COLUMNS: list[tuple[str, str, str, float]] = [
@@ -120,3 +122,18 @@ def extremes_line(run: SavedRun) -> str:
         parts.append(f"b{row['batch_size']}: {at[0]:.3g}–{at[1]:.3g}")
     return (f"at the trace's cleanest ({clean:.0f} g/kWh) and dirtiest ({dirty:.0f} g/kWh) hour, "
             "total gCO2e/tok would be " + ", ".join(parts))
+
+
+def print_comparison(runs: Sequence[RunSummary], console: Console) -> None:
+    """Runs side by side: figures as rows, one column per run, ratios to the first run."""
+    table = Table(title="carbontop compare: figures of each run, (×) against the first",
+                  title_justify="left", header_style="bold")
+    table.add_column("", no_wrap=True, style="bold")
+    for i, run in enumerate(runs):
+        table.add_column(run.name + (" (reference)" if i == 0 and len(runs) > 1 else ""),
+                         overflow="fold")
+    for label, cells in table_rows(runs):
+        table.add_row(label, *cells)
+    console.print(table)
+    for warning in like_for_like_warnings(runs):
+        console.print(f"[yellow]not like for like:[/] {warning}", highlight=False)

@@ -443,3 +443,23 @@ def export_points_csv(run_dir: Path, dest: Path) -> Path:
     except OSError as exc:
         raise CarbontopError(f"Cannot write {dest}: {exc.strerror}.") from None
     return dest
+
+
+def find_run(ref: str | Path, base: Path) -> Path:
+    """The run directory `ref` names: a path, or a saved run's name under the runs folder (exact,
+    or a part of one name only, such as its date or its label)."""
+    path = Path(ref).expanduser()
+    if path.exists() or len(path.parts) != 1:
+        return path  # a path: load_run says in one sentence what is wrong with it
+    if is_run_dir(base / path.name):
+        return base / path.name
+    matches = [p for p in list_runs(base) if path.name in p.name]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = ", ".join(p.name for p in matches[:3]) + (", ..." if len(matches) > 3 else "")
+        raise CarbontopError(f"{ref} names {len(matches)} saved runs ({shown}); give more of the name.")
+    raise CarbontopError(
+        f"{ref} is neither a run directory nor the name of a saved run under {base} "
+        "(carbontop runs lists them)."
+    )
