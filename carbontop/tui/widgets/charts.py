@@ -26,7 +26,7 @@ from textual.widgets import Static, Tab, Tabs
 from textual_plot import HiResMode, PlotWidget
 from textual_plot.axis_formatter import AxisFormatter, NumericAxisFormatter
 
-from carbontop.core.records import PointResult, Sample
+from carbontop.core.records import Sample
 from carbontop.figures import series as fs
 from carbontop.figures.series import ChartRun
 

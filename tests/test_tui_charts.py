@@ -1,0 +1,160 @@
+"""The chart view and the compare screen, on two real saved runs (see test_figures.py).
+
+Pilot tests read what is on screen; snapshots (pytest-textual-snapshot) fix the frames at 80x24
+and 120x40. Update after an intended change with `pytest --snapshot-update`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_tui_helpers import screen_text, wait_until
+from textual.app import App, ComposeResult
+from textual.widgets import DataTable, SelectionList
+
+from carbontop.core.store import load_run
+from carbontop.figures.series import chart_run
+from carbontop.tui.compare_screen import CompareScreen
+from carbontop.tui.widgets.charts import ChartView, Log2BatchFormatter
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[1]
+H100 = ROOT / "sample_runs" / "llama2-7b-h100-sharegpt"
+TINY = ROOT / "tests" / "data" / "runs" / "tiny-cpu-synthetic"
+
+
+class ChartsHost(App[None]):
+    """The chart view alone, fed saved runs as the app feeds it."""
+
+    def __init__(self, runs: list[Path]) -> None:
+        super().__init__()
+        self.paths = runs
+
+    def compose(self) -> ComposeResult:
+        yield ChartView(id="charts")
+
+    def on_mount(self) -> None:
+        self.theme = "textual-dark"
+        self.query_one(ChartView).show_runs([chart_run(load_run(p)) for p in self.paths])
+
+
+class CompareHost(App[None]):
+    def __init__(self, recent: list[Path], preselect: list[Path]) -> None:
+        super().__init__()
+        self.recent, self.preselect = recent, preselect
+
+    def on_mount(self) -> None:
+        self.theme = "textual-dark"
+        self.push_screen(CompareScreen(load_run, self.recent, self.preselect))
+
+
+def test_log2_axis_ticks_at_powers_of_two() -> None:
+    f = Log2BatchFormatter()
+    ticks = f.get_ticks(-0.3, 7.97)  # batch 1 .. 204, padded
+    assert f.get_labels_for_ticks(ticks) == ["1", "2", "4", "8", "16", "32", "64", "128"]
+    # 1 .. 4096 is 13 powers: every 2nd is 7, still over 5, so every 4th
+    wide = f.get_ticks(0, 12, max_ticks=5)
+    assert f.get_labels_for_ticks(wide) == ["1", "16", "256", "4k"]
+
+
+async def test_chart_view_tabs_at_80x24_and_a_grid_at_200x50() -> None:
+    app = ChartsHost([H100])
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(ChartView)
+        await pilot.pause()
+        assert not view.grid
+        text = screen_text(app)
+        assert "J/token" in text and "batch size (log2)" in text
+        assert "128" in text  # the log2 axis reaches 128 (the largest batch is 204)
+        view.show_chart("tradeoff")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "✓" in text and "★" in text  # recommended and lowest carbon, both batch 204
+        assert "recommended (batch 204)" in text
+        view.show_chart("power")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "time since the sweep started (s)" in text and "b1" in text
+    app = ChartsHost([H100])
+    async with app.run_test(size=(200, 50)) as pilot:
+        await pilot.pause()
+        assert app.query_one(ChartView).grid
+        text = screen_text(app)
+        for label in ("J/token", "gCO2e/token", "s/token", "power W"):
+            assert label in text
+
+
+async def test_chart_view_overlays_two_runs_with_a_legend() -> None:
+    app = ChartsHost([H100, TINY])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        assert "llama2-7b-h100-sharegpt vs tiny-cpu-synthetic" in text
+        assert "tiny-cpu-synthetic" in text.split("vs", 1)[1]  # in the legend too
+
+
+async def test_compare_screen_table_and_warnings() -> None:
+    app = CompareHost([H100, TINY], [H100, TINY])
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.screen.query_one("#compare-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count > 0, what="the compare table")
+        labels = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+        assert labels[:2] == ["model", "GPU"]
+        row = table.get_row_at(labels.index("J/token, batch 1"))
+        assert row[1] == "2.69" and row[2].endswith("(0.55×)")  # 1.47 / 2.69
+        text = screen_text(app)
+        assert "not like for like" in text and "different workloads" in text
+        # unpick the reference: the tiny run alone, a hint to pick another
+        app.screen.query_one(SelectionList).deselect(str(H100))
+        await wait_until(pilot, lambda: table.columns and len(table.columns) == 2, what="one run")
+        assert "Pick another run" in screen_text(app)
+        await pilot.press("g")
+        await pilot.pause()
+        assert "batch size (log2)" in screen_text(app)
+
+
+async def test_compare_screen_adds_a_run_by_path_and_says_a_bad_one() -> None:
+    app = CompareHost([], [])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("a")
+        for path, expect in ((Path("no-such-run"), "does not exist"), (TINY, None)):
+            box = app.screen.query_one("#compare-path")
+            box.value = str(path)
+            await pilot.press("enter")
+            await pilot.pause()
+            if expect:
+                assert expect in screen_text(app)
+        table = app.screen.query_one("#compare-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count > 0, what="the added run")
+        assert str(TINY) in app.screen.query_one(SelectionList).selected
+
+
+def test_chart_view_80x24(snap_compare) -> None:
+    assert snap_compare(ChartsHost([H100]), terminal_size=(80, 24))
+
+
+def test_chart_view_120x40(snap_compare) -> None:
+    assert snap_compare(ChartsHost([H100]), terminal_size=(120, 40))
+
+
+def test_compare_screen_80x24(snap_compare) -> None:
+    async def loaded(pilot) -> None:
+        table = pilot.app.screen.query_one("#compare-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count > 0, what="the compare table")
+        await pilot.pause()
+
+    assert snap_compare(CompareHost([H100, TINY], [H100, TINY]), terminal_size=(80, 24),
+                        run_before=loaded)
+
+
+def test_compare_screen_120x40_charts(snap_compare) -> None:
+    async def charts(pilot) -> None:
+        table = pilot.app.screen.query_one("#compare-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count > 0, what="the compare table")
+        await pilot.press("g")
+        await pilot.pause()
+
+    assert snap_compare(CompareHost([H100, TINY], [H100, TINY]), terminal_size=(120, 40),
+                        run_before=charts)
