@@ -499,7 +499,7 @@ async def test_idle_telemetry_shows_power_and_memory_with_stats(tmp_path: Path) 
         # 12 + 119 x 0.2 = 35.8 GB; all of them lie in the last 60 s
         assert "Telemetry · nvml" in text and "GPU 0 · NVIDIA H100 80GB HBM3" in text
         assert "665 W  min 80 max 665" in text
-        assert "35.8 GB min 12.0 max 35.8" in text
+        assert "35.8/80 GB  45% max 35.8" in text  # of the 80 GB card: 44.75%
 
 
 async def test_estimated_cpu_source_says_so(tmp_path: Path) -> None:

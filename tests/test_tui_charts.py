@@ -17,6 +17,7 @@ from carbontop.core.store import load_run
 from carbontop.figures.series import chart_run
 from carbontop.tui.compare_screen import CompareScreen
 from carbontop.tui.widgets.charts import ChartView, Log2BatchFormatter
+from carbontop.tui.widgets.telemetry import TelemetryPane
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -158,3 +159,25 @@ def test_compare_screen_120x40_charts(snap_compare) -> None:
 
     assert snap_compare(CompareHost([H100, TINY], [H100, TINY]), terminal_size=(120, 40),
                         run_before=charts)
+
+
+class TelemetryHost(App[None]):
+    def compose(self) -> ComposeResult:
+        yield TelemetryPane(id="telemetry")
+
+    def on_mount(self) -> None:
+        run = load_run(H100)
+        self.query_one(TelemetryPane).show_trace(run.power, {0: "NVIDIA H100 80GB HBM3"})
+
+
+async def test_telemetry_shows_memory_of_the_total_temperature_utilisation_and_clock() -> None:
+    app = TelemetryHost()
+    async with app.run_test(size=(120, 20)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        last = load_run(H100).power[-1]
+        used, total = last["mem_used_bytes"] / 1e9, last["mem_total_bytes"] / 1e9
+        # 0.50 of 85.5 GB at the end of the sweep: the model unloaded
+        assert f"{used:5.1f}/{total:.0f} GB {used / total * 100:3.0f}%" in text
+        assert f"util {last['util_pct']:3.0f}%" in text
+        assert f"{last['temp_c']:3.0f} °C" in text and f"SM {last['sm_clock_mhz']:4.0f} MHz" in text

@@ -1,4 +1,5 @@
-"""Live telemetry: per device, power (W) and memory used (GB) over the last minute."""
+"""Live telemetry: per device, power (W) and memory used (GB of the total) over the last minute,
+then utilisation, temperature and SM clock as they stand."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ class DeviceSeries:
     power_w: list[float | None] = field(default_factory=list)
     mem_gb: list[float | None] = field(default_factory=list)
     mem_total_gb: float | None = None
+    # the latest reading of each, where the source has it (NVML does; RAPL and the estimate do not)
+    util_pct: float | None = None
+    temp_c: float | None = None
+    sm_clock_mhz: float | None = None
 
     @classmethod
     def from_samples(cls, index: int, name: str, samples: Iterable[Any]) -> DeviceSeries:
@@ -49,7 +54,29 @@ class DeviceSeries:
             total = _get(s, "mem_total_bytes")
             if total:
                 series.mem_total_gb = float(total) / GB
+            for name in ("util_pct", "temp_c", "sm_clock_mhz"):
+                value = _get(s, name)
+                if value is not None:
+                    setattr(series, name, float(value))
         return series
+
+    def state_line(self) -> str:
+        """Utilisation, temperature and SM clock as they stand, or "" where none was read."""
+        parts = []
+        if self.util_pct is not None:
+            parts.append(f"util {self.util_pct:3.0f}%")
+        if self.temp_c is not None:
+            parts.append(f"{self.temp_c:3.0f} °C")
+        if self.sm_clock_mhz is not None:
+            parts.append(f"SM {self.sm_clock_mhz:4.0f} MHz")
+        return "  ".join(parts)
+
+
+def memory_stats(current_gb: float, max_gb: float, total_gb: float | None) -> str:
+    """'35.8/80 GB  45% max 35.8': used of the card's total where the source knows the total."""
+    if not total_gb:
+        return f"{current_gb:5.1f} GB max {max_gb:.1f}"
+    return f"{current_gb:5.1f}/{total_gb:.0f} GB {current_gb / total_gb * 100:3.0f}% max {max_gb:.1f}"
 
 
 def _stats(values: list[float | None]) -> tuple[float, float, float] | None:
@@ -75,6 +102,11 @@ class DeviceView(Vertical):
     DeviceView Horizontal { height: auto; }
     DeviceView .metric { width: 7; color: $text-muted; }
     DeviceView .stats { width: 27; padding-left: 1; }
+    DeviceView .state { width: 1fr; color: $text-muted; }
+    DeviceView .state-row { display: none; height: 1; }
+    DeviceView.-has-state .state-row { display: block; }
+    /* many devices on a narrow terminal: power only, so four GPUs fit without scrolling */
+    Screen.-narrow TelemetryPane.-many DeviceView .state-row { display: none; }
     """
 
     def __init__(self, index: int) -> None:
@@ -96,6 +128,9 @@ class DeviceView(Vertical):
             yield Label("memory", classes="metric")
             yield RangeSparkline(classes="memory")
             yield Label("", classes="stats memory-stats")
+        with Horizontal(classes="state-row"):
+            yield Label("", classes="metric")
+            yield Label("", classes="state")
 
     def on_mount(self) -> None:
         self._ready = True
@@ -124,8 +159,11 @@ class DeviceView(Vertical):
             series.times, series.mem_gb, t_end=t_end, span_s=span_s, v_max=self._mem_ceiling_gb
         )
         self.query_one(".memory-stats", Label).update(
-            f"{mem[0]:5.1f} GB min {mem[1]:.1f} max {mem[2]:.1f}" if mem else "  n/a"
+            memory_stats(mem[0], mem[2], series.mem_total_gb) if mem else "  n/a"
         )
+        state = series.state_line()
+        self.query_one(".state", Label).update(state)
+        self.set_class(bool(state), "-has-state")
 
 
 class TelemetryPane(VerticalScroll):
