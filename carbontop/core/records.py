@@ -164,3 +164,23 @@ class PointResult:
     peak_mem_gb: float | None = None
     avg_power_w: float | None = None
     concurrency_reached: int | None = None
+    # the method: how the slots were filled, the window asked for, what the point took in all
+    # (first admission to last token: ramp-up and drain included, outside W)
+    batching: str = ""
+    window_target_s: float | None = None
+    point_s: float | None = None
+    # 95% confidence half-widths (value +- half-width, in the figure's unit) and coefficients of
+    # variation, over `ci_batches` sub-windows of W (or over `repeats` measurements)
+    ci_batches: int = 0
+    j_per_token_ci95: float | None = None
+    j_per_token_cv: float | None = None
+    tokens_per_s_ci95: float | None = None
+    tokens_per_s_cv: float | None = None
+    gco2e_per_token_ci95: float | None = None
+    gco2e_per_token_cv: float | None = None
+    slot_occupancy: float | None = None  # useful decode slot-steps / (decode steps x b)
+    # True where no energy-counter reading came after W's end: the energy is cut short
+    energy_incomplete: bool = False
+    repeat: int = 0  # 0: the search's measurement; 1..N: re-measures in shuffled order
+    repeats: int = 1  # measurements these figures combine
+    start_temp_c: float | None = None  # hottest GPU when the point started

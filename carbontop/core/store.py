@@ -43,6 +43,7 @@ else:  # pragma: no cover
 POINT_COLUMNS = [f.name for f in dataclasses.fields(PointResult)]
 REQUEST_COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
 POWER_COLUMNS = [f.name for f in dataclasses.fields(Sample)]
+_BOOL_COLUMNS = [f.name for f in dataclasses.fields(PointResult) if f.type in ("bool", bool)]
 
 
 def new_run_dir(base: Path, label: str = "") -> Path:
@@ -370,7 +371,11 @@ def point_from_row(row: dict[str, Any]) -> PointResult:
     kw = {k: v for k, v in row.items() if k in names}
     kw["status"] = PointStatus(str(kw.get("status", "ok")))
     kw["message"] = "" if kw.get("message") is None else str(kw["message"])
-    kw["energy_source"] = "" if kw.get("energy_source") is None else str(kw["energy_source"])
+    for name in ("energy_source", "batching"):
+        kw[name] = "" if kw.get(name) is None else str(kw[name])
+    for name in _BOOL_COLUMNS:
+        if name in kw:
+            kw[name] = kw[name] in (True, "True", "true", 1)
     return PointResult(**kw)
 
 
