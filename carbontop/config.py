@@ -36,6 +36,7 @@ DTYPES = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("auto", "on", "off", "max-autotune")
 QUANTS = ("none", "int4-wo", "int8-wo")
+BATCHINGS = ("inflight", "static")
 
 
 def config_dir() -> Path:
@@ -84,6 +85,18 @@ class RunConfig:
     seed: int = 0
     # the sweep
     batch_sizes: str | list[int] = "auto"  # "auto" (double to OOM, then bisect) or a list
+    # inflight: at most b sequences in flight, a freed slot refilled at once (how servers run);
+    # static: the paper's batches of b, each running until its longest request ends
+    batching: str = "inflight"
+    # each point admits requests until its steady-state window has lasted this long; None: 20 s
+    # on a GPU (many energy-counter readings), 3 s on a CPU (see the runner's defaults)
+    min_window_s: float | None = None
+    # a point stops admitting this long after its first admission, whatever its window; None:
+    # 90 s on a GPU, 30 s on a CPU
+    max_point_s: float | None = None
+    # re-measure every batch that fits this many times, in shuffled (seeded) order, once the GPU
+    # has settled to a temperature band; 0 keeps the search's one measurement per batch
+    repeats: int = 0
     max_batch: int | None = None  # auto stops here if nothing failed: None = 1024 on GPU, 64 on CPU
     # carbon
     intensity: float = PAPER_INTENSITY_GCO2E_PER_KWH  # gCO2e/kWh, constant source
@@ -157,8 +170,10 @@ def _is_number(text: str) -> bool:
 
 def _coerce(name: str, value: Any) -> Any:
     """Bring a TOML or form value to the field's type, with a sentence when it cannot be."""
-    ints = {"num_prompts", "max_input_len", "max_output_len", "min_len", "seed", "max_batch"}
+    ints = {"num_prompts", "max_input_len", "max_output_len", "min_len", "seed", "max_batch",
+            "repeats"}
     floats = {
+        "min_window_s", "max_point_s",
         "intensity", "pue", "lifetime_years", "slo_s_per_token", "slo_tpot_p90_s",
         "kv_cache_fraction", "trace_shift_h", "sample_interval_s", "request_timeout_s",
     }
@@ -245,6 +260,18 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise bad(name, f"'{name}' must be at least the minimum length ({cfg.min_len}).")
     if cfg.min_len < 1:
         raise bad("min_len", "The minimum length must be at least 1 token.")
+    if cfg.batching not in BATCHINGS:
+        raise bad("batching", f"Batching must be one of {', '.join(BATCHINGS)}, not '{cfg.batching}'.")
+    if cfg.min_window_s is not None and cfg.min_window_s <= 0:
+        raise bad("min_window_s", "The minimum window must be more than 0 s.")
+    if cfg.max_point_s is not None and cfg.max_point_s <= 0:
+        raise bad("max_point_s", "The longest a point may take must be more than 0 s.")
+    if (cfg.min_window_s is not None and cfg.max_point_s is not None
+            and cfg.max_point_s < cfg.min_window_s):
+        raise bad("max_point_s", "--max-point-s must be at least --min-window-s, or no window "
+                  "could reach its minimum.")
+    if cfg.repeats < 0:
+        raise bad("repeats", "Repeats must be 0 or more.")
     if cfg.max_batch is not None and cfg.max_batch < 1:
         raise bad("max_batch", "The largest batch must be at least 1.")
     if cfg.intensity < 0:

@@ -30,6 +30,7 @@ from carbontop.core.carbon import (
     intensity_extremes,
     mean_intensity,
     operational_gco2e,
+    recommend,
     recommend_batch,
 )
 from carbontop.core.hardware import GPUS, lookup_gpu
@@ -376,11 +377,31 @@ def test_recommend_with_tpot_slo():
     assert recommend_batch(no_tpot, 0.3, slo_tpot_p90_s=0.2) is None
 
 
-def test_recommend_ties_go_to_throughput_and_skips_failed_points():
+def test_recommend_exact_ties_go_to_latency_and_skips_failed_points():
     tied = [pt(4, 0.1, 0.004, tps=50.0), pt(8, 0.15, 0.004, tps=80.0), pt(6, 0.12, 0.004, tps=60.0)]
-    assert recommend_batch(tied, 0.2) == 8
+    assert recommend_batch(tied, 0.2) == 4
     kv = [pt(2, 0.08, 0.006), pt(4, 0.10, 0.001, status=PointStatus.KV_BOUND)]
     assert recommend_batch(kv, 0.2) == 2
+
+
+def _with_ci(p, rel):
+    p.gco2e_per_token_ci95 = p.gco2e_per_token * rel
+    return p
+
+
+def test_recommend_tie_inside_the_intervals_prefers_lower_latency():
+    # total 0.0040 (b=8) vs 0.0041 (b=4): 2.5% apart; with 2% half-widths each the intervals
+    # overlap (0.0040 + 0.00008 >= 0.0041 - 0.000082), so the faster b=4 wins, and says why
+    pts = [_with_ci(pt(4, 0.10, 0.0041), 0.02), _with_ci(pt(8, 0.15, 0.0040), 0.02)]
+    r = recommend(pts, 0.2)
+    assert r.batch_size == 4 and r.lowest_carbon_batch == 8 and r.basis == "total"
+    assert "within the 95% intervals of batch 8's" in r.reason and "lower-latency" in r.reason
+    # with 1% half-widths they do not overlap: the lowest carbon wins
+    pts = [_with_ci(pt(4, 0.10, 0.0041), 0.01), _with_ci(pt(8, 0.15, 0.0040), 0.01)]
+    r = recommend(pts, 0.2)
+    assert r.batch_size == 8 and r.reason.startswith("batch 8: lowest total gCO2e/token")
+    # without intervals (older runs) the carbon figures compare exactly
+    assert recommend_batch([pt(4, 0.10, 0.0041), pt(8, 0.15, 0.0040)], 0.2) == 8
 
 
 def test_recommend_falls_back_to_operational():

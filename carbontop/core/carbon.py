@@ -22,6 +22,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -703,18 +704,42 @@ def gco2e_per_token_at(
     return g + (embodied_gco2e_per_token or 0.0)
 
 
-def recommend_batch(
+@dataclass(frozen=True)
+class Recommendation:
+    batch_size: int
+    lowest_carbon_batch: int  # the batch with the lowest carbon figure itself
+    basis: str  # "total" (operational + embodied) or "operational"
+    reason: str  # one sentence for the summary
+
+
+def _carbon_interval(p: PointResult, use_total: bool) -> tuple[float, float] | None:
+    """(carbon per token, 95% half-width) on the chosen basis. The interval is the operational
+    figure's, scaled to the basis: embodied carbon per token moves with the same tokens/s, and
+    its own inputs (footprint, lifetime) are constants, not measurements. A point without an
+    interval (a run made before intervals existed) compares exactly."""
+    c = p.total_gco2e_per_token if use_total else p.gco2e_per_token
+    if c is None:
+        return None
+    rel = 0.0
+    if p.gco2e_per_token_ci95 is not None and p.gco2e_per_token:
+        rel = p.gco2e_per_token_ci95 / p.gco2e_per_token
+    return c, abs(c) * rel
+
+
+def recommend(
     points: Sequence[PointResult],
     slo_s_per_token: float,
     slo_tpot_p90_s: float | None = None,
-) -> int | None:
+) -> Recommendation | None:
     """The batch size with the lowest carbon per token among the points that meet the SLO.
 
     A point qualifies when it ran to the end (status ok), its user-perceived s/token is at most
     slo_s_per_token and, when slo_tpot_p90_s is given, its TPOT p90 is at most that. Carbon is
     total gCO2e/token (operational + embodied) when every qualifying point has it; otherwise
     operational gCO2e/token for all of them, so that points are never compared on different
-    bases. Ties go to the higher throughput, then the larger batch. None if nothing qualifies.
+    bases. A difference that lies inside the two points' 95% intervals is no difference: among
+    the points tied so with the lowest, the one with the lowest s/token wins (then the higher
+    throughput, then the larger batch), and the reason says so. None if nothing qualifies.
     """
     ok = []
     for p in points:
@@ -726,18 +751,32 @@ def recommend_batch(
     if not ok:
         return None
     use_total = all(p.total_gco2e_per_token is not None for p in ok)
-
-    def carbon(p: PointResult) -> float | None:
-        return p.total_gco2e_per_token if use_total else p.gco2e_per_token
-
-    scored = [(c, p) for p in ok if (c := carbon(p)) is not None]
+    scored = [(ci, p) for p in ok if (ci := _carbon_interval(p, use_total)) is not None]
     if not scored:
         return None
-    best = min(c for c, _ in scored)
-    # Equal within floating-point noise counts as a tie.
-    tied = [p for c, p in scored if math.isclose(c, best, rel_tol=1e-9, abs_tol=1e-15)]
-    winner = max(tied, key=lambda p: (p.tokens_per_s or 0.0, p.batch_size))
-    return winner.batch_size
+    (best_c, best_h), best = min(scored, key=lambda s: (s[0][0], -s[1].batch_size))
+    tied = [(c, p) for (c, h), p in scored
+            if abs(c - best_c) <= h + best_h or math.isclose(c, best_c, rel_tol=1e-9, abs_tol=1e-15)]
+    winner_c, winner = min(tied, key=lambda t: (t[1].s_per_token or 0.0,
+                                                -(t[1].tokens_per_s or 0.0), -t[1].batch_size))
+    basis = "total" if use_total else "operational"
+    if math.isclose(winner_c, best_c, rel_tol=1e-9, abs_tol=1e-15):
+        reason = f"batch {winner.batch_size}: lowest {basis} gCO2e/token within {slo_s_per_token:g} s/token"
+    else:
+        reason = (f"batch {winner.batch_size}: its {basis} gCO2e/token lies within the 95% "
+                  f"intervals of batch {best.batch_size}'s, the lowest, so the lower-latency "
+                  f"batch is recommended ({winner.s_per_token:.3g} vs {best.s_per_token:.3g} s/token)")
+    return Recommendation(winner.batch_size, best.batch_size, basis, reason)
+
+
+def recommend_batch(
+    points: Sequence[PointResult],
+    slo_s_per_token: float,
+    slo_tpot_p90_s: float | None = None,
+) -> int | None:
+    """`recommend`'s batch size alone."""
+    r = recommend(points, slo_s_per_token, slo_tpot_p90_s)
+    return r.batch_size if r is not None else None
 
 
 def intensity_extremes(source: IntensitySource) -> tuple[float, float] | None:
