@@ -515,3 +515,13 @@ def test_requests_for_point_rejects_nonsense() -> None:
         requests_for_point(w, 0, 5)
     with pytest.raises(WorkloadError):
         requests_for_point(Workload((), "test", True), 1, 1)
+
+
+def test_request_stream_is_the_sample_in_a_seeded_order() -> None:
+    from carbontop.core.records import Prompt, Workload
+    from carbontop.core.workload import request_stream
+
+    wl = Workload(tuple(Prompt(f"p{i}", 4 + i, 8) for i in range(20)), "synthetic", True)
+    s0 = request_stream(wl, 0)
+    assert sorted(p.prompt_id for p in s0) == sorted(p.prompt_id for p in wl.prompts)
+    assert s0 != wl.prompts and s0 == request_stream(wl, 0) and s0 != request_stream(wl, 1)

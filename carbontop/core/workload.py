@@ -515,3 +515,15 @@ def requests_for_point(workload: Workload, batch_size: int, num_prompts: int) ->
     total = math.ceil(num_prompts / batch_size) * batch_size
     prompts = workload.prompts
     return [prompts[i % len(prompts)] for i in range(total)]
+
+
+def request_stream(workload: Workload, seed: int) -> tuple[Prompt, ...]:
+    """The request stream of a point: the workload's sampled prompts once each, in an order
+    shuffled by `seed`. Engines cycle it for as many requests as their window needs, so the
+    sample stays the workload's N prompts while a large batch draws many more requests than N.
+    The same seed gives every point (and every repeat) the same stream."""
+    if not workload.prompts:
+        raise WorkloadError("The workload has no prompts to send.")
+    order = list(workload.prompts)
+    random.Random(f"stream-{seed}").shuffle(order)
+    return tuple(order)

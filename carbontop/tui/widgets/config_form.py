@@ -77,6 +77,15 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
                   help="auto: double until out of memory, then bisect; or a list of sizes."),
         FieldSpec("max_batch", "max batch", placeholder="1024 GPU, 16 CPU",
                   help="Where the automatic search stops if nothing failed."),
+        FieldSpec("batching", "batching", cfgmod.BATCHINGS,
+                  help="inflight: a finished request's slot is refilled at once; static: the "
+                       "paper's batches, each until its longest request ends."),
+        FieldSpec("min_window_s", "min window s", placeholder="20 GPU, 3 CPU",
+                  help="Each point runs until b requests have been in flight this long."),
+        FieldSpec("max_point_s", "max point s", placeholder="90 GPU, 30 CPU",
+                  help="A point stops admitting requests this long after its first."),
+        FieldSpec("repeats", "repeats", placeholder="0", required=True,
+                  help="Re-measure every batch that fits this many times, in shuffled order."),
     )),
     ("Carbon", (
         FieldSpec("intensity", "gCO2e/kWh", placeholder="413", required=True,
