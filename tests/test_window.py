@@ -9,6 +9,7 @@ from carbontop.core.window import (
     SteadyState,
     Window,
     keep_admitting,
+    max_in_flight,
     steady_window,
     tokens_between,
 )
@@ -142,3 +143,9 @@ def test_tokens_spread_evenly_without_a_timeline() -> None:
     one = req(1, 0, 3, 3, out=1)
     assert tokens_between(0, 2, None, [one]) == 0
     assert tokens_between(2, 3, None, [one]) == 1
+
+
+def test_max_in_flight() -> None:
+    records = [req(0, 0, 1, 5), req(1, 0, 2, 8), req(2, 5, 6, 10), req(3, 8, 9, 14)]
+    assert max_in_flight(records) == 2
+    assert max_in_flight([]) == 0

@@ -189,3 +189,14 @@ def tokens_between(t0_s: float, t1_s: float, timeline: StepTimeline | None,
         if overlap > 0:
             total += rest * overlap / (last - first)
     return total
+
+
+def max_in_flight(records: Sequence[RequestRecord]) -> int:
+    """The most requests that held a slot at once (admission to last token)."""
+    events = sorted([(r.start_s, 1) for r in records]
+                    + [(r.start_s + r.e2e_s, -1) for r in records])
+    most = now = 0
+    for _t, step in events:  # at one instant a finish (-1) sorts before an admission
+        now += step
+        most = max(most, now)
+    return most

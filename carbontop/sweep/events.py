@@ -39,9 +39,12 @@ class PointStarted:
 class PointProgress:
     batch_size: int
     done: int  # requests finished
-    total: int
+    total: int | None  # None: the engine runs until its window is long enough
     elapsed_s: float
     eta_s: float | None
+    window_s: float | None = None  # how long the steady-state window has been open
+    window_target_s: float | None = None  # the minimum window the point runs to
+    tokens: int = 0  # output tokens made in the measured stream so far
 
 
 @dataclass(frozen=True)

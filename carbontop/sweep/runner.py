@@ -18,15 +18,38 @@ from typing import Any
 
 from carbontop import __version__
 from carbontop.config import RunConfig, runs_dir, validate
-from carbontop.core import carbon, metrics
+from carbontop.core import carbon
 from carbontop.core.hardware import GpuSpec, lookup_gpu, peak_bandwidth_bytes_s, peak_flops
 from carbontop.core.modelspec import ModelSpec, folder_has_weights, resolve_model
-from carbontop.core.records import EngineRun, PointResult, PointStatus, Workload
+from carbontop.core.point import (
+    PointEnergy,
+    RunConditions,
+    SubWindow,
+    point_figures,
+    sub_window_bounds,
+)
+from carbontop.core.records import (
+    Batching,
+    EngineRun,
+    PointPlan,
+    PointResult,
+    PointStatus,
+    Workload,
+)
+from carbontop.core.repeats import (
+    BAND_HALF_WIDTH_C,
+    BAND_WAIT_S,
+    SETTLE_MAX_WAIT_S,
+    combine,
+    in_band,
+    repeat_order,
+    settled,
+)
 from carbontop.core.search import BatchPlanner
 from carbontop.core.store import RunWriter, SavedRun, new_run_dir
 from carbontop.core.tokenize import load_token_counter
-from carbontop.core.window import Window
-from carbontop.core.workload import build_workload, requests_for_point
+from carbontop.core.window import max_in_flight, steady_window
+from carbontop.core.workload import build_workload, request_stream, requests_for_point
 from carbontop.engines.base import EngineSpec
 from carbontop.engines.quant import plan_weight_quant
 from carbontop.errors import CarbontopError, ConfigError
@@ -36,6 +59,24 @@ from carbontop.sweep.resume import KEPT_STATUSES, check_same_devices
 OnEvent = Callable[[Any], None]
 
 IDLE_MEASURE_S = 3.0
+# Idle with the model loaded: on a GPU, wait until power has settled (clocks drop a few seconds
+# after the last kernel) before measuring; on a CPU there are no clocks to settle and the figure
+# is small, so one short reading keeps the quick start and the tests quick.
+LOADED_IDLE_GPU_S = 3.0
+LOADED_IDLE_CPU_S = 1.0
+LOADED_SETTLE_MAX_S = 20.0
+LOADED_SETTLE_TOL = 0.02  # successive 1-second mean powers within 2% of each other
+# A point's steady-state window: at least 20 s on a GPU, which with the NVML counter read at least
+# once a second holds about 20 readings, so 10 sub-windows of two or more for the interval. On a
+# CPU the tiny model's windows are cut to 3 s: the estimate and RAPL are read every tick (0.1 s),
+# so 3 s still holds about 30 readings, and the CPU tests and the quick start stay fast.
+GPU_MIN_WINDOW_S = 20.0
+CPU_MIN_WINDOW_S = 3.0
+# The cap on one point from its first admission: long enough for the window, ramp-up and one
+# long request at batch 1 (1,000 tokens at ~20 ms a step on an H100 is 20 s), short enough that a
+# slow point cannot eat the sweep's 10 minutes.
+GPU_MAX_POINT_S = 90.0
+CPU_MAX_POINT_S = 30.0
 POWER_FLUSH_S = 1.0
 # With no GPU there is no memory boundary to find: the automatic search stops here instead.
 CPU_MAX_BATCH = 16
@@ -75,7 +116,11 @@ class SweepRunner:
         self.run_dir: Path | None = None
         self.points: list[PointResult] = []
         self.recommended_batch: int | None = None
+        self.recommendation: carbon.Recommendation | None = None
         self.warnings: list[str] = []
+        self.idle_power_w: float | None = None
+        self.loaded_idle_power_w: float | None = None
+        self._overhead_s: float | None = None  # last point's time outside its window (for ETAs)
         self._cancel = threading.Event()
         self._stop_reason = ("cancelled", "cancelled by the user")
         self._prepared = False
@@ -134,6 +179,13 @@ class SweepRunner:
         self.workload: Workload = build_workload(
             cfg.dataset, num_prompts, max_in, max_out, counter, min_len=cfg.min_len, seed=cfg.seed)
         self.num_prompts = num_prompts
+        self.stream = request_stream(self.workload, cfg.seed)
+        self.batching = Batching(cfg.batching)
+        gpu = device == "cuda"
+        self.min_window_s = cfg.min_window_s or (GPU_MIN_WINDOW_S if gpu else CPU_MIN_WINDOW_S)
+        default_cap = GPU_MAX_POINT_S if gpu else CPU_MAX_POINT_S
+        # a window asked longer than the default cap gets room for its ramp-up and drain
+        self.max_point_s = cfg.max_point_s or max(default_cap, 2 * self.min_window_s)
         self.planner = BatchPlanner(cfg.batch_plan(), max_batch=max_batch)
         self.intensity = cfg.intensity_source()
 
@@ -250,6 +302,8 @@ class SweepRunner:
         run = cfg.to_dict()
         run.update({"resolved_dtype": self.dtype, "resolved_device": self.device,
                     "resolved_num_prompts": self.num_prompts, "max_batch": self.planner.max_batch,
+                    "resolved_min_window_s": self.min_window_s,
+                    "resolved_max_point_s": self.max_point_s,
                     "resolved_max_input_len": self.engine_spec.max_input_len,
                     "resolved_max_output_len": self.engine_spec.max_output_len})
         model = {}
@@ -354,49 +408,54 @@ class SweepRunner:
             quant = dataclasses.replace(self.model.weight_quant, measured_bytes=float(measured))
             self.model = dataclasses.replace(self.model, weight_quant=quant)
 
-    def _relay(self, batch_size: int | None, started: list[float] | None = None) -> Callable[[str, dict], None]:
+    def _relay(self, batch_size: int | None, started: list[float] | None = None,
+               plan: PointPlan | None = None) -> Callable[[str, dict], None]:
         def on_message(kind: str, payload: dict[str, Any]) -> None:
             if kind == "phase":
                 self._emit(events.PhaseChanged(payload.get("phase", ""), batch_size, payload.get("detail", "")))
                 if payload.get("phase") == "measuring" and started is not None:
                     started[0] = time.time()
             elif kind == "progress" and batch_size is not None:
-                done, total = int(payload["done"]), int(payload["total"])
-                elapsed = time.time() - (started[0] if started else time.time())
-                eta = elapsed / done * (total - done) if done else None
-                self._emit(events.PointProgress(batch_size, done, total, elapsed, eta))
+                self._emit(self._progress(batch_size, payload, started, plan))
             self._tick()
         return on_message
+
+    def _progress(self, batch_size: int, payload: dict[str, Any], started: list[float] | None,
+                  plan: PointPlan | None) -> events.PointProgress:
+        """The point's progress and its ETA. An engine that reports its window: the time the
+        window still needs, plus (before it opens) what the last point spent outside its window,
+        warm-up and ramp-up included. One that reports requests: the rate so far."""
+        done = int(payload.get("done", 0))
+        total = payload.get("total")
+        window_s = payload.get("window_s")
+        target = payload.get("window_target_s") or (plan.min_window_s if plan else None)
+        elapsed = time.time() - (started[0] if started else time.time())
+        eta: float | None = None
+        if window_s is not None and target:
+            eta = max(float(target) - float(window_s), 0.0)
+        elif plan is not None and total is None:
+            eta = plan.min_window_s + (self._overhead_s or 0.0)
+        elif total and done:
+            eta = elapsed / done * (int(total) - done)
+        return events.PointProgress(batch_size, done, int(total) if total is not None else None,
+                                    elapsed, eta, window_s=window_s, window_target_s=target,
+                                    tokens=int(payload.get("tokens", 0)))
 
     def _sweep(self) -> None:
         from carbontop.engines.host import Cancelled
 
         try:
             self._start_engine()
+            self._measure_loaded_idle()
         except Cancelled:
             return
         while not self.cancelled:
             batch_size = self.planner.next()
             if batch_size is None:
                 break
-            if self._host is None or not self._host.alive:
-                self._emit(events.PhaseChanged("restarting", batch_size, "fresh engine process"))
-                try:
-                    self._start_engine()
-                except Cancelled:
-                    return
-            prompts = requests_for_point(self.workload, batch_size, self.num_prompts)
-            self._emit(events.PointStarted(batch_size, len(prompts)))
-            started = [time.time()]
-            outcome = self._host.run_point(batch_size, prompts, self._relay(batch_size, started),
-                                           self._cancel.is_set)
-            point = self._point(batch_size, outcome)
-            self.points.append(point)
-            self._writer.write_samples(self.sampler.drain_new())
-            self._writer.write_point(point, outcome.run.records if outcome.run else ())
-            self._emit(events.PointFinished(point))
-            if point.status is PointStatus.CANCELLED:
-                break
+            point, outcome = self._measure(batch_size)
+            if point is None or point.status is PointStatus.CANCELLED:
+                return
             if point.status is PointStatus.ERROR:
                 # not a memory boundary: the same failure would repeat at every size
                 raise CarbontopError(f"Batch {batch_size} failed: {point.message}")
@@ -405,6 +464,140 @@ class SweepRunner:
                 self._host.stop()  # a clean exit where it still answers, a kill where not
             self._emit(events.BoundaryChanged(self.planner.largest_ok, self.planner.smallest_failed,
                                               self.planner.next()))
+        if not self.cancelled:
+            self._repeat()
+
+    def _ensure_engine(self, batch_size: int) -> bool:
+        """A live engine process for the next point; False where the user cancelled."""
+        from carbontop.engines.host import Cancelled
+
+        if self._host is not None and self._host.alive:
+            return True
+        self._emit(events.PhaseChanged("restarting", batch_size, "fresh engine process"))
+        try:
+            self._start_engine()
+        except Cancelled:
+            return False
+        return True
+
+    def _measure(self, batch_size: int, repeat: int = 0) -> tuple[PointResult | None, Any]:
+        """Run one point and record it. A point whose window's closing counter reading never
+        came is run once more; if it fails again it is kept, flagged (never reported whole)."""
+        point: PointResult | None = None
+        outcome: Any = None
+        for attempt in (0, 1):
+            if not self._ensure_engine(batch_size):
+                return None, None
+            plan = PointPlan(batch_size, self.batching, self.stream, self.min_window_s,
+                             self.max_point_s)
+            start_temp = self._hottest_temp_c()
+            prompts = requests_for_point(self.workload, batch_size, self.num_prompts)
+            self._emit(events.PointStarted(batch_size, len(prompts)))
+            started = [time.time()]
+            outcome = self._host.run_point(batch_size, prompts,
+                                           self._relay(batch_size, started, plan),
+                                           self._cancel.is_set)
+            point = self._point(batch_size, outcome)
+            point.repeat = repeat
+            point.start_temp_c = start_temp
+            if outcome.run is not None and outcome.run.records:
+                first = min(r.start_s for r in outcome.run.records)
+                if point.duration_s:
+                    self._overhead_s = max(first - started[0], 0.0) + (point.point_s or 0.0) - point.duration_s
+            if not (point.energy_incomplete and attempt == 0 and not self.cancelled):
+                break
+            self._emit(events.PhaseChanged(
+                "measuring", batch_size,
+                "again: the energy counter gave no reading after the window's end"))
+        assert point is not None
+        self.points.append(point)
+        self._writer.write_samples(self.sampler.drain_new())
+        self._writer.write_point(point, outcome.run.records if outcome.run else ())
+        self._emit(events.PointFinished(point))
+        return point, outcome
+
+    def _hottest_temp_c(self) -> float | None:
+        temps = [s.temp_c for gpu, s in self.sampler.latest().items()
+                 if gpu >= 0 and s.temp_c is not None]
+        return max(temps) if temps else None
+
+    def _measure_loaded_idle(self) -> None:
+        """Idle power with the model loaded (the engine waits for its first point) and, on a
+        GPU, its power settled: the idle-corrected energy subtracts this one."""
+        if self.loaded_idle_power_w is not None:
+            return
+        gpu = self.device == "cuda"
+        settle_s = 0.0
+        if gpu:
+            self._emit(events.PhaseChanged("idle-power", detail="model loaded: waiting for power to settle"))
+            t_start = time.time()
+            previous: float | None = None
+            while time.time() - t_start < LOADED_SETTLE_MAX_S and not self.cancelled:
+                time.sleep(1.0)
+                self._tick()
+                now = time.time()
+                current = self.sampler.mean_power_w(now - 1.0, now)
+                if previous is not None and current is not None and previous > 0 and (
+                        abs(current - previous) <= LOADED_SETTLE_TOL * previous):
+                    break
+                previous = current
+            settle_s = time.time() - t_start
+        duration = LOADED_IDLE_GPU_S if gpu else LOADED_IDLE_CPU_S
+        self._emit(events.PhaseChanged("idle-power", detail=f"{duration:.0f} s with the model loaded"))
+        self.loaded_idle_power_w = self.sampler.measure_idle_power_w(duration)
+        self._writer.update_meta("environment", {
+            "idle_power_loaded_w": self.loaded_idle_power_w,
+            "idle_power_loaded_settle_s": round(settle_s, 1),
+            "idle_temp_loaded_c": self._hottest_temp_c()})
+
+    # ---- repeats ------------------------------------------------------------------------
+
+    def _wait_temperature(self, until: Callable[[float], bool], max_wait_s: float) -> float | None:
+        """Poll the hottest GPU once a second until `until(temp)` or max_wait_s; its last temp."""
+        t_start = time.time()
+        temp = self._hottest_temp_c()
+        while temp is not None and not until(temp) and time.time() - t_start < max_wait_s:
+            if self.cancelled:
+                break
+            time.sleep(1.0)
+            self._tick()
+            temp = self._hottest_temp_c()
+        return temp
+
+    def _repeat(self) -> None:
+        """Re-measure every batch that fit, `repeats` times, in shuffled seeded order, each
+        once the GPU is inside the temperature band (repeats.py)."""
+        n = self.config.repeats
+        fitting = sorted({p.batch_size for p in self.points if p.status is PointStatus.OK})
+        if n < 1 or not fitting:
+            return
+        centre = None
+        if self._hottest_temp_c() is not None:
+            self._emit(events.PhaseChanged("settling", detail="waiting for the GPU temperature to settle"))
+            history: list[tuple[float, float]] = []
+
+            def record(temp: float) -> bool:
+                now = time.time()
+                history.append((now, temp))
+                return settled(history, now)
+
+            centre = self._wait_temperature(record, SETTLE_MAX_WAIT_S)
+        order = repeat_order(fitting, n, self.config.seed)
+        self._writer.update_meta("repeats", {
+            "count": n, "order": [f"{b}:{k}" for b, k in order],
+            "band_centre_c": centre, "band_half_width_c": BAND_HALF_WIDTH_C})
+        for batch_size, k in order:
+            if self.cancelled:
+                return
+            if centre is not None:
+                self._wait_temperature(lambda t: in_band(t, centre), BAND_WAIT_S)
+            point, outcome = self._measure(batch_size, repeat=k)
+            if point is None or point.status is PointStatus.CANCELLED:
+                return
+            if outcome.needs_restart:
+                self._host.stop()
+
+    # ---- figures ------------------------------------------------------------------------
 
     def _point(self, batch_size: int, outcome: Any) -> PointResult:
         run: EngineRun | None = outcome.run
@@ -413,67 +606,65 @@ class SweepRunner:
                                message=self._stop_reason[1])
         if run is None:
             return PointResult(batch_size=batch_size, status=outcome.status, message=outcome.message,
-                               concurrency_reached=outcome.concurrency_reached)
+                               concurrency_reached=outcome.concurrency_reached,
+                               batching=self.batching.value)
         point = self.compute_point(run, outcome.status, outcome.message)
         point.concurrency_reached = outcome.concurrency_reached or point.concurrency_reached
         return point
 
+    def conditions(self) -> RunConditions:
+        spec0 = self.gpu_specs[0] if self.gpu_specs and all(self.gpu_specs) else None
+        return RunConditions(
+            model=self.model if spec0 is not None else None,
+            dtype=self.dtype,
+            gpu_specs=tuple(self.gpu_specs),
+            n_gpus=self.n_gpus,
+            peak_flops_per_gpu=peak_flops(spec0, self.dtype) if spec0 is not None else None,
+            peak_bw_bytes_s=peak_bandwidth_bytes_s(spec0) if spec0 is not None else None,
+            loaded_idle_power_w=self.loaded_idle_power_w,
+            lifetime_years=self.config.lifetime_years,
+        )
+
     def compute_point(self, run: EngineRun, status: PointStatus, message: str = "") -> PointResult:
+        """The point's figures over its steady-state window, recomputed from the records with the
+        rule the engine ran by (core/window.py), and the telemetry over it."""
         cfg = self.config
-        records = run.records
-        t0, t1 = run.window_start_s, run.window_end_s
-        duration_s = t1 - t0
-        # the sampler must have read past the window's end before the energy is taken
-        self.sampler.wait_for(t1, timeout_s=max(2.0, 5 * cfg.sample_interval_s))
-        energy = self.sampler.energy_between(t0, t1)
+        batching = run.batching
+        if run.records and all(r.batch_index < 0 for r in run.records):
+            batching = Batching.INFLIGHT  # records batched continuously ran in flight
+        window = steady_window(run.records, run.batch_size, batching)
+        if window is None or window.length_s <= 0:
+            reached = max_in_flight(run.records)
+            if not run.records:
+                return PointResult(run.batch_size, PointStatus.ERROR, "the engine returned no requests",
+                                   batching=batching.value)
+            return PointResult(
+                run.batch_size, PointStatus.KV_BOUND if status is PointStatus.OK else status,
+                f"no steady state: at most {reached} of {run.batch_size} requests were in flight",
+                concurrency_reached=reached, batching=batching.value)
+        t0, t1 = window.start_s, window.end_s
+        # the sampler must have read the counter past the window's end before the energy is taken
+        end_read = self.sampler.wait_for(t1, timeout_s=max(2.0, 5 * cfg.sample_interval_s))
+        reading = self.sampler.energy_between(t0, t1)
         chunks = self.sampler.energy_chunks(t0, t1)
         self.intensity.refresh(t0, t1)
-        out_tokens = sum(r.output_tokens for r in records)
-        lat = metrics.latency_figures(records, Window(t0, t1), out_tokens)
-        op_g = carbon.operational_gco2e(chunks, self.intensity, cfg.pue)
-        emb_g = carbon.embodied_gco2e(self.gpu_specs, duration_s, cfg.lifetime_years) if self.gpu_specs else None
-        spec0 = self.gpu_specs[0] if self.gpu_specs and all(self.gpu_specs) else None
-        mfu = mbu = None
-        if self.model is not None and spec0 is not None:
-            mfu = metrics.mfu(records, self.model, duration_s, peak_flops(spec0, self.dtype), self.n_gpus)
-            traffic = metrics.decode_traffic(records, self.model, self.dtype)
-            mbu = metrics.mbu(traffic, peak_bandwidth_bytes_s(spec0), self.n_gpus)
-        peak = self.sampler.peak_mem_bytes(t0, t1)
-        op_per_tok = op_g / out_tokens if out_tokens else None
-        emb_per_tok = emb_g / out_tokens if emb_g is not None and out_tokens else None
-        notes = [message] if message else []
-        notes.extend(n for n in run.notes if n)
-        return PointResult(
-            batch_size=run.batch_size,
-            status=status,
-            message="; ".join(notes),
-            n_requests=len(records),
-            input_tokens=sum(r.input_tokens for r in records),
-            output_tokens=out_tokens,
-            duration_s=duration_s,
-            window_start_s=t0,
-            window_end_s=t1,
-            tokens_per_s=lat.tokens_per_s,
-            s_per_token=lat.s_per_token,
-            ttft_p50_s=lat.ttft_p50_s,
-            ttft_p90_s=lat.ttft_p90_s,
-            tpot_p50_s=lat.tpot_p50_s,
-            tpot_p90_s=lat.tpot_p90_s,
-            energy_j=energy.energy_j,
-            energy_source=energy.source,
-            energy_integrated_j=energy.integrated_j,
-            idle_corrected_energy_j=metrics.idle_corrected_energy_j(energy, self.idle_power_w, duration_s),
-            j_per_token=energy.energy_j / out_tokens if out_tokens else None,
+        counter = self.sampler.counter_readings(t0, t1)
+        cumulative = dict(counter)
+        subs = tuple(
+            SubWindow(a, b, cumulative[b] - cumulative[a],
+                      carbon.operational_gco2e(self.sampler.energy_chunks(a, b), self.intensity, cfg.pue))
+            for a, b in sub_window_bounds([t for t, _ in counter], window))
+        energy = PointEnergy(
+            reading=reading,
+            gco2e=carbon.operational_gco2e(chunks, self.intensity, cfg.pue),
             intensity_gco2e_per_kwh=carbon.mean_intensity(chunks, self.intensity),
-            gco2e_per_token=op_per_tok,
-            embodied_gco2e_per_token=emb_per_tok,
-            total_gco2e_per_token=(op_per_tok + emb_per_tok) if op_per_tok is not None and emb_per_tok is not None else op_per_tok,
-            mfu=mfu,
-            mbu=mbu,
-            peak_mem_gb=peak / 1e9 if peak is not None else None,
-            avg_power_w=energy.energy_j / duration_s if duration_s > 0 else None,
-            concurrency_reached=run.concurrency_reached,
+            sub_windows=subs,
+            end_read=end_read,
+            peak_mem_bytes=self.sampler.peak_mem_bytes(t0, t1),
         )
+        run = dataclasses.replace(run, batching=batching)
+        return point_figures(run, window, energy, self.conditions(), status, message,
+                             self.min_window_s)
 
     def _shutdown(self, state: str, message: str) -> None:
         """Stop the engine and the sampler and record how the sweep ended. Every step runs even
@@ -491,9 +682,10 @@ class SweepRunner:
         if self._host is not None:
             step(self._host.stop)
             self._host = None
-        ok = [p for p in self.points if p.status is PointStatus.OK]
-        self.recommended_batch = carbon.recommend_batch(
+        ok = [p for p in combine(self.points) if p.status is PointStatus.OK]
+        self.recommendation = carbon.recommend(
             ok, self.config.slo_s_per_token, self.config.slo_tpot_p90_s) if ok else None
+        self.recommended_batch = self.recommendation.batch_size if self.recommendation else None
         if self.sampler is not None:
             step(self.sampler.stop)
             if self._writer is not None:
@@ -515,8 +707,9 @@ class SweepRunner:
             summary: dict[str, Any] = {"message": message, "points": len(self.points),
                                        "largest_ok_batch": self.planner.largest_ok,
                                        "smallest_failed_batch": self.planner.smallest_failed}
-            if self.recommended_batch is not None:
-                summary["recommended_batch"] = self.recommended_batch
+            if self.recommendation is not None:
+                summary["recommended_batch"] = self.recommendation.batch_size
+                summary["recommendation"] = self.recommendation.reason
             try:
                 self._writer.finish(state, **summary)
             except CarbontopError as exc:
