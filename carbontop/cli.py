@@ -186,10 +186,16 @@ def _sweep(args: argparse.Namespace, cfg: Any = None, resume_from: Any = None) -
     cfg = cfg if cfg is not None else config_from_args(args)
     err = Console(stderr=True, highlight=False)
     quiet = args.quiet
+    bar = _PointBar(err)
 
     def on_event(event: Any) -> None:
         if quiet:
             return
+        if isinstance(event, (events.PointStarted, events.PointProgress)):
+            bar.update(event)
+            return
+        if isinstance(event, (events.PointFinished, events.SweepFinished)):
+            bar.done()
         if isinstance(event, events.SweepStarted):
             estimated = " (energy estimated: no hardware counter)" if event.energy_estimated else ""
             err.print(f"[bold]carbontop[/] sweep on {', '.join(event.devices)}{estimated} -> {event.run_dir}")
@@ -200,9 +206,13 @@ def _sweep(args: argparse.Namespace, cfg: Any = None, resume_from: Any = None) -
         elif isinstance(event, events.PointFinished):
             p = event.point
             if p.status.value == "ok":
+                ci = (f" ±{p.j_per_token_ci95 / p.j_per_token * 100:.1f}%"
+                      if p.j_per_token_ci95 is not None and p.j_per_token else "")
+                again = f" (re-measure {p.repeat})" if p.repeat else ""
                 err.print(
-                    f"  batch {p.batch_size}: {p.tokens_per_s:.1f} tok/s, "
-                    f"{(p.j_per_token or 0):.4g} J/tok, {p.energy_source}"
+                    f"  batch {p.batch_size}{again}: {p.tokens_per_s:.1f} tok/s, "
+                    f"{(p.j_per_token or 0):.4g} J/tok{ci}, window {p.duration_s or 0:.1f} s, "
+                    f"{p.energy_source}"
                 )
             else:
                 err.print(f"  batch {p.batch_size}: [yellow]{p.status.value}[/] {p.message}")
@@ -261,6 +271,54 @@ def _drive(runner: Any, err: Any) -> int:
     if signals.received is not None:
         return signals.received.exit_code
     return EXIT_CANCELLED if runner.cancelled else EXIT_OK
+
+
+class _PointBar:
+    """The running point's progress bar on stderr: requests done, the steady-state window's
+    seconds against its target, and the ETA (warm-up and ramp-up counted), as the app shows."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.progress: Any = None
+        self.task: Any = None
+
+    def update(self, event: Any) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        from carbontop.sweep import events
+
+        if self.progress is None:
+            self.progress = Progress(TextColumn("  {task.description}"), BarColumn(),
+                                     TextColumn("{task.fields[info]}"), console=self.console,
+                                     transient=True)
+            self.progress.start()
+        if isinstance(event, events.PointStarted):
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(f"batch {event.batch_size}", total=None,
+                                               info="warming up")
+            return
+        if self.task is None:
+            return
+        parts = [f"{event.done} requests"]
+        if event.window_target_s:
+            parts.append(f"window {event.window_s or 0:.1f}/{event.window_target_s:.0f} s")
+        elif event.total:
+            parts.append(f"of {event.total}")
+        if event.eta_s is not None:
+            parts.append(f"ETA {event.eta_s:.0f} s")
+        if event.window_target_s:
+            self.progress.update(self.task, total=event.window_target_s,
+                                 completed=min(event.window_s or 0.0, event.window_target_s),
+                                 info=" · ".join(parts))
+        else:
+            self.progress.update(self.task, total=event.total, completed=event.done,
+                                 info=" · ".join(parts))
+
+    def done(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self.progress = self.task = None
 
 
 def _stdout_console(piped_width: int = 200) -> Any:

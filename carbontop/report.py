@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,23 +10,27 @@ from rich.console import Console
 from rich.table import Table
 
 from carbontop.core.carbon import gco2e_per_token_at
+from carbontop.core.repeats import combine
 from carbontop.core.store import SavedRun
 from carbontop.figures.compare import RunSummary, like_for_like_warnings, table_rows
 
-# (column in points.csv, header, format); multipliers turn SI units into what people read
-COLUMNS: list[tuple[str, str, str, float]] = [
-    ("tokens_per_s", "tok/s", "{:.1f}", 1.0),
-    ("s_per_token", "s/tok", "{:.4f}", 1.0),
-    ("ttft_p50_s", "TTFT s", "{:.3f}", 1.0),
-    ("tpot_p50_s", "TPOT ms", "{:.2f}", 1000.0),
-    ("j_per_token", "J/tok", "{:.3g}", 1.0),
-    ("gco2e_per_token", "op g/tok", "{:.3g}", 1.0),
-    ("embodied_gco2e_per_token", "emb g/tok", "{:.3g}", 1.0),
-    ("total_gco2e_per_token", "gCO2e/tok", "{:.3g}", 1.0),
-    ("mfu", "MFU %", "{:.2f}", 100.0),
-    ("mbu", "MBU %", "{:.1f}", 100.0),
-    ("peak_mem_gb", "peak GB", "{:.1f}", 1.0),
-    ("avg_power_w", "W", "{:.0f}", 1.0),
+# (column in points.csv, header, format, multiplier, its 95% half-width column or None);
+# multipliers turn SI units into what people read
+COLUMNS: list[tuple[str, str, str, float, str | None]] = [
+    ("tokens_per_s", "tok/s", "{:.1f}", 1.0, "tokens_per_s_ci95"),
+    ("s_per_token", "s/tok", "{:.4f}", 1.0, None),
+    ("ttft_p50_s", "TTFT s", "{:.3f}", 1.0, None),
+    ("tpot_p50_s", "TPOT ms", "{:.2f}", 1000.0, None),
+    ("j_per_token", "J/tok", "{:.3g}", 1.0, "j_per_token_ci95"),
+    ("gco2e_per_token", "op g/tok", "{:.3g}", 1.0, "gco2e_per_token_ci95"),
+    ("embodied_gco2e_per_token", "emb g/tok", "{:.3g}", 1.0, None),
+    ("total_gco2e_per_token", "gCO2e/tok", "{:.3g}", 1.0, None),
+    ("slot_occupancy", "occ %", "{:.0f}", 100.0, None),
+    ("mfu", "MFU %", "{:.2f}", 100.0, None),
+    ("mbu", "MBU %", "{:.1f}", 100.0, None),
+    ("duration_s", "W s", "{:.1f}", 1.0, None),
+    ("peak_mem_gb", "peak GB", "{:.1f}", 1.0, None),
+    ("avg_power_w", "W", "{:.0f}", 1.0, None),
 ]
 
 
@@ -38,21 +43,44 @@ def fmt(value: Any, pattern: str, scale: float = 1.0) -> str:
         return str(value)
 
 
+def with_interval(value: Any, half_width: Any, pattern: str, scale: float = 1.0) -> str:
+    """'value ±h%' where the figure has a 95% half-width, the value alone where not."""
+    text = fmt(value, pattern, scale)
+    try:
+        rel = float(half_width) / abs(float(value))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return text
+    return f"{text} ±{rel * 100:.1f}%"
+
+
+def point_rows(run: SavedRun) -> list[dict[str, Any]]:
+    """One row per batch size: re-measures combined (mean +- interval over them), else the one
+    measurement (core/repeats.py)."""
+    return [dataclasses.asdict(p) | {"status": p.status.value} for p in combine(run.point_results())]
+
+
 def points_table(run: SavedRun) -> Table:
     recommended = run.meta.get("status", {}).get("recommended_batch")
+    rows = point_rows(run)
     table = Table(title=f"{run.config.get('model', '?')} on {', '.join(run.environment.get('devices', [])) or '?'}",
                   header_style="bold", title_justify="left")
-    # TTFT/TPOT p50 and p90, intensity and the rest stay in points.csv; a column that no point
-    # could measure here (MFU on a CPU, say) is left out rather than printed as dashes
-    shown = [c for c in COLUMNS if any(row.get(c[0]) not in (None, "") for row in run.points)]
+    # TTFT/TPOT p90, intensity and the rest stay in points.csv; a column that no point could
+    # measure here (MFU on a CPU, say) is left out rather than printed as dashes
+    shown = [c for c in COLUMNS if any(row.get(c[0]) not in (None, "") for row in rows)]
+    repeated = any((row.get("repeats") or 1) > 1 for row in rows)
     table.add_column("batch", justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
-    for _, header, _, _ in shown:
-        table.add_column(header, justify="right", no_wrap=True)
-    for row in run.points:
+    for _, header, _, _, ci in shown:
+        table.add_column(f"{header} ±95%" if ci else header, justify="right", no_wrap=True)
+    if repeated:
+        table.add_column("n", justify="right", no_wrap=True)
+    for row in rows:
         mark = " *" if recommended is not None and row.get("batch_size") == recommended else ""
         status = str(row.get("status", ""))
-        cells = [fmt(row.get(key), pattern, scale) for key, _, pattern, scale in shown]
+        cells = [with_interval(row.get(key), row.get(ci), pattern, scale) if ci
+                 else fmt(row.get(key), pattern, scale) for key, _, pattern, scale, ci in shown]
+        if repeated:
+            cells.append(str(row.get("repeats") or 1))
         table.add_row(f"{row.get('batch_size')}{mark}", status, *cells,
                       style=None if status == "ok" else "dim")
     return table
@@ -69,7 +97,9 @@ def print_summary(run: SavedRun, console: Console) -> None:
         if status.get("smallest_failed_batch") is not None:
             bound += f"; {status['smallest_failed_batch']} did not fit"
         lines.append(bound)
-    if status.get("recommended_batch") is not None:
+    if status.get("recommendation"):
+        lines.append(f"recommended {status['recommendation']} *")
+    elif status.get("recommended_batch") is not None:  # a run made before reasons were kept
         slo = run.config.get("slo_s_per_token", 0.2)
         lines.append(f"recommended batch (lowest total gCO2e/token within {slo} s/token): {status['recommended_batch']} *")
     elif run.points:
@@ -78,6 +108,22 @@ def print_summary(run: SavedRun, console: Console) -> None:
         lines.append(f"carbon: {carbon['description']}; PUE {carbon.get('pue', 1.0)}")
     if carbon.get("cleanest_gco2e_per_kwh") is not None:
         lines.append(extremes_line(run))
+    cfg = run.config
+    if cfg.get("resolved_min_window_s") is not None:
+        lines.append(f"method: {cfg.get('batching', 'inflight')} batching; each point's steady-state "
+                     f"window at least {cfg['resolved_min_window_s']:g} s; 95% intervals from "
+                     "sub-windows between energy-counter readings"
+                     + (f", and over {cfg['repeats']} shuffled re-measures" if cfg.get("repeats") else ""))
+    env = run.environment
+    if env.get("idle_power_loaded_w") is not None:
+        before = env.get("idle_power_w")
+        lines.append(f"idle power: {env['idle_power_loaded_w']:.1f} W with the model loaded (the "
+                     "idle-corrected energy subtracts it)"
+                     + (f", {before:.1f} W before loading" if before is not None else ""))
+    for p in run.points:
+        if p.get("energy_incomplete") in (True, "True"):
+            lines.append(f"batch {p.get('batch_size')}: no energy-counter reading came after its "
+                         "window's end, twice: its energy is cut short")
     energy_sources = {str(p.get("energy_source")) for p in run.points if p.get("energy_source")}
     if energy_sources:
         lines.append("energy: " + ", ".join(sorted(energy_sources)))
