@@ -93,3 +93,108 @@ class SlowLoad(_Base):
         print(f"loading in pid {os.getpid()}", flush=True)  # into engine.log, for the test
         time.sleep(600)
         return super().load()
+
+
+class Scheduler(_Base):
+    """Schedules a point's plan as a real engine does, with a fixed step time and no model:
+    in flight (a finished request's slot refilled at once, the window kept by SteadyState) or
+    static (batches of b, each until its longest request ends). Each step makes one token for
+    every request still generating; a request's first step is its prefill."""
+
+    STEP_S = 0.004
+
+    def run_point(self, plan):
+        from carbontop.core.records import Batching
+
+        self.emit("phase", {"phase": "measuring", "detail": ""})
+        if plan.batching is Batching.INFLIGHT:
+            return self._inflight(plan)
+        return self._static(plan)
+
+    def _stream(self, plan):
+        i = 0
+        while True:
+            yield i, plan.prompts[i % len(plan.prompts)]
+            i += 1
+
+    def _inflight(self, plan):
+        from carbontop.core.records import Batching, StepTimeline
+        from carbontop.core.window import SteadyState
+
+        b, state, stream = plan.batch_size, SteadyState(plan.batch_size), self._stream(plan)
+        slots, records, steps = [], [], []
+
+        def admit(t):
+            i, p = next(stream)
+            slots.append({"i": i, "p": p, "made": 0, "start": t, "first": None})
+            state.admit(t)
+
+        def record(s, t, finished):
+            return RequestRecord(b, s["i"], -1, s["p"].input_tokens, s["made"], s["start"],
+                                 s["first"] - s["start"], t - s["start"], finished)
+
+        now = time.time()
+        for _ in range(b):
+            admit(now)
+        last = now
+        while slots and not state.done:
+            time.sleep(self.STEP_S)
+            t = time.time()
+            steps.append((t, len(slots), sum(s["made"] > 0 for s in slots) == len(slots)))
+            for s in slots:
+                s["made"] += 1
+                if s["made"] == 1:
+                    s["first"] = t
+                    state.first_token(t)
+            done = [s for s in slots if s["made"] >= s["p"].output_tokens]
+            for s in done:
+                slots.remove(s)
+                state.finish(t)
+                records.append(record(s, t, True))
+                last = t
+            for _ in done:
+                if state.admitting and state.keep_admitting(t, plan.min_window_s, plan.max_point_s):
+                    admit(t)
+                else:
+                    state.stop_admitting(t)
+        records.extend(record(s, last, False) for s in slots if s["made"] > 0)
+        window = state.window()
+        timeline = StepTimeline(tuple(t for t, _, _ in steps), tuple(n for _, n, _ in steps),
+                                tuple(n for _, n, _ in steps), b,
+                                decode=tuple(d for _, _, d in steps))
+        return EngineRun(b, window.start_s, window.end_s, tuple(records),
+                         batching=Batching.INFLIGHT, timeline=timeline)
+
+    def _static(self, plan):
+        from carbontop.core.records import Batching, StepTimeline
+        from carbontop.core.window import keep_admitting
+
+        b, stream = plan.batch_size, self._stream(plan)
+        records, steps, first_admit, batch_index = [], [], None, 0
+        while True:
+            batch = [next(stream) for _ in range(b)]
+            start = time.time()
+            first_admit = first_admit or start
+            longest = max(p.output_tokens for _, p in batch)
+            firsts, ends = {}, {}
+            for j in range(longest):
+                time.sleep(self.STEP_S)
+                t = time.time()
+                live = sum(p.output_tokens > j for _, p in batch)
+                steps.append((t, live, j > 0))
+                for i, p in batch:
+                    if j == 0:
+                        firsts[i] = t
+                    if p.output_tokens == j + 1:
+                        ends[i] = t
+            records.extend(RequestRecord(b, i, batch_index, p.input_tokens, p.output_tokens, start,
+                                         firsts[i] - start, ends[i] - start) for i, p in batch)
+            batch_index += 1
+            if not keep_admitting(t, plan.min_window_s, first_admit, plan.max_point_s,
+                                  opened_s=first_admit):
+                break
+        timeline = StepTimeline(tuple(t for t, _, _ in steps), tuple(n for _, n, _ in steps),
+                                tuple(n for _, n, _ in steps), b,
+                                decode=tuple(d for _, _, d in steps))
+        return EngineRun(b, first_admit, t, tuple(records), batching=Batching.STATIC,
+                         timeline=timeline)
