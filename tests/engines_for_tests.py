@@ -23,7 +23,11 @@ class _Base:
     def close(self) -> None:
         pass
 
-    def _run(self, batch_size: int, prompts) -> EngineRun:
+    def _run(self, plan) -> EngineRun:
+        """One static pass over the plan's stream, timed by the clock, not by steps."""
+        batch_size = plan.batch_size
+        n = -(-len(plan.prompts) // batch_size) * batch_size
+        prompts = [plan.prompts[i % len(plan.prompts)] for i in range(n)]
         self.emit("phase", {"phase": "measuring", "detail": ""})
         start = time.time()
         records = []
@@ -38,35 +42,35 @@ class _Base:
 class OOMAbove(_Base):
     """Reports OOM the way a healthy engine does."""
 
-    def run_point(self, batch_size, prompts):
-        if batch_size > LIMIT:
+    def run_point(self, plan):
+        if plan.batch_size > LIMIT:
             raise EngineOOM("CUDA out of memory. Tried to allocate 2.00 GiB", recovered=True)
-        return self._run(batch_size, prompts)
+        return self._run(plan)
 
 
 class KilledAbove(_Base):
     """Dies the way the kernel's OOM killer ends a process."""
 
-    def run_point(self, batch_size, prompts):
-        if batch_size > LIMIT:
+    def run_point(self, plan):
+        if plan.batch_size > LIMIT:
             os.kill(os.getpid(), signal.SIGKILL)
-        return self._run(batch_size, prompts)
+        return self._run(plan)
 
 
 class CrashesAt(_Base):
     """Exits abruptly at one size (a CUDA fault, say); other sizes work."""
 
-    def run_point(self, batch_size, prompts):
-        if batch_size == 4:
+    def run_point(self, plan):
+        if plan.batch_size == 4:
             os._exit(3)
-        return self._run(batch_size, prompts)
+        return self._run(plan)
 
 
 class Hangs(_Base):
-    def run_point(self, batch_size, prompts):
+    def run_point(self, plan):
         self.emit("phase", {"phase": "measuring", "detail": ""})
         time.sleep(60)
-        return self._run(batch_size, prompts)
+        return self._run(plan)
 
 
 class HangsAbove1(_Base):
@@ -74,11 +78,11 @@ class HangsAbove1(_Base):
 
     limit = 1
 
-    def run_point(self, batch_size, prompts):
-        if batch_size > self.limit:
+    def run_point(self, plan):
+        if plan.batch_size > self.limit:
             self.emit("phase", {"phase": "measuring", "detail": "hanging"})
             time.sleep(600)
-        return self._run(batch_size, prompts)
+        return self._run(plan)
 
 
 class HangsAbove4(HangsAbove1):

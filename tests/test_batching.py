@@ -7,10 +7,11 @@ occupancy come from the same code the runner uses.
 
 from __future__ import annotations
 
+from engines_for_tests import Scheduler
+
 from carbontop.core import metrics
 from carbontop.core.records import Batching, PointPlan, Prompt
 from carbontop.core.window import steady_window, tokens_between
-from engines_for_tests import Scheduler
 
 # output lengths that vary as ShareGPT's do: a short request often shares a batch with a long one
 PROMPTS = tuple(Prompt(f"p{i}", 8, n) for i, n in enumerate((3, 40, 5, 30, 8, 50, 2, 25)))

@@ -11,17 +11,19 @@ Messages child -> parent (tuples over a multiprocessing Pipe):
 
 from __future__ import annotations
 
+import inspect
+import math
 import multiprocessing as mp
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carbontop.core.records import EngineRun, PointStatus, Prompt
+from carbontop.core.records import EngineRun, PointPlan, PointStatus
 from carbontop.engines.base import EngineFailure, EngineKVBound, EngineOOM, EngineSpec
 from carbontop.engines.procgroup import (
     detach_and_tie_to_parent,
@@ -92,9 +94,9 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
             break
         if command[0] == "stop":
             break
-        _, batch_size, prompts = command
+        _, plan = command
         try:
-            conn.send(("result", engine.run_point(batch_size, prompts)))
+            conn.send(("result", _run_plan(engine, plan)))
         except EngineOOM as exc:
             conn.send(("oom", str(exc), exc.recovered))
         except EngineKVBound as exc:
@@ -112,6 +114,16 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
         engine.close()
     except Exception:  # noqa: BLE001 - closing must not hide the result already sent
         traceback.print_exc()
+
+
+def _run_plan(engine: Any, plan: PointPlan) -> EngineRun:
+    """`engine.run_point(plan)`. An engine that still takes (batch_size, prompts) gets the plan's
+    stream cycled into whole batches of b, one pass over it (what every engine ran before
+    points became windows), until it speaks plans."""
+    if len(inspect.signature(engine.run_point).parameters) == 1:
+        return engine.run_point(plan)
+    n = math.ceil(len(plan.prompts) / plan.batch_size) * plan.batch_size
+    return engine.run_point(plan.batch_size, [plan.prompts[i % len(plan.prompts)] for i in range(n)])
 
 
 # ---- parent side --------------------------------------------------------------------------
@@ -206,11 +218,11 @@ class EngineHost:
                     raise CarbontopError(f"The model does not fit in memory even before the sweep: {text}")
                 raise CarbontopError(f"The engine failed to load the model: {text}{self._log_hint()}")
 
-    def run_point(self, batch_size: int, prompts: Sequence[Prompt], on_message: OnMessage,
+    def run_point(self, plan: PointPlan, on_message: OnMessage,
                   should_stop: ShouldStop) -> PointOutcome:
         if not self.alive:
             raise RuntimeError("engine child is not running")
-        self._conn.send(("run", batch_size, list(prompts)))
+        self._conn.send(("run", plan))
         self._busy = True  # until the point's answer: a child in a point reads no commands
         try:
             msg = self._wait(on_message, should_stop)

@@ -8,6 +8,7 @@ as it happens, so a crash, a cancel or a power cut keeps every finished point.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import threading
@@ -49,7 +50,7 @@ from carbontop.core.search import BatchPlanner
 from carbontop.core.store import RunWriter, SavedRun, new_run_dir
 from carbontop.core.tokenize import load_token_counter
 from carbontop.core.window import max_in_flight, steady_window
-from carbontop.core.workload import build_workload, request_stream, requests_for_point
+from carbontop.core.workload import build_workload, request_stream
 from carbontop.engines.base import EngineSpec
 from carbontop.engines.quant import plan_weight_quant
 from carbontop.errors import CarbontopError, ConfigError
@@ -491,11 +492,12 @@ class SweepRunner:
             plan = PointPlan(batch_size, self.batching, self.stream, self.min_window_s,
                              self.max_point_s)
             start_temp = self._hottest_temp_c()
-            prompts = requests_for_point(self.workload, batch_size, self.num_prompts)
-            self._emit(events.PointStarted(batch_size, len(prompts)))
+            # requests an engine running whole passes over the stream would run; one that runs
+            # to its window draws as many as the window needs
+            planned = math.ceil(len(self.stream) / batch_size) * batch_size
+            self._emit(events.PointStarted(batch_size, planned))
             started = [time.time()]
-            outcome = self._host.run_point(batch_size, prompts,
-                                           self._relay(batch_size, started, plan),
+            outcome = self._host.run_point(plan, self._relay(batch_size, started, plan),
                                            self._cancel.is_set)
             point = self._point(batch_size, outcome)
             point.repeat = repeat
