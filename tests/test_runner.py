@@ -100,3 +100,38 @@ def test_bad_setups_fail_in_one_sentence(tmp_path) -> None:
         SweepRunner(small(tmp_path, model="gpt2", max_input_len=1000, max_output_len=1000)).prepare()
     with pytest.raises(CarbontopError, match="weights"):
         SweepRunner(small(tmp_path, weights="auto")).prepare()
+
+
+def test_inflight_point_through_the_runner(tmp_path) -> None:
+    """A point plan through the real host and runner: window, intervals and occupancy."""
+    runner = SweepRunner(small(tmp_path, batch_sizes="2", dataset="synthetic", num_prompts=8,
+                               min_window_s=1.0, max_point_s=10.0))
+    with_engine(runner, "engines_for_tests:Scheduler")
+    runner.run()
+    run = load_run(tmp_path / "run")
+    (p,) = run.points
+    assert p["status"] == "ok" and p["batching"] == "inflight"
+    assert p["duration_s"] >= 1.0 and p["window_target_s"] == 1.0 and p["point_s"] > p["duration_s"]
+    assert p["slot_occupancy"] >= 0.95
+    assert p["ci_batches"] >= 2 and p["j_per_token_ci95"] is not None
+    assert p["j_per_token"] == pytest.approx(p["energy_j"] / p["output_tokens"], rel=0.05)
+    assert run.environment["idle_power_loaded_w"] is not None
+    assert run.meta["status"]["recommendation"].startswith("batch 2: lowest")
+
+
+def test_repeats_run_in_shuffled_order_and_combine(tmp_path) -> None:
+    runner = SweepRunner(small(tmp_path, batch_sizes="1,2,4", min_window_s=0.3, max_point_s=5.0,
+                               repeats=2, seed=3))
+    with_engine(runner, "engines_for_tests:Scheduler")
+    runner.run()
+    run = load_run(tmp_path / "run")
+    order = run.meta["repeats"]["order"]
+    assert sorted(order) == sorted(f"{b}:{k}" for b in (1, 2, 4) for k in (1, 2))
+    assert order != sorted(order, key=lambda s: (int(s.split(":")[1]), int(s.split(":")[0])))
+    measured = [(p["batch_size"], p["repeat"]) for p in run.points]
+    assert measured[:3] == [(1, 0), (2, 0), (4, 0)]
+    assert [f"{b}:{k}" for b, k in measured[3:]] == order
+    from carbontop.core.repeats import combine
+
+    combined = combine(run.point_results())
+    assert [p.repeats for p in combined] == [2, 2, 2]
