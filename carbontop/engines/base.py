@@ -7,11 +7,11 @@ once, then `run_point()` once per sweep point. It reports what it is doing throu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from carbontop.core.records import EngineRun, Prompt
+from carbontop.core.records import EngineRun, PointPlan
 
 # emit(kind, payload): kind is "phase" ({"phase": str, "detail": str}) or
 # "progress" ({"done": int, "total": int}). Emitting is cheap; engines emit per batch, not per token.
@@ -71,8 +71,12 @@ class Engine(Protocol):
         """Load the model (outside every measured window); return facts for run.toml."""
         ...
 
-    def run_point(self, batch_size: int, prompts: Sequence[Prompt]) -> EngineRun:
-        """Run all `prompts` at `batch_size` (warm-up first, outside the window) and time them."""
+    def run_point(self, plan: PointPlan) -> EngineRun:
+        """Run one point (warm-up first, outside the window): admit requests from the plan's
+        stream, cycling it, at most `plan.batch_size` in flight (or in static batches), until
+        core/window.py's `keep_admitting` says stop; return the records, the window and, where
+        the engine has steps, their timeline. (The host still hands an engine whose run_point
+        takes (batch_size, prompts) one pass over the stream.)"""
         ...
 
     def close(self) -> None: ...
