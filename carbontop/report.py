@@ -130,7 +130,9 @@ def print_summary(run: SavedRun, console: Console) -> None:
     if run.environment.get("energy_estimated"):
         lines.append("energy is estimated from the CPU's TDP and load: no hardware counter was readable")
     if workload and not workload.get("lengths_exact", True):
-        lines.append("token counts are estimated: the model folder has no tokenizer")
+        # the counter's name ends in why there was no tokenizer ("no model folder given", ...)
+        reason = str(workload.get("tokenizer") or "").rpartition("; ")[2] or "no tokenizer found"
+        lines.append(f"token counts are estimated, not tokenized ({reason})")
     if run.status_note:
         lines.append(f"interrupted: {run.status_note}")
     elif status.get("message") and run.status != "done":

@@ -92,8 +92,8 @@ async def test_start_rows_appear_with_units_and_marks(tmp_path: Path) -> None:
         assert headers[:11] == ["batch", "status", "tok/s", "s/tok", "TTFT p50 s", "TPOT p50 ms",
                                 "J/tok", "gCO2e /tok", "MFU %", "MBU %", "peak GB"]
         text = screen_text(app)
-        assert "Sweep finished: 3 points measured. Recommended batch: 2." in text
-        assert "★ lowest gCO2e/token: batch 4" in text
+        assert "Sweep finished: 3 points recorded (3 ok). Recommended batch: 2." in text
+        assert "★ lowest gCO2e/tok 4" in text
         assert app.run_dir == tmp_path / "run"
 
 
@@ -113,12 +113,13 @@ async def test_cancel_stops_the_running_point_and_keeps_finished_ones(tmp_path: 
         rows = table_cells(app)
         assert [(r[0].lstrip("★✓"), r[1]) for r in rows] == [("1", "ok"), ("2", "ok"), ("4", "cancel")]
         assert app.sweep.points == {1: "ok", 2: "ok", 4: "cancelled"}
-        assert "Sweep cancelled: 2 points measured." in screen_text(app)
+        # as many points as points.csv (and `carbontop runs`) has
+        assert "Sweep cancelled: 3 points recorded (2 ok, 1 cancelled)." in screen_text(app)
         with open(tmp_path / "run" / "points.csv", newline="") as fh:
             saved = list(csv.DictReader(fh))
         assert [(r["batch_size"], r["status"]) for r in saved] == [("1", "ok"), ("2", "ok"), ("4", "cancelled")]
         # the keys follow the state: start is live again, cancel is not
-        assert app.check_action("start", ()) is True and app.check_action("cancel", ()) is None
+        assert app.check_action("start", ()) is True and app.check_action("cancel", ()) is False
 
 
 async def test_export_asks_for_a_path_and_writes_the_csv(tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ async def test_export_asks_for_a_path_and_writes_the_csv(tmp_path: Path) -> None
         await pilot.press("enter")
         await wait_until(pilot, lambda: getattr(app, "last_export", None) is not None, what="export")
         assert app.last_export == dest
-        assert any(str(dest) in n.message for n in app._notifications)
+        assert any(dest.name in n.message for n in app._notifications)
     with open(dest, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["batch_size"]) for r in rows] == [1, 2, 4]
@@ -234,11 +235,11 @@ async def test_opening_a_run_leaves_the_next_sweep_alone_until_asked(tmp_path: P
         app.show_saved(app._load_run(run))
         await pilot.pause()
         assert app.form.read() == CONFIG  # the form still holds the next sweep's settings
-        assert "u Use its settings" in screen_text(app).splitlines()[-1]
+        assert "u Reuse" in screen_text(app).splitlines()[-1]
         await pilot.press("s")
         await wait_until(pilot, lambda: not app.sweep_running, what="the sweep to end")
         assert ScriptedRunner.instances[-1].config == CONFIG
-        assert "u Use its settings" not in screen_text(app).splitlines()[-1]
+        assert "u Reuse" not in screen_text(app).splitlines()[-1]
     remembered = (tmp_path / "config" / "carbontop" / "last_run.toml").read_text()
     assert "compile" not in remembered or 'compile = "auto"' in remembered
     assert "elsewhere" not in remembered
@@ -449,14 +450,15 @@ async def test_help_lists_every_key_in_the_footer(tmp_path: Path) -> None:
     async with app.run_test(size=(100, 40)) as pilot:
         await ready(pilot)
         footer = screen_text(app).splitlines()[-1]
-        for key, label in [("s", "Start"), ("c", "Cancel"), ("e", "Export"), ("o", "Open"),
-                           ("f", "Config"), ("t", "Theme"), ("?", "Help"), ("q", "Quit")]:
+        for key, label in [("s", "Start"), ("e", "Export"), ("o", "Open"), ("r", "Table"),
+                           ("f", "Form"), ("?", "Help"), ("q", "Quit")]:
             assert f"{key} {label}" in footer
+        assert "c Cancel" not in footer  # start and cancel take turns
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         listed = {key for key, _ in KEYS}
         for binding in CarbontopApp.BINDINGS:
-            if binding.show:
+            if binding.show or binding.key == "t":
                 assert (binding.key_display or binding.key) in listed
         text = screen_text(app)
         for _key, what in KEYS:
@@ -497,7 +499,7 @@ async def test_idle_telemetry_shows_power_and_memory_with_stats(tmp_path: Path) 
         text = screen_text(app)
         # FixedSampler: 120 readings 0.5 s apart; the last is 80 + 39 x 15 = 665 W and
         # 12 + 119 x 0.2 = 35.8 GB; all of them lie in the last 60 s
-        assert "Telemetry · nvml" in text and "GPU 0 · NVIDIA H100 80GB HBM3" in text
+        assert "Telemetry · NVML" in text and "H100 80GB HBM3" in text.splitlines()[0]
         assert "665 W  min 80 max 665" in text
         assert "35.8/80 GB  45% max 35.8" in text  # of the 80 GB card: 44.75%
 
@@ -510,8 +512,8 @@ async def test_estimated_cpu_source_says_so(tmp_path: Path) -> None:
         app._poll_telemetry()
         await pilot.pause()
         text = screen_text(app)
-        assert "Telemetry · estimate · estimated" in text
-        assert "CPU: AMD EPYC · estimated" in text
+        assert "Telemetry · estimated from CPU TDP × load" in text
+        assert "CPU: AMD EPYC" in text.splitlines()[0]  # the header names the device
 
 
 async def test_no_power_source_is_a_note(tmp_path: Path) -> None:
@@ -656,7 +658,7 @@ async def test_real_sweep_of_the_tiny_model_runs_to_the_end(tmp_path: Path) -> N
         assert all(r[1] == "ok" for r in rows)
         assert all(float(r[2]) > 0 for r in rows)  # tok/s measured
         text = screen_text(app)
-        assert "Sweep finished: 2 points measured." in text
+        assert "Sweep finished: 2 points recorded (2 ok)." in text
         run_dir = app.run_dir
         assert run_dir is not None and run_dir.is_relative_to(tmp_path)
         assert (run_dir / "points.csv").exists()
@@ -721,7 +723,113 @@ async def test_the_recorded_h100_sample_run_opens_without_a_gpu(tmp_path: Path) 
         best = [r for r in rows if r[0].startswith("★")]
         assert len(best) == 1  # one point marked as the lowest gCO2e/token
         text = screen_text(app)
-        assert "GPU 0 · NVIDIA H100 80GB HBM3" in text and "Power trace · saved run" in text
+        assert "Power trace · saved run" in text
+        # the header says where the figures come from
+        assert text.splitlines()[0].split() == [
+            "saved", "vm", "·", "H100", "80GB", "HBM3", "·", "580.159.04", "·", "413", "g/kWh",
+            "·", "…/llama2-7b-h100-sharegpt"]
         # the eleven core columns fit an 80-column terminal
         header = text.splitlines()[[i for i, line in enumerate(text.splitlines()) if "tok/s" in line][0]]
         assert "peak" in header
+
+
+# ---- layout at the sizes people use -------------------------------------------------------
+
+
+@pytest.mark.skipif(not SAMPLE_RUN.is_dir(), reason="the recorded sample run is not in this checkout")
+async def test_60x15_keeps_quit_in_the_footer_and_shows_finished_rows(tmp_path: Path) -> None:
+    app = CarbontopApp(open_run=SAMPLE_RUN, idle_sampler_factory=lambda c: FixedSampler(),
+                       remember=False)
+    async with app.run_test(size=(60, 15)) as pilot:
+        await ready(pilot)
+        lines = screen_text(app).splitlines()
+        assert lines[-1].rstrip().endswith("q Quit")
+        assert len(table_cells(app)) == 16
+        shown = [line for line in lines if line.lstrip().startswith(("1 ", "2 ", "4 "))]
+        assert len(shown) >= 3, "\n".join(lines)  # rows, not just the header
+        # the chips wrap between chips, and a short screen merges runs of one status
+        assert "1–204 ✓ ×11" in "\n".join(lines) and "205–256 OOM ×5" in "\n".join(lines)
+
+
+@pytest.mark.skipif(not SAMPLE_RUN.is_dir(), reason="the recorded sample run is not in this checkout")
+async def test_80x24_chips_never_break_inside_and_the_last_column_is_whole(tmp_path: Path) -> None:
+    app = CarbontopApp(open_run=SAMPLE_RUN, idle_sampler_factory=lambda c: FixedSampler(),
+                       remember=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        lines = screen_text(app).splitlines()
+        for line in lines:
+            assert not line.rstrip().endswith((" 205", " 206", " 208", " 224", " 256")), line
+        header = next(line for line in lines if "tok/s" in line)
+        assert header.rstrip().endswith("peak")  # whole, no scroll bar eating into it
+        units = lines[lines.index(header) + 1]
+        assert units.rstrip().endswith("GB")
+
+
+async def test_r_reaches_the_table_from_the_form_and_it_keeps_batch_when_scrolled(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("s")
+        await wait_until(pilot, lambda: not app.sweep_running, what="the sweep to end")
+        app.form.field("model").focus()
+        await pilot.press("escape", "r")  # escape leaves the field, r goes to the table
+        assert app.focused is app.results.table
+        await pilot.press(*["right"] * 30)
+        await pilot.pause()
+        assert app.results.table.scroll_x > 0
+        text = screen_text(app)
+        rows = [line for line in text.splitlines() if " ok " in line]
+        assert rows and all(any(f" {b} " in line for b in ("1", "2", "★4", "4")) for line in rows)
+        assert "← " in text  # the caption says columns lie to the left
+
+
+async def test_theme_notes_do_not_stack(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("t", "t", "t", "t")
+        await pilot.pause()
+        assert sum(n.message.startswith("Theme: ") for n in app._notifications) == 1
+
+
+async def test_notifications_leave_the_results_legend_visible(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await ready(pilot)
+        await pilot.press("s")
+        await wait_until(pilot, lambda: not app.sweep_running, what="the sweep to end")
+        app.notify("/a/very/long/path/" + "x" * 27 + "/points.csv", title="Exported the results")  # 56 wide, as short_path leaves it
+        await wait_until(pilot, lambda: len(app.screen.query("Toast")) > 0, what="the toast")
+        await pilot.pause(0.3)
+        caption = app.results.query_one("#results-caption")
+        toasts = list(app.screen.query("Toast"))
+        assert toasts and all(not t.region.overlaps(caption.region) for t in toasts)
+        # wide enough for the path on one line, so it is not broken in the middle
+        assert any("/points.csv" in line and "/a/very" in line for line in screen_text(app).splitlines())
+
+
+def test_header_parts_and_path_shortening() -> None:
+    from carbontop.tui.widgets.header import carbon_text, devices_text, short_path
+
+    assert devices_text(["NVIDIA H100 80GB HBM3"] * 2) == "2× H100 80GB HBM3"
+    assert devices_text(["NVIDIA A100-SXM4-40GB", "NVIDIA H100 80GB HBM3"]) == (
+        "A100-SXM4-40GB, H100 80GB HBM3")
+    assert carbon_text("constant 413 g/kWh (the paper's single reading)") == "constant 413 g/kWh"
+    assert short_path("/data/carbontop/runs/20240503-llama", 24) == "…/runs/20240503-llama"
+    assert short_path("/data/carbontop/runs/x") == "/data/carbontop/runs/x"
+
+
+def test_header_carbon_follows_the_carbon_modules_precedence(tmp_path: Path) -> None:
+    from carbontop.core.carbon import make_intensity_source
+    from carbontop.tui.widgets.header import carbon_of_settings
+
+    trace = tmp_path / "de.csv"
+    trace.write_text("Datetime (UTC),Carbon Intensity gCO₂eq/kWh (LCA)\n"
+                     "2024-01-01 00:00:00,300\n2024-01-01 01:00:00,310\n", encoding="utf-8")
+    for cfg, words in [(RunConfig(intensity=250.0), "constant 250 g/kWh"),
+                       (RunConfig(zone="FR"), "zone FR"),
+                       (RunConfig(zone="FR", trace=str(trace)), "hourly trace de.csv")]:
+        assert carbon_of_settings(cfg) == words
+        source = make_intensity_source(intensity=cfg.intensity, zone=cfg.zone, trace=cfg.trace)
+        assert words.startswith({"constant": "constant", "zone": "zone", "trace": "hourly trace"}[source.kind])

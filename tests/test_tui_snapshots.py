@@ -38,8 +38,16 @@ SCRIPT = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def fixed_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header names the runs folder: the same one on every machine (nothing is written)."""
+    monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
+
+
 def snapshot_app() -> CarbontopApp:
-    return CarbontopApp(CONFIG, idle_sampler_factory=lambda cfg: FixedSampler(), remember=False)
+    app = CarbontopApp(CONFIG, idle_sampler_factory=lambda cfg: FixedSampler(), remember=False)
+    app.host = "gpu-node-7"  # the header names the host: the same one on every machine
+    return app
 
 
 async def sweep_in_progress(pilot) -> None:
@@ -68,7 +76,16 @@ def test_config_form_80x24(snap_compare) -> None:
         await pilot.press("f")
         pilot.app.form.field("num_prompts").value = "many"  # marked, with its sentence
         await pilot.pause()
-        pilot.app.results.table.focus()  # no blinking cursor in the snapshot
+        pilot.app.form.field("device").focus()  # a choice: marked, with its help, no cursor
+        await pilot.pause()
         await pilot.pause()
 
     assert snap_compare(snapshot_app(), terminal_size=(80, 24), run_before=open_form)
+
+
+def test_main_screen_60x15(snap_compare) -> None:
+    assert snap_compare(snapshot_app(), terminal_size=(60, 15), run_before=sweep_in_progress)
+
+
+def test_main_screen_200x50(snap_compare) -> None:
+    assert snap_compare(snapshot_app(), terminal_size=(200, 50), run_before=sweep_in_progress)

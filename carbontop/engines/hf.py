@@ -152,7 +152,9 @@ class HFEngine:
                 state = _PointState(self, batch_size, cache_len)
                 self._warm_up(state, batches[0])
                 self.emit("phase", {"phase": "measuring",
-                                    "detail": f"{len(prompts)} requests in {len(batches)} static batches"})
+                                    "detail": f"{len(prompts)} request{'s' if len(prompts) != 1 else ''} "
+                                              f"in {len(batches)} static "
+                                              f"batch{'es' if len(batches) != 1 else ''}"})
                 self._sync()
                 window_start = time.time()
                 records: list[RequestRecord] = []

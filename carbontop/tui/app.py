@@ -12,14 +12,17 @@ the power sources are imported when first used.
 from __future__ import annotations
 
 import pathlib
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from textual import work
+from rich.markup import escape
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer
@@ -36,7 +39,14 @@ from carbontop.tui.screens import (
     recent_runs,
 )
 from carbontop.tui.themes import DEFAULT_THEME, load_themes, theme_dirs
-from carbontop.tui.widgets.config_form import ConfigForm
+from carbontop.tui.widgets.config_form import ConfigForm, settings_summary
+from carbontop.tui.widgets.header import (
+    Setup,
+    SetupLine,
+    carbon_of_settings,
+    saved_setup,
+    short_path,
+)
 from carbontop.tui.widgets.results import ResultsPane
 from carbontop.tui.widgets.sweep import SweepPane
 from carbontop.tui.widgets.telemetry import TelemetryPane
@@ -54,6 +64,9 @@ TELEMETRY_POLL_S = 0.25
 IDLE_SAMPLE_INTERVAL_S = 0.25
 IDLE_HISTORY_S = 120.0
 NARROW_BELOW_COLUMNS = 120  # under this width the form and the panes take turns
+COMPACT_FOOTER_BELOW = 100  # columns: the footer's keys pack tighter, so q Quit still shows at 60
+SHORT_BELOW_LINES = 30  # under this height the panes drop their boxes for a title rule
+TINY_BELOW_LINES = 20  # and under this one the telemetry shows power alone
 
 RunnerFactory = Callable[[cfgmod.RunConfig, Callable[[Any], None]], Any]
 SamplerFactory = Callable[[cfgmod.RunConfig], Any]
@@ -175,11 +188,21 @@ def write_ui_state(state: dict[str, Any]) -> None:
 
 
 class IdleSamplerReady(Message):
-    def __init__(self, sampler: Any, error: str, key: tuple[Any, ...]) -> None:
+    def __init__(self, sampler: Any, error: str, key: tuple[Any, ...], driver: str = "") -> None:
         super().__init__()
         self.sampler = sampler
         self.error = error
         self.key = key
+        self.driver = driver
+
+
+def driver_version(source: Any) -> str:
+    """The NVIDIA driver's version where the source reads NVML; '' elsewhere or when unknown."""
+    if getattr(source, "kind", "") != "nvml":
+        return ""
+    from carbontop.telemetry.sources import nvml_environment
+
+    return str(nvml_environment().get("driver_version") or "")
 
 
 # ---- the app ------------------------------------------------------------------------------
@@ -192,14 +215,18 @@ class CarbontopApp(App[int]):
     TITLE = "carbontop"
     ENABLE_COMMAND_PALETTE = False  # every action has a key in the footer
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (NARROW_BELOW_COLUMNS, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-tiny"), (TINY_BELOW_LINES, "-short"), (SHORT_BELOW_LINES, "-tall")]
     BINDINGS = [
+        # The footer shows these in this order; at 60 columns the last must still be q Quit, so
+        # start and cancel take turns and the theme key lives in help only.
         Binding("s", "start", "Start"),
         Binding("c", "cancel", "Cancel"),
-        Binding("e", "export", "Export"),
         Binding("o", "open", "Open"),
-        Binding("u", "use_saved_settings", "Use its settings"),
-        Binding("f", "toggle_config", "Config"),
-        Binding("t", "cycle_theme", "Theme"),
+        Binding("u", "use_saved_settings", "Reuse"),
+        Binding("e", "export", "Export"),
+        Binding("r", "focus_results", "Table"),
+        Binding("f", "toggle_config", "Form"),
+        Binding("t", "cycle_theme", "Theme", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
@@ -231,6 +258,7 @@ class CarbontopApp(App[int]):
         self._remember = remember  # False in tests that must not touch the user's config dir
 
         self.runner: Any = None
+        self._sweep_config: cfgmod.RunConfig | None = None  # of the sweep running or last run
         self.run_dir: pathlib.Path | None = None
         self.saved_config: cfgmod.RunConfig | None = None  # the shown saved run's, for u
         self.sweep_running = False
@@ -240,6 +268,9 @@ class CarbontopApp(App[int]):
         self._idle_sampler: Any = None
         self._idle_key: tuple[Any, ...] | None = None
         self._idle_opening = False
+        self.host = socket.gethostname()  # for the header line
+        self._live_devices: tuple[str, ...] = ()
+        self._live_driver = ""
 
         themes = load_themes(theme_dirs(cfgmod.config_dir() / "themes"))
         for theme in themes.themes:
@@ -258,6 +289,9 @@ class CarbontopApp(App[int]):
         # them on the new screen, so that the first frame is styled once, for this width.
         screen = super().get_default_screen()
         screen.add_class("-narrow" if self.size.width < NARROW_BELOW_COLUMNS else "-wide")
+        height = self.size.height
+        screen.add_class("-tiny" if height < TINY_BELOW_LINES else
+                         "-short" if height < SHORT_BELOW_LINES else "-tall")
         return screen
 
     def compose(self) -> ComposeResult:
@@ -267,13 +301,16 @@ class CarbontopApp(App[int]):
         self.telemetry = TelemetryPane(id="telemetry")
         self.sweep = SweepPane(id="sweep")
         self.results = ResultsPane(id="results")
+        self.setup_line = SetupLine(id="setup")
+        yield self.setup_line
         with Horizontal(id="body"):
             yield self.form
             with Vertical(id="monitor"):
                 yield self.telemetry
                 yield self.sweep
                 yield self.results
-        yield Footer()
+        self.footer = Footer(compact=self.size.width < COMPACT_FOOTER_BELOW)
+        yield self.footer
 
     def on_mount(self) -> None:
         self._main = self.screen
@@ -285,6 +322,7 @@ class CarbontopApp(App[int]):
         self.results.table.focus()
         self.call_after_refresh(self.form.build)  # after the first frame: see ConfigForm.build
         self.set_interval(TELEMETRY_POLL_S, self._poll_telemetry)
+        self.show_setup()
         if self._open_at_start is not None:
             try:
                 self.show_saved(self._load_run(pathlib.Path(self._open_at_start)))
@@ -294,6 +332,9 @@ class CarbontopApp(App[int]):
                 self.show_error("Cannot open the run", f"{type(exc).__name__}: {exc}")
         else:
             self._start_idle_sampler(self.initial)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.footer.compact = event.size.width < COMPACT_FOOTER_BELOW
 
     def on_unmount(self) -> None:
         self.cleanup()
@@ -366,10 +407,22 @@ class CarbontopApp(App[int]):
         except Exception as exc:  # noqa: BLE001 - no power source is a note, not a failure
             self.post_message(IdleSamplerReady(None, str(exc), key))
             return
-        self.post_message(IdleSamplerReady(sampler, "", key))
+        try:
+            driver = driver_version(getattr(sampler, "source", None))
+        except Exception:  # noqa: BLE001 - the header then leaves the driver out
+            driver = ""
+        self.post_message(IdleSamplerReady(sampler, "", key, driver))
 
     def on_idle_sampler_ready(self, message: IdleSamplerReady) -> None:
         self._idle_opening = False
+        source = getattr(message.sampler, "source", None)
+        try:
+            names = dict(source.device_names() or {}) if source is not None else {}
+        except Exception:  # noqa: BLE001
+            names = {}
+        self._live_devices = tuple(names[i] for i in sorted(names))
+        self._live_driver = message.driver
+        self.show_setup()
         if message.sampler is None:
             if not self.sweep_running and not self.showing_saved:
                 self.telemetry.clear_devices()  # the old device's graphs would mislead
@@ -391,6 +444,28 @@ class CarbontopApp(App[int]):
         config = self.form.check()
         if config is not None and not self.showing_saved:
             self._start_idle_sampler(config)  # follows a change of device or GPUs
+            self.show_setup()
+
+    def show_setup(self) -> None:
+        """The header: a saved run's setup while one is shown, else this machine's and the
+        next (or running) sweep's."""
+        if self.showing_saved or self._shutting_down or not self.form.is_attached:
+            return
+        try:
+            config = self._sweep_config if self.sweep_running and self._sweep_config else (
+                self.form.peek() or self.initial)
+        except NoMatches:  # the app is closing: the form's fields are gone already
+            return
+        folder, new = (config.out or str(cfgmod.runs_dir())), not config.out
+        if self.run_dir is not None and (self.sweep_running or self._sweep_config is not None):
+            folder, new = str(self.run_dir), False
+        self.setup_line.show(Setup(host=self.host, devices=self._live_devices,
+                                   driver=self._live_driver, carbon=carbon_of_settings(config),
+                                   run_folder=folder, folder_new=new))
+        if self._sweep_config is None:  # no sweep yet in this session
+            # the form may be hidden (under 120 columns): say what s would run
+            self.sweep.set_status(f"No sweep yet. [b]s[/b] runs {escape(settings_summary(config))} "
+                                  "([b]f[/b]: the form).")
 
     def on_config_form_leave(self, message: ConfigForm.Leave) -> None:
         if self.narrow:
@@ -401,9 +476,9 @@ class CarbontopApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "start":
-            return None if self.sweep_running else True  # None: shown dimmed in the footer
+            return not self.sweep_running  # False: left out of the footer, the key does nothing
         if action == "cancel":
-            return True if self.sweep_running else None
+            return self.sweep_running
         if action == "use_saved_settings":
             return self.showing_saved and self.saved_config is not None and not self.sweep_running
         return True
@@ -432,7 +507,6 @@ class CarbontopApp(App[int]):
         self.run_dir = None
         self.results.clear()
         self.sweep.reset("Preparing: the model, the workload and the power source…")
-        self.sweep.border_title = "Sweep"
         self._cancel_requested = False
         try:
             self.runner = self._runner_factory(config, self._on_runner_event)
@@ -445,6 +519,8 @@ class CarbontopApp(App[int]):
             self._start_idle_sampler(config)
             return
         self.sweep_running = True
+        self._sweep_config = config
+        self.show_setup()
         self.form.set_enabled(False)
         if self.narrow:
             self._show_config(False)
@@ -511,7 +587,7 @@ class CarbontopApp(App[int]):
 
     def _exported(self, written: pathlib.Path) -> None:
         self.last_export = written
-        self.notify(f"Wrote {written}", title="Exported the results")
+        self.notify(f"Wrote {short_path(written, 56)}", title="Exported the results")
 
     def action_open(self) -> None:
         if self.sweep_running:
@@ -535,18 +611,19 @@ class CarbontopApp(App[int]):
         self._stop_idle_sampler()
         self.showing_saved = True
         self.run_dir = pathlib.Path(saved.path)
+        self.setup_line.show(saved_setup(saved.path, getattr(saved, "meta", {}) or {}))
         meta = getattr(saved, "meta", {}) or {}
         recommended = (meta.get("status") or {}).get("recommended_batch")
         self.results.set_points(list(saved.points), recommended)
         statuses = {int(p["batch_size"]): p.get("status") or "ok" for p in saved.points}
-        self.sweep.show_saved(statuses, saved.status, str(saved.path))
+        self.saved_config = saved_run_settings(saved.config or {})
+        self.sweep.show_saved(statuses, saved.status, reusable=self.saved_config is not None)
         env = saved.environment or {}
         devices = list(env.get("devices") or [])
         indices = list(env.get("gpu_indices") or [])
         names = dict(zip(indices, devices, strict=False)) if indices else ({-1: devices[0]} if devices else {})
         self.telemetry.show_trace(saved.power, names, estimated=bool(env.get("energy_estimated")))
         # The form keeps the next sweep's settings: opening a run only offers its own (u).
-        self.saved_config = saved_run_settings(saved.config or {})
         self.refresh_bindings()
 
     def action_use_saved_settings(self) -> None:
@@ -560,6 +637,11 @@ class CarbontopApp(App[int]):
         self.form.focus_first()
         self.notify("The form holds the saved run's settings now (a new run folder); "
                     "s starts a sweep with them.", timeout=6)
+
+    def action_focus_results(self) -> None:
+        if self.narrow and self.config_visible():
+            self._show_config(False)
+        self.results.table.focus()
 
     def action_toggle_config(self) -> None:
         show = not self.config_visible()
@@ -575,10 +657,24 @@ class CarbontopApp(App[int]):
         self.theme = names[(i + 1) % len(names)]
         if self._remember:
             write_ui_state({**read_ui_state(), "theme": self.theme})
+        # one theme note at a time: pressing t five times should not stack five of them
+        for note in [n for n in self._notifications if n.message.startswith("Theme: ")]:
+            self._unnotify(note, refresh=False)
         self.notify(f"Theme: {self.theme}", timeout=2)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(self.energy_sources()))
+
+    def energy_sources(self) -> list[str]:
+        """Where the energy of the figures shown comes from: the points' own energy_source, or
+        the live power source's kind before any point finished."""
+        found = [str(row.get("energy_source") or "") for row in self.results.rows.values()]
+        found = [s for s in found if s]
+        if found:
+            return sorted(set(found))
+        source = getattr(self._live_sampler(), "source", None)
+        kind = getattr(source, "kind", "") if source is not None else ""
+        return [kind] if kind else []
 
     async def action_quit(self) -> None:
         if self.sweep_running:
@@ -612,7 +708,7 @@ class CarbontopApp(App[int]):
         run_dir = getattr(self.runner, "run_dir", None)
         if run_dir is not None:
             self.run_dir = pathlib.Path(run_dir)
-            self.sweep.border_title = f"Sweep · {self.run_dir}"
+            self.show_setup()
 
     def on_sweep_event_message(self, message: SweepEventMessage) -> None:
         try:
@@ -628,7 +724,8 @@ class CarbontopApp(App[int]):
 
         if isinstance(event, ev.SweepStarted):
             self.run_dir = pathlib.Path(event.run_dir)
-            self.sweep.started(tuple(event.planned), event.auto, event.run_dir)
+            self.sweep.started(tuple(event.planned), event.auto)
+            self.show_setup()
         elif isinstance(event, ev.PhaseChanged):
             self.sweep.set_phase(event.phase, event.batch_size, event.detail)
         elif isinstance(event, ev.PointStarted):
@@ -646,7 +743,8 @@ class CarbontopApp(App[int]):
                                 event.recommended_batch)
             self.results.set_recommended(event.recommended_batch)
             if event.status == "done":
-                self.notify(f"Sweep finished. Results in {self.run_dir}", title="carbontop")
+                self.notify(f"Results in {short_path(self.run_dir, 56)}" if self.run_dir else "",
+                            title="Sweep finished")
 
     def on_sweep_failed(self, message: SweepFailed) -> None:
         if message.expected and message.field:
@@ -666,6 +764,7 @@ class CarbontopApp(App[int]):
         self._cancel_requested = False
         self.form.set_enabled(True)
         self.refresh_bindings()
+        self.show_setup()
         if not self._shutting_down:
             # peek, not check: a field marked by the failure stays marked
             self._start_idle_sampler(self.form.peek() or self.initial)

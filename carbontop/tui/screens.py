@@ -25,6 +25,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("e", "Export the results to CSV (asks for a path)"),
     ("o", "Open a saved run: its table and power trace, no GPU needed"),
     ("u", "Use the saved run's settings in the form, to run it again (in a new folder)"),
+    ("r", "The results table (from anywhere, the form included)"),
     ("f", "Show or hide the run configuration"),
     ("t", "Next colour theme"),
     ("?", "This help"),
@@ -33,11 +34,26 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("escape", "Leave the form, so the letter keys act again; close a dialog"),
     ("← →", "In the form: step through a choice; in the table: scroll"),
 )
-FIGURES = (
-    "tok/s: output tokens / wall time.  s/tok: mean end-to-end time per output token.  "
-    "J/tok: from the GPU energy counter.  gCO2e/tok: energy × PUE × grid intensity "
-    "(operational; embodied and total are further right).  MFU, MBU: against the card's dense peak."
-)
+# Where a point's energy comes from (points.csv's energy_source, or the live source's kind).
+ENERGY_WORDS = {
+    "nvml-counter": "the GPU's total-energy counter (NVML)",
+    "nvml-power-integrated": "NVML instant power integrated over time (this GPU has no energy counter)",
+    "nvml": "the GPU's total-energy counter (NVML)",
+    "rapl": "the CPU's RAPL energy counters",
+    "estimate": "an estimate from the CPU's TDP and load, not a measurement",
+}
+
+
+def figures_text(energy_sources: list[str]) -> str:
+    """What the table's figures mean; the energy's origin is the run's (or the live source's)."""
+    said = [ENERGY_WORDS.get(s, s) for s in energy_sources if s]
+    energy = " and ".join(dict.fromkeys(said)) if said else "the run's power source (shown once a sweep runs)"
+    return (
+        "tok/s: output tokens / wall time.  s/tok: mean end-to-end time per output token.  "
+        f"J/tok: energy / output tokens, the energy from {energy}.  "
+        "gCO2e/tok: energy × PUE × grid intensity (operational; embodied and total are further "
+        "right).  MFU, MBU: against the card's dense peak."
+    )
 
 
 class _Dialog(ModalScreen[Any]):
@@ -67,6 +83,10 @@ class HelpScreen(_Dialog):
     HelpScreen #help-figures { color: $text-muted; margin-top: 1; }
     """
 
+    def __init__(self, energy_sources: list[str] | None = None) -> None:
+        super().__init__()
+        self._energy_sources = list(energy_sources or [])
+
     def compose(self) -> ComposeResult:
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold", no_wrap=True)
@@ -77,7 +97,7 @@ class HelpScreen(_Dialog):
             yield Label("carbontop: keys", classes="title")
             with VerticalScroll(id="help-body"):
                 yield Static(table, id="help-keys")
-                yield Static(FIGURES, id="help-figures")
+                yield Static(figures_text(self._energy_sources), id="help-figures")
             with Horizontal(classes="buttons"):
                 yield Button("Close", variant="primary", compact=True, id="close")
 

@@ -364,6 +364,15 @@ class ConfigForm(VerticalScroll):
         self.post_message(self.Leave())
 
 
+def settings_summary(cfg: cfgmod.RunConfig) -> str:
+    """The settings that decide what a sweep runs, in one short line: 'tiny · hf · auto device ·
+    sharegpt, 16 prompts · batch auto'."""
+    prompts = f", {cfg.num_prompts} prompts" if cfg.num_prompts else ""
+    batches = cfg.batch_sizes if isinstance(cfg.batch_sizes, str) else to_text(cfg.batch_sizes)
+    return (f"{cfg.model} · {cfg.engine} · {cfg.device} device · {cfg.dataset}{prompts} · "
+            f"batch {batches}")
+
+
 def _model_presets() -> list[str]:
     """Preset names for the model field's completion."""
     from carbontop.core.modelspec import PRESETS  # light: plain data, no torch
@@ -371,4 +380,4 @@ def _model_presets() -> list[str]:
     return sorted(PRESETS)
 
 
-__all__ = ["ConfigForm", "FIELDS", "FieldSpec", "NOT_IN_FORM", "SECTIONS", "to_text"]
+__all__ = ["ConfigForm", "FIELDS", "FieldSpec", "NOT_IN_FORM", "SECTIONS", "settings_summary", "to_text"]

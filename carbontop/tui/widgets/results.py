@@ -85,7 +85,10 @@ def best_batch(rows: Mapping[int, Mapping[str, Any]]) -> int | None:
 class ResultsPane(Vertical):
     DEFAULT_CSS = """
     ResultsPane { height: 1fr; }
-    ResultsPane DataTable { height: 1fr; }
+    /* no scroll bars: with a few rows or columns out of view their thumbs are a lone block
+       glyph. The caption says what is out of view instead, and the batch and status columns
+       stay put when the table scrolls right (fixed_columns). */
+    ResultsPane DataTable { height: 1fr; scrollbar-size-vertical: 0; scrollbar-size-horizontal: 0; }
     ResultsPane #results-caption { height: auto; color: $text-muted; }
     """
 
@@ -95,7 +98,8 @@ class ResultsPane(Vertical):
         self.recommended: int | None = None
 
     def compose(self) -> ComposeResult:
-        yield DataTable(header_height=2, cursor_type="row", zebra_stripes=True, id="results-table")
+        yield DataTable(header_height=2, cursor_type="row", zebra_stripes=True, fixed_columns=2,
+                        id="results-table")
         yield Static("", id="results-caption")
 
     def on_mount(self) -> None:
@@ -106,6 +110,28 @@ class ResultsPane(Vertical):
         for column in COLUMNS:
             table.add_column(Text(column.header, justify="right"), key=column.key)
         self._redraw()
+        self.watch(table, "scroll_x", lambda _: self._caption(), init=False)
+        self.watch(table, "scroll_y", lambda _: self._caption(), init=False)
+
+    def on_resize(self) -> None:
+        self._caption()
+
+    def columns_out_of_view(self) -> tuple[int, int]:
+        """How many scrolling columns lie left and right of what the table shows."""
+        table = self.table
+        widths = [c.get_render_width(table) for c in table.ordered_columns]
+        fixed = sum(widths[: table.fixed_columns])
+        left_edge = table.scroll_x + fixed
+        right_edge = table.scroll_x + table.scrollable_content_region.width
+        x = fixed
+        left = right = 0
+        for width in widths[table.fixed_columns:]:
+            if x < left_edge:
+                left += 1
+            elif x + width > right_edge:
+                right += 1
+            x += width
+        return left, right
 
     @property
     def table(self) -> DataTable:
@@ -152,13 +178,37 @@ class ResultsPane(Vertical):
             table.add_row(*cells, key=str(b))
         if self.rows:
             table.move_cursor(row=min(cursor, len(self.rows) - 1))
+        self._caption()
+
+    def _caption(self) -> None:
         caption = self.query_one("#results-caption", Static)
         if not self.rows:
             caption.update("Rows appear here as sweep points finish.")
             return
         notes = []
+        best = best_batch(self.rows)
         if best is not None:
-            notes.append(f"{BEST_MARK} lowest gCO2e/token: batch {best}")
+            notes.append(f"{BEST_MARK} lowest gCO2e/tok {best}")
         if self.recommended is not None:
-            notes.append(f"{RECOMMENDED_MARK} recommended: batch {self.recommended}")
-        caption.update("  ·  ".join(notes) if notes else "No point finished cleanly yet.")
+            notes.append(f"{RECOMMENDED_MARK} recommended {self.recommended}")
+        if not notes:
+            notes.append("No point finished cleanly yet.")
+        view = []
+        first, last = self.rows_in_view()
+        if first > 0 or last < len(self.rows):
+            view.append(f"rows {first + 1}–{last} of {len(self.rows)}")
+        left, right = self.columns_out_of_view()
+        if left:
+            view.append(f"← {left} cols")
+        if right:
+            view.append(f"+{right} cols →")
+        if view:
+            notes.append(" ".join(view))
+        caption.update(" · ".join(notes))
+
+    def rows_in_view(self) -> tuple[int, int]:
+        """The rows the table shows now: (first index, one past the last)."""
+        table = self.table
+        visible = max(0, table.scrollable_content_region.height - table.header_height)
+        first = min(int(table.scroll_y), len(self.rows))
+        return first, min(len(self.rows), first + visible)

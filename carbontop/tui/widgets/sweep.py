@@ -34,6 +34,20 @@ PHASES = {
 }
 
 
+def recorded_text(points: dict[int, str]) -> str:
+    """'3 points recorded (2 ok, 1 OOM)': every point with a row in points.csv (as `carbontop
+    runs` counts them), by status; planned points that never ran are not rows."""
+    counts: dict[str, int] = {}
+    for state in points.values():
+        if state not in ("pending", "running", "skipped"):
+            counts[state] = counts.get(state, 0) + 1
+    n = sum(counts.values())
+    words = {"ok": "ok", "oom": "OOM", "kv_bound": "KV-bound", "crashed": "crashed",
+             "cancelled": "cancelled", "error": "failed"}
+    detail = ", ".join(f"{c} {words.get(s, s)}" for s, c in counts.items())
+    return f"{n} point{'s' if n != 1 else ''} recorded" + (f" ({detail})" if detail else "")
+
+
 def status_name(status: object) -> str:
     """PointStatus members and the strings of a saved run both come out as 'ok', 'oom', ..."""
     value = getattr(status, "value", status)
@@ -83,11 +97,10 @@ class SweepPane(Vertical):
         self.query_one("#sweep-progress-row").display = False
         self.set_status(status)
 
-    def started(self, planned: tuple[int, ...], auto: bool, run_dir: str) -> None:
+    def started(self, planned: tuple[int, ...], auto: bool) -> None:
         self.auto = auto
         for b in planned:
             self.points.setdefault(int(b), "pending")
-        self.border_title = f"Sweep · {run_dir}" if run_dir else "Sweep"
         self._render_points()
         plan = "doubling until memory runs out, then bisecting" if auto else "the listed batch sizes"
         self.set_status(f"Running {plan}.")
@@ -154,36 +167,80 @@ class SweepPane(Vertical):
         self._render_points()
         self.set_phase("")
         self.query_one("#sweep-progress-row").display = False
-        done = sum(1 for s in self.points.values() if s == "ok")
         words = {"done": "Sweep finished", "cancelled": "Sweep cancelled", "error": "Sweep failed"}
-        text = f"{words.get(status, 'Sweep ' + status)}: {done} point{'s' if done != 1 else ''} measured."
+        text = f"{words.get(status, 'Sweep ' + status)}: {recorded_text(self.points)}."
         if recommended is not None:
             text += f" Recommended batch: [b]{recommended}[/b]."
         if message and status != "cancelled":  # the runner's "cancelled by the user" says it twice
             text += f" {message}"
         self.set_status(text)
 
-    def show_saved(self, statuses: dict[int, str], run_status: str, path: str) -> None:
+    def show_saved(self, statuses: dict[int, str], run_status: str, *, reusable: bool = True) -> None:
         self.points = {int(b): status_name(s) for b, s in statuses.items()}
-        self.border_title = f"Sweep · {path}"
         self._render_points()
         self.set_phase("")
         self.query_one("#sweep-progress-row").display = False
-        self.set_status(f"Saved run ({run_status or 'unknown status'}), {len(self.points)} points.")
+        n = len(self.points)
+        text = f"Saved run ({run_status or 'unknown status'}), {n} point{'s' if n != 1 else ''}."
+        if reusable:
+            text += " [b]u[/b] reuses its settings."
+        self.set_status(text)
 
     def set_status(self, text: str) -> None:
         self.query_one("#sweep-status", Static).update(text)
 
     # ---- drawing ------------------------------------------------------------------------
 
+    def on_resize(self) -> None:
+        self._render_points()
+
     def _render_points(self) -> None:
+        widget = self.query_one("#sweep-points", Static)
         if not self.points:
-            self.query_one("#sweep-points", Static).update("[$text-muted]batch sizes: none yet[/]")
+            widget.update("[$text-muted]batch sizes: none yet[/]")
             return
-        chips = []
+        # Wrapped here, between chips, never inside one: Rich would break "205 OOM" at its space.
+        width = widget.content_region.width or self.content_region.width or 80
+        lines = self._wrap(self._chips(merge=False), width)
+        if len(lines) > self.max_chip_lines:  # a short terminal: runs of one status become one chip
+            lines = self._wrap(self._chips(merge=True), width)
+        widget.update("\n".join(lines))
+
+    @property
+    def max_chip_lines(self) -> int:
+        return 2 if self.screen.has_class("-tiny") or self.screen.has_class("-short") else 4
+
+    def _chips(self, *, merge: bool) -> list[tuple[str, int]]:
+        """(markup, width) per chip; with `merge`, consecutive sizes of one status share a chip
+        ('205–256 OOM ×5')."""
+        groups: list[list[int]] = []
         for b in sorted(self.points):
-            mark, colour = STATUS_MARKS.get(self.points[b], (self.points[b], "$text"))
-            style = f"bold {colour}" if self.points[b] == "running" else colour
-            chips.append(f"[{style}]{b} {mark}[/]")
-        suffix = " [$text-muted]…[/]" if self.auto else ""
-        self.query_one("#sweep-points", Static).update("batch  " + "  ".join(chips) + suffix)
+            if merge and groups and self.points[groups[-1][-1]] == self.points[b] != "running":
+                groups[-1].append(b)
+            else:
+                groups.append([b])
+        chips: list[tuple[str, int]] = []
+        for group in groups:
+            state = self.points[group[0]]
+            mark, colour = STATUS_MARKS.get(state, (state, "$text"))
+            style = f"bold {colour}" if state == "running" else colour
+            text = f"{group[0]} {mark}" if len(group) == 1 else f"{group[0]}–{group[-1]} {mark} ×{len(group)}"
+            chips.append((f"[{style}]{text}[/]", len(text)))
+        if self.auto:
+            chips.append(("[$text-muted]…[/]", 1))
+        return chips
+
+    @staticmethod
+    def _wrap(chips: list[tuple[str, int]], width: int) -> list[str]:
+        lead = "batch  "
+        lines: list[str] = []
+        line, used = lead, len(lead)
+        for markup, length in chips:
+            if used > len(lead) and used + 2 + length > width:
+                lines.append(line)
+                line, used = " " * len(lead), len(lead)
+            if used > len(lead):
+                line, used = line + "  ", used + 2
+            line, used = line + markup, used + length
+        lines.append(line)
+        return lines

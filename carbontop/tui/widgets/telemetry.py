@@ -87,6 +87,17 @@ def _stats(values: list[float | None]) -> tuple[float, float, float] | None:
     return present[-1], min(present), max(present)
 
 
+SOURCE_WORDS = {"nvml": "NVML", "rapl": "RAPL counters", "estimate": "estimated from CPU TDP × load"}
+
+
+def source_words(kind: str, estimated: bool) -> str:
+    """Where the power readings come from, said once: 'NVML', 'estimated from CPU TDP × load'."""
+    words = SOURCE_WORDS.get(kind, kind)
+    if estimated and "estimate" not in words:
+        words = f"{words}, estimated" if words else "estimated"
+    return words
+
+
 def device_label(index: int, name: str) -> str:
     if index < 0:
         return name or "CPU"
@@ -210,13 +221,15 @@ class TelemetryPane(VerticalScroll):
             self._view(series.index).show(series, t_end=t_end, span_s=span_s, suffix=suffix)
         # app.tcss lays many devices out two to a row where the terminal is wide
         self.set_class(len(self._views) >= 3, "-many")
+        # one device: the header line names it, so a short terminal can spare its name line
+        self.set_class(len(self._views) == 1, "-single")
 
     def show_live(self, sampler: Any) -> None:
         """Pull the last minute from a TelemetrySampler (or anything with the same methods)."""
         source = getattr(sampler, "source", None)
         kind = getattr(source, "kind", "") or ""
         estimated = bool(getattr(source, "estimated", False))
-        self.border_title = "Telemetry" + (f" · {kind}" if kind else "") + (" · estimated" if estimated else "")
+        self.border_title = "Telemetry" + (f" · {source_words(kind, estimated)}" if kind or estimated else "")
         latest: dict[int, Any] = sampler.latest() or {}
         if not latest:
             self.note("Waiting for the first power reading…")
