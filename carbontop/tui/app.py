@@ -441,7 +441,12 @@ class CarbontopApp(App[int]):
     # ---- the form -----------------------------------------------------------------------
 
     def on_config_form_edited(self, message: ConfigForm.Edited) -> None:
-        config = self.form.check()
+        if self._shutting_down or not self.form.is_attached:
+            return
+        try:
+            config = self.form.check()
+        except NoMatches:  # an edit that arrives while the app closes: its fields are gone
+            return
         if config is not None and not self.showing_saved:
             self._start_idle_sampler(config)  # follows a change of device or GPUs
             self.show_setup()

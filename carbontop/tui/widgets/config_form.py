@@ -14,6 +14,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.widget import Widget
@@ -314,8 +315,11 @@ class ConfigForm(VerticalScroll):
     def set_enabled(self, enabled: bool) -> None:
         if not self.built:
             return
-        for name in FIELDS:
-            self.field(name).disabled = not enabled
+        try:
+            for name in FIELDS:
+                self.field(name).disabled = not enabled
+        except NoMatches:  # the app is closing (a sweep's end can arrive then): nothing to enable
+            pass
 
     # ---- events -------------------------------------------------------------------------
 
