@@ -110,7 +110,10 @@ def print_summary(run: SavedRun, console: Console) -> None:
         lines.append(extremes_line(run))
     cfg = run.config
     if cfg.get("resolved_min_window_s") is not None:
-        lines.append(f"method: {cfg.get('batching', 'inflight')} batching; each point's steady-state "
+        # the batching the engine really ran (an engine that predates plans runs static batches)
+        ran = sorted({str(p["batching"]) for p in run.points if p.get("batching")})
+        batching = " and ".join(ran) or str(cfg.get("batching", "inflight"))
+        lines.append(f"method: {batching} batching; each point's steady-state "
                      f"window at least {cfg['resolved_min_window_s']:g} s; 95% intervals from "
                      "sub-windows between energy-counter readings"
                      + (f", and over {cfg['repeats']} shuffled re-measures" if cfg.get("repeats") else ""))

@@ -135,3 +135,17 @@ def test_repeats_run_in_shuffled_order_and_combine(tmp_path) -> None:
 
     combined = combine(run.point_results())
     assert [p.repeats for p in combined] == [2, 2, 2]
+
+
+def test_eta_counts_warm_up_until_the_window_opens(tmp_path) -> None:
+    from carbontop.core.records import Batching, PointPlan, Prompt
+
+    runner = SweepRunner(small(tmp_path))
+    runner._overhead_s = 5.0  # the last point spent 5 s outside its window (warm-up, ramp-up)
+    plan = PointPlan(2, Batching.INFLIGHT, (Prompt("p", 4, 4),), min_window_s=20.0, max_point_s=90.0)
+    now = time.time()
+    before = runner._progress(2, {"done": 0, "total": None}, [now, now - 2.0], plan)
+    assert before.eta_s == pytest.approx(20.0 + 5.0 - 2.0, abs=0.1) and before.total is None
+    during = runner._progress(2, {"done": 7, "total": None, "window_s": 12.5,
+                                  "window_target_s": 20.0, "tokens": 300}, [now, now - 30], plan)
+    assert during.eta_s == pytest.approx(7.5) and during.window_s == 12.5 and during.tokens == 300

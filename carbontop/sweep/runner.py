@@ -430,12 +430,16 @@ class SweepRunner:
         total = payload.get("total")
         window_s = payload.get("window_s")
         target = payload.get("window_target_s") or (plan.min_window_s if plan else None)
-        elapsed = time.time() - (started[0] if started else time.time())
+        now = time.time()
+        elapsed = now - (started[0] if started else now)
         eta: float | None = None
         if window_s is not None and target:
             eta = max(float(target) - float(window_s), 0.0)
         elif plan is not None and total is None:
-            eta = plan.min_window_s + (self._overhead_s or 0.0)
+            # not open yet: the window, plus what the last point spent outside its window
+            # (warm-up, ramp-up) counted from this point's start
+            point_start = started[-1] if started else now
+            eta = max(plan.min_window_s + (self._overhead_s or 0.0) - (now - point_start), 0.0)
         elif total and done:
             eta = elapsed / done * (int(total) - done)
         return events.PointProgress(batch_size, done, int(total) if total is not None else None,
@@ -496,7 +500,8 @@ class SweepRunner:
             # to its window draws as many as the window needs
             planned = math.ceil(len(self.stream) / batch_size) * batch_size
             self._emit(events.PointStarted(batch_size, planned))
-            started = [time.time()]
+            # [when measuring began (reset at MEASURING), when the point began (kept)]
+            started = [time.time(), time.time()]
             outcome = self._host.run_point(plan, self._relay(batch_size, started, plan),
                                            self._cancel.is_set)
             point = self._point(batch_size, outcome)
@@ -505,7 +510,9 @@ class SweepRunner:
             if outcome.run is not None and outcome.run.records:
                 first = min(r.start_s for r in outcome.run.records)
                 if point.duration_s:
-                    self._overhead_s = max(first - started[0], 0.0) + (point.point_s or 0.0) - point.duration_s
+                    # warm-up and ramp-up before the window, drain after it
+                    self._overhead_s = (max(first - started[1], 0.0)
+                                        + (point.point_s or 0.0) - point.duration_s)
             if not (point.energy_incomplete and attempt == 0 and not self.cancelled):
                 break
             self._emit(events.PhaseChanged(
