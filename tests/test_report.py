@@ -54,3 +54,38 @@ def test_sweep_with_a_day_long_trace_reports_cleanest_and_dirtiest_hour(tmp_path
     text = out.getvalue()
     assert "cleanest (50 g/kWh)" in text and "dirtiest (900 g/kWh)" in text
     assert "recommended batch" in text
+
+
+def test_table_shows_intervals_combined_repeats_and_the_reason(tmp_path) -> None:
+    from carbontop.core.records import PointResult, PointStatus
+    from carbontop.core.store import RunWriter
+
+    def pt(b, repeat, jpt, *, incomplete=False):
+        return PointResult(batch_size=b, status=PointStatus.OK, j_per_token=jpt,
+                           j_per_token_ci95=jpt * 0.02, tokens_per_s=100.0 * b,
+                           tokens_per_s_ci95=1.0 * b, s_per_token=0.01 * b, duration_s=20.0,
+                           slot_occupancy=0.97, repeat=repeat, energy_incomplete=incomplete,
+                           batching="inflight")
+
+    writer = RunWriter(tmp_path / "run", {"run": {"model": "tiny", "batching": "inflight",
+                                                  "resolved_min_window_s": 20.0, "repeats": 2},
+                                          "environment": {"devices": ["H200"],
+                                                          "idle_power_w": 70.0,
+                                                          "idle_power_loaded_w": 120.0}})
+    for p in (pt(1, 0, 0.50), pt(2, 0, 0.30, incomplete=True), pt(2, 1, 0.31), pt(2, 2, 0.29),
+              pt(1, 1, 0.52), pt(1, 2, 0.48)):
+        writer.write_point(p)
+    reason = ("batch 1: its total gCO2e/token lies within the 95% intervals of batch 2's, the "
+              "lowest, so the lower-latency batch is recommended (0.01 vs 0.02 s/token)")
+    writer.finish("done", recommended_batch=1, recommendation=reason)
+    out = io.StringIO()
+    print_summary(load_run(tmp_path / "run"), Console(file=out, width=250))
+    text = out.getvalue()
+    # batch 2's re-measures 0.31 and 0.29 combine to 0.3 +- t(0.975, 1) x s / sqrt(2):
+    # s = 0.01414, half-width 12.706 x 0.01 = 0.127, 42.4% of 0.3
+    assert "0.3 ±42.4%" in text
+    assert "J/tok ±95%" in text and "occ %" in text and "97" in text
+    assert f"recommended {reason} *" in text
+    assert "idle power: 120.0 W with the model loaded" in text and "70.0 W before loading" in text
+    assert "batch 2: no energy-counter reading came after its window's end" in text
+    assert "method: inflight batching; each point's steady-state window at least 20 s" in text
