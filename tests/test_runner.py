@@ -149,3 +149,30 @@ def test_eta_counts_warm_up_until_the_window_opens(tmp_path) -> None:
     during = runner._progress(2, {"done": 7, "total": None, "window_s": 12.5,
                                   "window_target_s": 20.0, "tokens": 300}, [now, now - 30], plan)
     assert during.eta_s == pytest.approx(7.5) and during.window_s == 12.5 and during.tokens == 300
+
+
+@pytest.mark.parametrize("misses", [1, 2])
+def test_a_missing_closing_counter_reading_re_measures_once_then_flags(tmp_path, misses) -> None:
+    calls: list[float] = []
+
+    def on_event(event) -> None:
+        # once the point starts (the idle readings are done), the reading after the window's
+        # end never comes, `misses` times
+        if isinstance(event, events.PointStarted) and not calls:
+            real_wait = runner.sampler.wait_for
+
+            def wait_for(t_s, timeout_s=2.0):
+                calls.append(t_s)
+                return False if len(calls) <= misses else real_wait(t_s, timeout_s)
+
+            runner.sampler.wait_for = wait_for
+
+    runner = SweepRunner(small(tmp_path, batch_sizes="2", min_window_s=0.3, max_point_s=5.0),
+                         on_event)
+    with_engine(runner, "engines_for_tests:Scheduler")
+    runner.run()
+    (p,) = load_run(tmp_path / "run").points  # one row: the first attempt is not kept
+    assert len(calls) == 2  # measured twice either way
+    assert (p["energy_incomplete"] == "True") is (misses == 2)
+    assert ("no energy-counter reading came after the window's end" in (p["message"] or "")) is (
+        misses == 2)
