@@ -59,3 +59,22 @@ def test_headless_sweep_on_sharegpt_then_show_and_export(tmp_path) -> None:
 def test_version_and_help() -> None:
     assert run_cli("--version").stdout.startswith("carbontop ")
     assert "sweep" in run_cli("--help").stdout
+
+
+def test_headless_progress_bar_shows_requests_window_and_eta() -> None:
+    import io
+    import time
+
+    from rich.console import Console
+
+    from carbontop.cli import _PointBar
+    from carbontop.sweep import events
+
+    out = io.StringIO()
+    bar = _PointBar(Console(file=out, force_terminal=True, width=100))
+    bar.update(events.PointStarted(8, 100))
+    bar.update(events.PointProgress(8, 12, None, 3.0, 14.5, window_s=5.5, window_target_s=20.0,
+                                    tokens=900))
+    time.sleep(0.2)  # one refresh of the live display
+    bar.done()
+    assert "batch 8" in out.getvalue() and "12 requests · window 5.5/20 s · ETA 14 s" in out.getvalue()
