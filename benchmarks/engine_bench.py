@@ -40,12 +40,12 @@ def log(*args: object) -> None:
 
 
 def make_engine(model: str, device: str, dtype: str, compile_: bool, graphs: bool,
-                extra: dict | None = None) -> HFEngine:
+                compile_mode: str = "auto") -> HFEngine:
     spec = resolve_model(model)
     es = EngineSpec(engine="hf", model=model, model_config=dict(spec.hf_config), model_path=None,
                     weights="dummy", dtype=dtype, device=device, compile=compile_,
-                    extra={"cuda_graphs": graphs, **(extra or {})})
-    engine = HFEngine(es, lambda kind, payload: None)
+                    compile_mode=compile_mode, cuda_graphs=graphs)
+    engine = HFEngine(es, lambda note: None)
     engine.load()
     return engine
 
@@ -110,17 +110,17 @@ def main() -> int:
     results: dict[tuple[str, int], float] = {}
 
     variants = {
-        "eager": (False, False, {}),
-        "graph": (False, True, {}),
-        "compiled": (True, True, {"compile_mode": "default"}),  # --compile on
-        "autotuned": (True, True, {"compile_mode": "max-autotune"}),  # --compile max-autotune
-        "carbontop": (True, True, {"compile_mode": "auto"}),  # --compile auto, the sweep's default
+        "eager": (False, False, "auto"),
+        "graph": (False, True, "auto"),
+        "compiled": (True, True, "default"),  # --compile on
+        "autotuned": (True, True, "max-autotune"),  # --compile max-autotune
+        "carbontop": (True, True, "auto"),  # --compile auto, the sweep's default
     }
     stock_engine = None
     for mode in modes:
-        compile_, graphs, extra = variants.get(mode, (False, False, {}))
+        compile_, graphs, compile_mode = variants.get(mode, (False, False, "auto"))
         t_load = time.perf_counter()
-        engine = make_engine(args.model, "cuda", args.dtype, compile_, graphs, extra)
+        engine = make_engine(args.model, "cuda", args.dtype, compile_, graphs, compile_mode)
         log(f"{mode}: loaded in {time.perf_counter() - t_load:.1f} s")
         for b in sizes:
             try:
@@ -164,8 +164,8 @@ def main() -> int:
 
     best = args.sampler_mode or max(
         (m for m in modes if m != "stock"), key=lambda m: results.get((m, sizes[0]), 0.0))
-    compile_, graphs, extra = variants[best]
-    engine = make_engine(args.model, "cuda", args.dtype, compile_, graphs, extra)
+    compile_, graphs, compile_mode = variants[best]
+    engine = make_engine(args.model, "cuda", args.dtype, compile_, graphs, compile_mode)
     engine_point(engine, 1, args.input_len, args.output_len, 1, model, args.dtype)  # warm
     on, off, cpu_pct = [], [], []
     for _ in range(3):

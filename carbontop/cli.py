@@ -33,6 +33,7 @@ SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--url", "url", {"help": "openai engine: server base URL, e.g. http://localhost:8000"}),
     ("--arch", "arch", {"help": "openai engine: preset or folder with the served model's architecture (for MFU/MBU)"}),
     ("--kv-cache-fraction", "kv_cache_fraction", {"help": "trtllm: share of free GPU memory for the KV cache (default 0.9)"}),
+    ("--max-num-tokens", "max_num_tokens", {"help": "trtllm: tokens one scheduler step may take (default: TensorRT-LLM's own); a KV-bound point that says 'or token budget' may need more"}),
     ("--request-timeout-s", "request_timeout_s", {"help": "openai: longest one request may take (default 600)"}),
     ("--dataset", "dataset", {"help": "sharegpt (default), synthetic, or a ShareGPT-format JSON file"}),
     ("--num-prompts", "num_prompts", {"help": "prompts per point (default 100 on a GPU, 16 on a CPU)"}),
@@ -202,7 +203,7 @@ def _sweep(args: argparse.Namespace, cfg: Any = None, resume_from: Any = None) -
         elif isinstance(event, events.PhaseChanged):
             at = f" batch {event.batch_size}" if event.batch_size else ""
             detail = f" ({event.detail})" if event.detail else ""
-            err.print(f"  {event.phase}{at}{detail}")
+            err.print(f"  {event.phase.value}{at}{detail}")
         elif isinstance(event, events.PointFinished):
             p = event.point
             if p.status.value == "ok":

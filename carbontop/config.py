@@ -75,6 +75,7 @@ class RunConfig:
     url: str | None = None  # openai engine: base URL of the server
     arch: str | None = None  # openai engine: preset or folder whose architecture the server runs
     kv_cache_fraction: float = 0.9  # trtllm: share of free GPU memory for the KV cache
+    max_num_tokens: int | None = None  # trtllm: tokens one scheduler step may take (None: its own)
     request_timeout_s: float = 600.0  # openai: longest a single request may take
     # the workload
     dataset: str = "sharegpt"  # "sharegpt", "synthetic" or a path to a ShareGPT-format JSON
@@ -171,7 +172,7 @@ def _is_number(text: str) -> bool:
 def _coerce(name: str, value: Any) -> Any:
     """Bring a TOML or form value to the field's type, with a sentence when it cannot be."""
     ints = {"num_prompts", "max_input_len", "max_output_len", "min_len", "seed", "max_batch",
-            "repeats"}
+            "repeats", "max_num_tokens"}
     floats = {
         "min_window_s", "max_point_s",
         "intensity", "pue", "lifetime_years", "slo_s_per_token", "slo_tpot_p90_s",
@@ -284,6 +285,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise bad("slo_s_per_token", "The latency target must be more than 0 s per token.")
     if not 0.0 < cfg.kv_cache_fraction <= 1.0:
         raise bad("kv_cache_fraction", "The KV-cache memory fraction must be in (0, 1].")
+    if cfg.max_num_tokens is not None and cfg.max_num_tokens < 1:
+        raise bad("max_num_tokens", "The token budget per step must be at least 1.")
     if cfg.request_timeout_s <= 0:
         raise bad("request_timeout_s", "The request timeout must be more than 0 s.")
     if cfg.sample_interval_s <= 0:

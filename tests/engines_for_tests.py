@@ -7,7 +7,7 @@ import signal
 import time
 
 from carbontop.core.records import EngineRun, RequestRecord
-from carbontop.engines.base import EngineOOM
+from carbontop.engines.base import EngineOOM, Phase, PhaseUpdate, Progress
 
 LIMIT = 5  # batches above this "do not fit"
 
@@ -28,14 +28,14 @@ class _Base:
         batch_size = plan.batch_size
         n = -(-len(plan.prompts) // batch_size) * batch_size
         prompts = [plan.prompts[i % len(plan.prompts)] for i in range(n)]
-        self.emit("phase", {"phase": "measuring", "detail": ""})
+        self.emit(PhaseUpdate(Phase.MEASURING))
         start = time.time()
         records = []
         for i, p in enumerate(prompts):
             records.append(RequestRecord(batch_size, i, i // batch_size, p.input_tokens,
                                          p.output_tokens, start, 0.001, 0.002 * p.output_tokens))
         time.sleep(0.05)
-        self.emit("progress", {"done": len(prompts), "total": len(prompts)})
+        self.emit(Progress(done=len(prompts), total=len(prompts)))
         return EngineRun(batch_size, start, time.time(), tuple(records))
 
 
@@ -68,7 +68,7 @@ class CrashesAt(_Base):
 
 class Hangs(_Base):
     def run_point(self, plan):
-        self.emit("phase", {"phase": "measuring", "detail": ""})
+        self.emit(PhaseUpdate(Phase.MEASURING))
         time.sleep(60)
         return self._run(plan)
 
@@ -80,7 +80,7 @@ class HangsAbove1(_Base):
 
     def run_point(self, plan):
         if plan.batch_size > self.limit:
-            self.emit("phase", {"phase": "measuring", "detail": "hanging"})
+            self.emit(PhaseUpdate(Phase.MEASURING, "hanging"))
             time.sleep(600)
         return self._run(plan)
 
@@ -93,7 +93,7 @@ class SlowLoad(_Base):
     """Takes a long time to load (a big model): the parent can be killed meanwhile."""
 
     def load(self) -> dict:
-        self.emit("phase", {"phase": "loading", "detail": "slowly"})
+        self.emit(PhaseUpdate(Phase.LOADING, "slowly"))
         print(f"loading in pid {os.getpid()}", flush=True)  # into engine.log, for the test
         time.sleep(600)
         return super().load()
@@ -110,7 +110,7 @@ class Scheduler(_Base):
     def run_point(self, plan):
         from carbontop.core.records import Batching
 
-        self.emit("phase", {"phase": "measuring", "detail": ""})
+        self.emit(PhaseUpdate(Phase.MEASURING))
         if plan.batching is Batching.INFLIGHT:
             return self._inflight(plan)
         return self._static(plan)

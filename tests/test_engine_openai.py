@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 
 from carbontop.core.records import EngineRun, Prompt
-from carbontop.engines.base import EngineFailure, EngineOOM, EngineSpec
+from carbontop.engines.base import (
+    EngineFailure,
+    EngineNote,
+    EngineOOM,
+    EngineSpec,
+    Phase,
+    PhaseUpdate,
+    Progress,
+)
 from carbontop.engines.openai import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -33,22 +41,22 @@ except ImportError:  # tests/ is a package in this checkout
 
 class Events:
     def __init__(self) -> None:
-        self.items: list[tuple[str, dict[str, Any]]] = []
+        self.items: list[EngineNote] = []
 
-    def __call__(self, kind: str, payload: dict[str, Any]) -> None:
-        self.items.append((kind, payload))
+    def __call__(self, note: EngineNote) -> None:
+        self.items.append(note)
 
     def phases(self) -> list[str]:
-        return [p["phase"] for k, p in self.items if k == "phase"]
+        return [n.phase for n in self.items if isinstance(n, PhaseUpdate)]
 
     def progress(self) -> list[tuple[int, int]]:
-        return [(p["done"], p["total"]) for k, p in self.items if k == "progress"]
+        return [(n.done, n.total) for n in self.items if isinstance(n, Progress)]
 
 
-def make_spec(url: str, model: str, **extra: Any) -> EngineSpec:
+def make_spec(url: str, model: str, **changes: Any) -> EngineSpec:
     return EngineSpec(
         engine="openai", model=model, model_config=None, model_path=None, weights="auto",
-        dtype="fp32", device="cpu", url=url, seed=7, extra=extra,
+        dtype="fp32", device="cpu", url=url, seed=7, **changes,
     )
 
 
@@ -106,7 +114,8 @@ def test_full_point_against_transformers_serve(tf_server: tuple[str, str], batch
     assert "output tokens are the server's usage figures" in run.notes
     assert any("filler" in n and "approximate" in n for n in run.notes)
     assert any("rejected ignore_eos, min_tokens" in n for n in run.notes)
-    assert events.phases()[-2:] == ["warmup", "run"]
+    # the measured stream starts after the warm-up request: the sweep's ETA clock starts there
+    assert events.phases()[-2:] == [Phase.WARMUP, Phase.MEASURING]
     assert events.progress()[-1] == (6, 6)
     if batch_size == 1:  # one at a time: each request starts after the previous one finished
         recs = run.records

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from carbontop.core.records import Prompt
-from carbontop.engines.base import EngineFailure, EngineKVBound, EngineOOM, EngineSpec
+from carbontop.engines.base import EngineFailure, EngineKVBound, EngineNote, EngineOOM, EngineSpec
 from carbontop.engines.trtllm import (
     INSTALL_SENTENCE,
     TRTLLMEngine,
@@ -228,8 +228,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
 
 
 class Events(list):
-    def __call__(self, kind: str, payload: dict[str, Any]) -> None:
-        self.append((kind, payload))
+    def __call__(self, note: EngineNote) -> None:
+        self.append(note)
 
 
 LLAMA_PRESET = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2,

@@ -19,8 +19,8 @@ def _engine(model: str, compile_: bool, graphs: bool):
 
     spec = EngineSpec(engine="hf", model=model, model_config=dict(PRESETS[model]), model_path=None,
                       weights="dummy", dtype="fp32", device="cuda", compile=compile_,
-                      extra={"cuda_graphs": graphs}, seed=1)
-    engine = HFEngine(spec, lambda kind, payload: None)
+                      cuda_graphs=graphs, seed=1)
+    engine = HFEngine(spec, lambda note: None)
     engine.load()
     return engine
 

@@ -43,7 +43,7 @@ def test_int8_on_the_cpu_with_the_tiny_model() -> None:
     spec = EngineSpec(engine="hf", model="tiny", model_config=cfg, model_path=None,
                       weights="dummy", dtype="fp32", device="cpu", quant="int8-wo",
                       max_input_len=16, max_output_len=8)
-    engine = HFEngine(spec, lambda kind, payload: None)
+    engine = HFEngine(spec, lambda note: None)
     info = engine.load()
     q = info["quant"]
     assert q["scheme"] == "int8-wo" and q["library"].startswith("torchao ")

@@ -10,6 +10,7 @@ import pytest
 
 from carbontop.config import RunConfig
 from carbontop.core.store import load_run
+from carbontop.engines.base import Phase
 from carbontop.errors import CarbontopError
 from carbontop.sweep import events
 from carbontop.sweep.runner import SweepRunner
@@ -51,7 +52,7 @@ def test_tiny_model_sweep_in_a_child_process(tmp_path) -> None:
     assert kinds[0] is events.SweepStarted and kinds[-1] is events.SweepFinished
     assert kinds.count(events.PointFinished) == 2
     phases = {e.phase for e in seen if isinstance(e, events.PhaseChanged)}
-    assert {"idle-power", "loading", "warmup", "measuring"} <= phases
+    assert {Phase.IDLE_POWER, Phase.LOADING, Phase.WARMUP, Phase.MEASURING} <= phases
 
 
 @pytest.mark.parametrize("engine", ["engines_for_tests:OOMAbove", "engines_for_tests:KilledAbove"])

@@ -15,6 +15,7 @@ import pytest
 
 from carbontop.core.records import PointResult, PointStatus, Sample
 from carbontop.core.store import RunWriter
+from carbontop.engines.base import Phase
 from carbontop.sweep import events as ev
 
 T0 = 1_700_000_000.0  # fixed clock for deterministic telemetry
@@ -144,11 +145,11 @@ class ScriptedRunner:
         try:
             planned = tuple(p.batch_size for p in self._points)
             emit(ev.SweepStarted(str(self.run_dir), planned, False, ("NVIDIA H100 80GB HBM3",), False))
-            emit(ev.PhaseChanged("loading", None, "tiny"))
+            emit(ev.PhaseChanged(Phase.LOADING, None, "tiny"))
             for n, p in enumerate(self._points):
                 if self._pause_after is not None and n == self._pause_after:
                     emit(ev.PointStarted(p.batch_size, 8))
-                    emit(ev.PhaseChanged("measuring", p.batch_size))
+                    emit(ev.PhaseChanged(Phase.MEASURING, p.batch_size))
                     emit(ev.PointProgress(p.batch_size, 3, 8, 1.5, 2.5))
                     while not (self._cancel.is_set() or self._release.is_set()):
                         self._cancel.wait(0.02)

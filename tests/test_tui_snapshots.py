@@ -11,6 +11,7 @@ from test_tui_helpers import FixedSampler, isolated_dirs, point, wait_until  # n
 
 from carbontop.config import RunConfig
 from carbontop.core.records import PointStatus
+from carbontop.engines.base import Phase
 from carbontop.sweep import events as ev
 from carbontop.tui.app import CarbontopApp
 from carbontop.tui.messages import SweepEventMessage
@@ -33,7 +34,7 @@ SCRIPT = [
     ev.PointFinished(point(8, PointStatus.OOM, message="CUDA out of memory")),
     ev.BoundaryChanged(4, 8, 6),
     ev.PointStarted(6, 100),
-    ev.PhaseChanged("measuring", 6, ""),
+    ev.PhaseChanged(Phase.MEASURING, 6, ""),
     ev.PointProgress(6, 42, 100, 31.0, 42.8),
 ]
 

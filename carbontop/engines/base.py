@@ -2,20 +2,59 @@
 
 An engine lives in a child process. The host constructs it with an `EngineSpec`, calls `load()`
 once, then `run_point()` once per sweep point. It reports what it is doing through `emit`
-(phases and progress), and signals a batch that does not fit by raising `EngineOOM`.
+(a `PhaseUpdate` or a `Progress`), and signals a batch that does not fit by raising `EngineOOM`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Protocol
 
 from carbontop.core.records import EngineRun, PointPlan
 
-# emit(kind, payload): kind is "phase" ({"phase": str, "detail": str}) or
-# "progress" ({"done": int, "total": int}). Emitting is cheap; engines emit per batch, not per token.
-Emit = Callable[[str, dict[str, Any]], None]
+
+class Phase(str, Enum):
+    """Where a sweep is, in one vocabulary for the runner and every engine.
+
+    The runner starts a point's progress clock (its ETA) at MEASURING, so every engine emits
+    MEASURING when it admits the first request of the measured stream: after loading, building,
+    compiling and warm-up, which are never part of a point's time.
+    """
+
+    IDLE_POWER = "idle-power"  # runner: the GPUs' idle power, before the model loads
+    STARTING = "starting"  # runner: the engine's child process starts
+    RESTARTING = "restarting"  # runner: a fresh child after one was lost
+    SETTLING = "settling"  # runner: waiting for the GPU's temperature to settle before a point
+    LOADING = "loading"  # engine: its library, the weights, or the server's first answers
+    BUILDING = "building"  # engine: an executor sized for this batch (TensorRT-LLM)
+    COMPILING = "compiling"  # engine: compiling and capturing the decode step (hf on CUDA)
+    WARMUP = "warmup"  # engine: requests run outside the window
+    MEASURING = "measuring"  # engine: the measured stream has begun
+
+
+@dataclass(frozen=True)
+class PhaseUpdate:
+    """An engine (or the runner) entered `phase`; `detail` says more in a few words."""
+
+    phase: Phase
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the running point is. Engines send it per batch or per step, never per token."""
+
+    done: int  # requests finished
+    total: int | None = None  # requests the point will run, where known in advance
+    tokens: int = 0  # output tokens made so far in the measured stream
+    window_s: float | None = None  # how long the steady-state window has been open
+    window_target_s: float | None = None  # how long the window is meant to last
+
+
+EngineNote = PhaseUpdate | Progress
+Emit = Callable[[EngineNote], None]
 
 
 @dataclass(frozen=True)
@@ -29,15 +68,26 @@ class EngineSpec:
     weights: str  # "dummy" or "auto"
     dtype: str  # "bf16", "fp16", "fp32" (resolved, never "auto")
     device: str  # "cpu" or "cuda" (resolved)
-    gpus: tuple[int, ...] = ()
-    compile: bool = False
-    url: str | None = None
-    kv_cache_fraction: float = 0.9
+    gpus: tuple[int, ...] = ()  # trtllm shards over all of them (tensor parallel = their count)
     max_input_len: int = 1024
     max_output_len: int = 1024
     seed: int = 0
     quant: str = "none"  # "none", "int4-wo" or "int8-wo": weight-only quantisation of the linears
-    extra: dict[str, Any] = field(default_factory=dict)
+    # hf: compile the decode step; `compile_mode` is --compile's policy ("auto": autotune small
+    # batches, "default", "max-autotune"); `cuda_graphs` False replays eagerly, which only the
+    # engine benchmark asks for, to measure what the graphs are worth.
+    compile: bool = False
+    compile_mode: str = "auto"
+    cuda_graphs: bool = True
+    # trtllm: the KV cache's share of free GPU memory, and the executor's token budget per
+    # scheduler step (None: TensorRT-LLM's own default). KV-block reuse stays off: the prompts
+    # are cycled through a point's batches, and reuse would measure a cache instead of the model.
+    kv_cache_fraction: float = 0.9
+    max_num_tokens: int | None = None
+    # openai: the server, and the longest one request may take. An API key is read from the
+    # CARBONTOP_API_KEY environment variable by the engine, never carried in the spec.
+    url: str | None = None
+    request_timeout_s: float = 600.0
 
 
 class EngineOOM(Exception):

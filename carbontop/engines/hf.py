@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from carbontop.core.records import EngineRun, Prompt, RequestRecord
-from carbontop.engines.base import Emit, EngineOOM, EngineSpec
+from carbontop.engines.base import Emit, EngineOOM, EngineSpec, Phase, PhaseUpdate, Progress
 from carbontop.engines.quant import apply_weight_only
 from carbontop.errors import EngineUnavailable
 
@@ -53,8 +53,8 @@ class HFEngine:
         self.decode_mode = "eager"  # "eager", "cuda-graph" or "compiled+cuda-graph"
         self._compiled_steps: dict[str, Any] = {}  # inductor mode -> compiled decode step
         self._compile_failed = False
-        # CUDA graphs can be turned off (spec.extra["cuda_graphs"] = False) to measure their worth
-        self._graph_failed = not spec.extra.get("cuda_graphs", True)
+        # CUDA graphs can be turned off (spec.cuda_graphs = False) to measure their worth
+        self._graph_failed = not spec.cuda_graphs
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ class HFEngine:
         else:
             self.device = torch.device("cpu")
 
-        self.emit("phase", {"phase": "loading", "detail": f"{spec.model} ({spec.weights} weights)"})
+        self.emit(PhaseUpdate(Phase.LOADING, f"{spec.model} ({spec.weights} weights)"))
         try:
             if spec.weights == "auto" and spec.model_path:
                 model = AutoModelForCausalLM.from_pretrained(
@@ -151,16 +151,16 @@ class HFEngine:
             with torch.inference_mode():
                 state = _PointState(self, batch_size, cache_len)
                 self._warm_up(state, batches[0])
-                self.emit("phase", {"phase": "measuring",
-                                    "detail": f"{len(prompts)} request{'s' if len(prompts) != 1 else ''} "
-                                              f"in {len(batches)} static "
-                                              f"batch{'es' if len(batches) != 1 else ''}"})
+                self.emit(PhaseUpdate(
+                    Phase.MEASURING,
+                    f"{len(prompts)} request{'s' if len(prompts) != 1 else ''} in {len(batches)} "
+                    f"static batch{'es' if len(batches) != 1 else ''}"))
                 self._sync()
                 window_start = time.time()
                 records: list[RequestRecord] = []
                 for index, batch in enumerate(batches):
                     records.extend(self._run_batch(state, index, batch, batch_size))
-                    self.emit("progress", {"done": len(records), "total": len(prompts)})
+                    self.emit(Progress(done=len(records), total=len(prompts)))
                 self._sync()
                 window_end = time.time()
         except torch.cuda.OutOfMemoryError as exc:
@@ -190,8 +190,8 @@ class HFEngine:
         step for this batch size. Nothing here is timed."""
         torch = self.torch
         want_compile = self.spec.compile and self.spec.device == "cuda" and not self._compile_failed
-        phase = "compiling" if want_compile else "warmup"
-        self.emit("phase", {"phase": phase, "detail": f"batch {state.batch_size}"})
+        phase = Phase.COMPILING if want_compile else Phase.WARMUP
+        self.emit(PhaseUpdate(phase, f"batch {state.batch_size}"))
         state.start_batch(self._input_ids(batch, state.batch_size))
         state.prefill()
         if self.spec.device == "cuda":
@@ -232,7 +232,7 @@ class HFEngine:
 
     def _inductor_mode(self, batch_size: int) -> str:
         """torch.compile mode for this batch size under the spec's compile policy."""
-        policy = self.spec.extra.get("compile_mode", "auto")
+        policy = self.spec.compile_mode
         if policy == "max-autotune" or (policy == "auto" and batch_size <= AUTOTUNE_MAX_BATCH):
             return "max-autotune-no-cudagraphs"
         return "default"

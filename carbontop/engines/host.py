@@ -2,11 +2,10 @@
 engine ends that process only. The parent never imports torch or touches the GPU; it keeps
 reading NVML while the child works or dies, and starts a fresh child when one is lost.
 
-Messages child -> parent (tuples over a multiprocessing Pipe):
-    ("phase", {"phase", "detail"})   ("progress", {"done", "total"})
-    ("loaded", info)                 ("load_failed", kind, message)
-    ("result", EngineRun)            ("oom", message, recovered)   ("kv_bound", message, concurrency)
-    ("failure", message)             ("error", message, traceback_text)
+Over a multiprocessing Pipe the parent sends `RunPoint` and `Stop`; the child answers with the
+engine's `PhaseUpdate`s and `Progress` (engines/base.py) while it works, then one message that ends
+the step: `Loaded` or `LoadFailed` after loading, and after a point `PointDone`, `PointOOM`,
+`PointKVBound`, `PointFailed` or `PointCrashed`. All are dataclasses defined here.
 """
 
 from __future__ import annotations
@@ -20,11 +19,20 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from carbontop.core.records import EngineRun, PointPlan, PointStatus
-from carbontop.engines.base import EngineFailure, EngineKVBound, EngineOOM, EngineSpec
+from carbontop.engines.base import (
+    EngineFailure,
+    EngineKVBound,
+    EngineNote,
+    EngineOOM,
+    EngineSpec,
+    PhaseUpdate,
+    Progress,
+)
 from carbontop.engines.procgroup import (
     detach_and_tie_to_parent,
     kill_group_now,
@@ -33,7 +41,9 @@ from carbontop.engines.procgroup import (
 )
 from carbontop.errors import CarbontopError, EngineUnavailable
 
-OnMessage = Callable[[str, dict[str, Any]], None]
+# Called with each PhaseUpdate or Progress the engine sends, and with None every POLL_S that
+# nothing arrives (the sweep flushes telemetry then).
+OnMessage = Callable[[EngineNote | None], None]
 ShouldStop = Callable[[], bool]
 
 POLL_S = 0.2
@@ -44,6 +54,74 @@ OOM_MARKERS = ("out of memory", "insufficient gpu memory", "cudamallocasync", "c
 def looks_like_oom(text: str) -> bool:
     lowered = text.lower()
     return any(marker in lowered for marker in OOM_MARKERS)
+
+
+# ---- messages -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    """parent -> child: run one sweep point."""
+
+    plan: PointPlan
+
+
+@dataclass(frozen=True)
+class Stop:
+    """parent -> child: close the engine and exit."""
+
+
+class LoadFailure(str, Enum):
+    UNAVAILABLE = "unavailable"  # the engine cannot run here (package, GPU, server): the user's to fix
+    OOM = "oom"  # the model alone does not fit
+    ERROR = "error"  # anything else: a bug or a broken model
+
+
+@dataclass(frozen=True)
+class Loaded:
+    info: dict[str, Any]  # facts for run.toml's [engine]
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    why: LoadFailure
+    message: str
+
+
+@dataclass(frozen=True)
+class PointDone:
+    run: EngineRun
+
+
+@dataclass(frozen=True)
+class PointOOM:
+    message: str
+    recovered: bool  # the engine freed what the batch took: the same process can go on
+
+
+@dataclass(frozen=True)
+class PointKVBound:
+    message: str
+    concurrency_reached: int
+    run: EngineRun | None  # what was measured at the concurrency reached, if anything
+
+
+@dataclass(frozen=True)
+class PointFailed:
+    """The engine's own failure that is not memory (a server error, a bad reply)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class PointCrashed:
+    """An exception the engine did not expect; the process may be in any state."""
+
+    message: str
+    traceback: str
+
+
+ChildReply = Loaded | LoadFailed | PointDone | PointOOM | PointKVBound | PointFailed | PointCrashed
 
 
 # ---- child side ---------------------------------------------------------------------------
@@ -66,50 +144,46 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpus)
 
-    def emit(kind: str, payload: dict[str, Any]) -> None:
-        conn.send((kind, payload))
-
     from carbontop.engines import load_engine_class
 
     try:
-        engine = load_engine_class(spec.engine)(spec, emit)
+        engine = load_engine_class(spec.engine)(spec, conn.send)
         info = engine.load()
     except (CarbontopError, EngineFailure) as exc:
-        conn.send(("load_failed", "unavailable", str(exc)))
+        conn.send(LoadFailed(LoadFailure.UNAVAILABLE, str(exc)))
         return
     except EngineOOM as exc:
-        conn.send(("load_failed", "oom", str(exc)))
+        conn.send(LoadFailed(LoadFailure.OOM, str(exc)))
         return
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as a message
-        kind = "oom" if looks_like_oom(str(exc)) else "error"
-        conn.send(("load_failed", kind, f"{type(exc).__name__}: {exc}"))
+        why = LoadFailure.OOM if looks_like_oom(str(exc)) else LoadFailure.ERROR
+        conn.send(LoadFailed(why, f"{type(exc).__name__}: {exc}"))
         traceback.print_exc()
         return
-    conn.send(("loaded", info))
+    conn.send(Loaded(info))
 
     while True:
         try:
             command = conn.recv()
         except EOFError:
             break
-        if command[0] == "stop":
+        if not isinstance(command, RunPoint):
             break
-        _, plan = command
         try:
-            conn.send(("result", _run_plan(engine, plan)))
+            conn.send(PointDone(_run_plan(engine, command.plan)))
         except EngineOOM as exc:
-            conn.send(("oom", str(exc), exc.recovered))
+            conn.send(PointOOM(str(exc), exc.recovered))
         except EngineKVBound as exc:
             # engines attach what they measured (exc.run): a KV-bound point still has figures
-            conn.send(("kv_bound", str(exc), exc.concurrency_reached, getattr(exc, "run", None)))
+            conn.send(PointKVBound(str(exc), exc.concurrency_reached, getattr(exc, "run", None)))
         except EngineFailure as exc:
-            conn.send(("failure", str(exc)))
+            conn.send(PointFailed(str(exc)))
         except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as a message
             traceback.print_exc()
             if looks_like_oom(str(exc)):
-                conn.send(("oom", f"{type(exc).__name__}: {exc}", False))
+                conn.send(PointOOM(f"{type(exc).__name__}: {exc}", recovered=False))
             else:
-                conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+                conn.send(PointCrashed(f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     try:
         engine.close()
     except Exception:  # noqa: BLE001 - closing must not hide the result already sent
@@ -205,24 +279,24 @@ class EngineHost:
                 sentence = self._death_sentence("while loading the model")
                 self.kill()
                 raise CarbontopError(sentence)
-            kind = msg[0]
-            if kind == "loaded":
-                self.info = msg[1]
+            if isinstance(msg, Loaded):
+                self.info = msg.info
                 return self.info
-            if kind == "load_failed":
+            if isinstance(msg, LoadFailed):
                 self.kill()
-                _, why, text = msg
-                if why == "unavailable":
-                    raise EngineUnavailable(text)
-                if why == "oom":
-                    raise CarbontopError(f"The model does not fit in memory even before the sweep: {text}")
-                raise CarbontopError(f"The engine failed to load the model: {text}{self._log_hint()}")
+                if msg.why is LoadFailure.UNAVAILABLE:
+                    raise EngineUnavailable(msg.message)
+                if msg.why is LoadFailure.OOM:
+                    raise CarbontopError(
+                        f"The model does not fit in memory even before the sweep: {msg.message}")
+                raise CarbontopError(
+                    f"The engine failed to load the model: {msg.message}{self._log_hint()}")
 
     def run_point(self, plan: PointPlan, on_message: OnMessage,
                   should_stop: ShouldStop) -> PointOutcome:
         if not self.alive:
             raise RuntimeError("engine child is not running")
-        self._conn.send(("run", plan))
+        self._conn.send(RunPoint(plan))
         self._busy = True  # until the point's answer: a child in a point reads no commands
         try:
             msg = self._wait(on_message, should_stop)
@@ -245,20 +319,22 @@ class EngineHost:
                     message="the engine process was killed (signal 9), most likely by the kernel's out-of-memory killer",
                 )
             return PointOutcome(PointStatus.CRASHED, message=sentence, needs_restart=True)
-        kind = msg[0]
-        if kind == "result":
-            return PointOutcome(PointStatus.OK, run=msg[1], concurrency_reached=msg[1].concurrency_reached)
-        if kind == "oom":
-            return PointOutcome(PointStatus.OOM, message=_one_line(msg[1]), needs_restart=not msg[2])
-        if kind == "kv_bound":
-            return PointOutcome(PointStatus.KV_BOUND, run=msg[3], message=_one_line(msg[1]),
-                                concurrency_reached=msg[2])
-        if kind == "failure":
-            return PointOutcome(PointStatus.ERROR, message=_one_line(msg[1]))
-        return PointOutcome(PointStatus.CRASHED, message=_one_line(msg[1]) + self._log_hint(),
+        if isinstance(msg, PointDone):
+            return PointOutcome(PointStatus.OK, run=msg.run,
+                                concurrency_reached=msg.run.concurrency_reached)
+        if isinstance(msg, PointOOM):
+            return PointOutcome(PointStatus.OOM, message=_one_line(msg.message),
+                                needs_restart=not msg.recovered)
+        if isinstance(msg, PointKVBound):
+            return PointOutcome(PointStatus.KV_BOUND, run=msg.run, message=_one_line(msg.message),
+                                concurrency_reached=msg.concurrency_reached)
+        if isinstance(msg, PointFailed):
+            return PointOutcome(PointStatus.ERROR, message=_one_line(msg.message))
+        message = msg.message if isinstance(msg, PointCrashed) else f"unexpected reply {msg!r}"
+        return PointOutcome(PointStatus.CRASHED, message=_one_line(message) + self._log_hint(),
                             needs_restart=True)
 
-    def _wait(self, on_message: OnMessage, should_stop: ShouldStop) -> tuple | None:
+    def _wait(self, on_message: OnMessage, should_stop: ShouldStop) -> ChildReply | None:
         """Relay phase/progress messages until a terminal one; None if the child died."""
         while True:
             if should_stop():
@@ -272,11 +348,11 @@ class EngineHost:
                     msg = self._conn.recv()
                 except (EOFError, OSError):
                     return None
-                if msg[0] in ("phase", "progress"):
-                    on_message(msg[0], msg[1])
+                if isinstance(msg, (PhaseUpdate, Progress)):
+                    on_message(msg)
                     continue
                 return msg
-            on_message("tick", {})
+            on_message(None)
             if not self._proc.is_alive():
                 # drain anything sent just before exit
                 try:
@@ -302,7 +378,7 @@ class EngineHost:
             return
         if self._proc.is_alive() and not self._busy:
             try:
-                self._conn.send(("stop",))
+                self._conn.send(Stop())
             except (OSError, BrokenPipeError):
                 pass
             self._proc.join(timeout_s)

@@ -26,7 +26,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from carbontop.core.records import EngineRun, Prompt, RequestRecord
-from carbontop.engines.base import Emit, EngineFailure, EngineOOM, EngineSpec
+from carbontop.engines.base import (
+    Emit,
+    EngineFailure,
+    EngineOOM,
+    EngineSpec,
+    Phase,
+    PhaseUpdate,
+    Progress,
+)
 
 COMPLETIONS_PATH = "/v1/completions"
 CHAT_PATH = "/v1/chat/completions"
@@ -148,9 +156,9 @@ class OpenAIEngine:
         self.spec = spec
         self._emit = emit
         self.url = base_url(spec.url)
-        self.request_timeout_s = float(spec.extra.get("request_timeout_s", 600))
+        self.request_timeout_s = spec.request_timeout_s
         # Never read OPENAI_API_KEY: that would send a user's OpenAI key to whatever server is named.
-        self._api_key: str | None = spec.extra.get("api_key") or os.environ.get("CARBONTOP_API_KEY")
+        self._api_key: str | None = os.environ.get("CARBONTOP_API_KEY")
         self._path = COMPLETIONS_PATH
         self._dropped: set[str] = set()
         self._served_models: list[str] | None = None
@@ -162,11 +170,11 @@ class OpenAIEngine:
         """Check that the server is up and serves the model; find the endpoint and fields it takes."""
         import httpx
 
-        self._emit("phase", {"phase": "connect", "detail": f"checking the server at {self.url}"})
+        self._emit(PhaseUpdate(Phase.LOADING, f"checking the server at {self.url}"))
         with httpx.Client(**self._client_kwargs(1)) as client:
             self._served_models = self._check_models(client)
             self._check_health(client)
-        self._emit("phase", {"phase": "probe", "detail": "one short request to learn what the server accepts"})
+        self._emit(PhaseUpdate(Phase.LOADING, "one short request to learn what the server accepts"))
         asyncio.run(self._probe())
         return {
             "url": self.url,
@@ -273,10 +281,10 @@ class OpenAIEngine:
 
         n = len(prompts)
         async with httpx.AsyncClient(**self._client_kwargs(batch_size)) as client:
-            self._emit("phase", {"phase": "warmup", "detail": "one short request before the window"})
+            self._emit(PhaseUpdate(Phase.WARMUP, "one short request before the window"))
             await self._timed(client, filler_text(16, f"{self.spec.seed}:warmup"), WARMUP_OUTPUT_TOKENS)
 
-            self._emit("phase", {"phase": "run", "detail": f"{n} requests, {batch_size} in flight"})
+            self._emit(PhaseUpdate(Phase.MEASURING, f"{n} requests, {batch_size} in flight"))
             replies: list[_Reply | None] = [None] * n
             order = iter(range(n))
             in_flight = max_in_flight = done = 0
@@ -295,7 +303,7 @@ class OpenAIEngine:
                         in_flight -= 1
                     done += 1
                     if done % progress_step == 0 or done == n:
-                        self._emit("progress", {"done": done, "total": n})
+                        self._emit(Progress(done=done, total=n))
 
             await _run_until_first_failure([worker() for _ in range(min(batch_size, n))])
 

@@ -41,7 +41,16 @@ from pathlib import Path
 from typing import Any
 
 from carbontop.core.records import EngineRun, Prompt, RequestRecord
-from carbontop.engines.base import Emit, EngineFailure, EngineKVBound, EngineOOM, EngineSpec
+from carbontop.engines.base import (
+    Emit,
+    EngineFailure,
+    EngineKVBound,
+    EngineOOM,
+    EngineSpec,
+    Phase,
+    PhaseUpdate,
+    Progress,
+)
 from carbontop.errors import EngineUnavailable
 
 INSTALL_SENTENCE = (
@@ -170,13 +179,15 @@ class TRTLLMEngine:
         self._has_tokenizer = False
         self._vocab_size: int | None = None
         self._max_seq_len = spec.max_input_len + spec.max_output_len
-        self._streaming = bool(spec.extra.get("trtllm_streaming", False))
-        self._streaming_reason = "asked for" if self._streaming else ""
+        # Engine-side timing metrics where the build returns them (no per-token overhead in
+        # Python); streaming timestamps only where it does not (found in the warm-up).
+        self._streaming = False
+        self._streaming_reason = ""
 
     # ---- the contract ----------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
-        self._emit("phase", {"phase": "load", "detail": "importing TensorRT-LLM"})
+        self._emit(PhaseUpdate(Phase.LOADING, "importing TensorRT-LLM"))
         trt = _import_tensorrt_llm()
         if self.spec.device != "cuda":
             raise EngineUnavailable(
@@ -198,7 +209,7 @@ class TRTLLMEngine:
             "tensor_parallel_size": self._tp_size(),
             "max_seq_len": self._max_seq_len,
             "kv_cache_fraction": self.spec.kv_cache_fraction,
-            "kv_block_reuse": self._block_reuse(),
+            "kv_block_reuse": False,
         }
 
     def run_point(self, batch_size: int, prompts: Sequence[Prompt]) -> EngineRun:
@@ -240,11 +251,9 @@ class TRTLLMEngine:
     def _load_format(self) -> str:
         return "dummy" if self.spec.weights == "dummy" else "auto"
 
-    def _block_reuse(self) -> bool:
-        return bool(self.spec.extra.get("kv_block_reuse", False))
-
     def _tp_size(self) -> int:
-        return int(self.spec.extra.get("tensor_parallel_size", max(1, len(self.spec.gpus))))
+        """One shard per GPU named (--gpus): the GPUs measured are the GPUs used."""
+        return max(1, len(self.spec.gpus))
 
     def _resolve_model(self) -> None:
         spec = self.spec
@@ -307,12 +316,14 @@ class TRTLLMEngine:
             "max_seq_len": self._max_seq_len,
             "kv_cache_config": self._kv_cache_config_cls(
                 free_gpu_memory_fraction=self.spec.kv_cache_fraction,
-                enable_block_reuse=self._block_reuse(),
+                # off: a point's prompts repeat across its batches, and reused blocks would
+                # skip their prefill, measuring a cache instead of the model
+                enable_block_reuse=False,
             ),
             "load_format": self._load_format(),
         }
-        if "max_num_tokens" in self.spec.extra:
-            kwargs["max_num_tokens"] = int(self.spec.extra["max_num_tokens"])
+        if self.spec.max_num_tokens is not None:
+            kwargs["max_num_tokens"] = self.spec.max_num_tokens
         return kwargs
 
     def _ensure_llm(self, batch_size: int) -> bool:
@@ -320,7 +331,7 @@ class TRTLLMEngine:
         if self._llm is not None and self._llm_batch_size == batch_size:
             return False
         self._shutdown_llm()
-        self._emit("phase", {"phase": "build", "detail": f"creating the executor for max_batch_size={batch_size}"})
+        self._emit(PhaseUpdate(Phase.BUILDING, f"creating the executor for max_batch_size={batch_size}"))
         try:
             self._llm = self._trt.LLM(**self._llm_kwargs(batch_size))
         except Exception as exc:  # noqa: BLE001 - classified into OOM, KV-bound or failure
@@ -376,7 +387,7 @@ class TRTLLMEngine:
         )
 
     async def _point(self, batch_size: int, prompts: list[Prompt], inputs: list[Any]) -> dict[str, Any]:
-        self._emit("phase", {"phase": "warmup", "detail": "one short request before the window"})
+        self._emit(PhaseUpdate(Phase.WARMUP, "one short request before the window"))
         warm = self._llm.generate_async(
             synthetic_token_ids(16, self._vocab_size, f"{self.spec.seed}:warmup"),
             sampling_params=self._params(WARMUP_OUTPUT_TOKENS),
@@ -388,7 +399,7 @@ class TRTLLMEngine:
             self._streaming_reason = "this TensorRT-LLM returned no per-request timing metrics"
 
         n = len(prompts)
-        self._emit("phase", {"phase": "run", "detail": f"{n} requests, at most {batch_size} in flight"})
+        self._emit(PhaseUpdate(Phase.MEASURING, f"{n} requests, at most {batch_size} in flight"))
         done = 0
         progress_step = max(1, n // 10)
 
@@ -397,7 +408,7 @@ class TRTLLMEngine:
             outcome = await self._wait(result)
             done += 1
             if done % progress_step == 0 or done == n:
-                self._emit("progress", {"done": done, "total": n})
+                self._emit(Progress(done=done, total=n))
             return outcome
 
         unix0, perf0 = time.time(), time.perf_counter()

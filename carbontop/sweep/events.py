@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from carbontop.core.records import PointResult
+from carbontop.engines.base import Phase
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class SweepStarted:
 
 @dataclass(frozen=True)
 class PhaseChanged:
-    phase: str  # "loading", "idle-power", "warmup", "compiling", "measuring", "restarting"
+    phase: Phase
     batch_size: int | None = None
     detail: str = ""
 

@@ -51,13 +51,14 @@ from carbontop.core.store import RunWriter, SavedRun, new_run_dir
 from carbontop.core.tokenize import load_token_counter
 from carbontop.core.window import max_in_flight, steady_window
 from carbontop.core.workload import build_workload, request_stream
-from carbontop.engines.base import EngineSpec
+from carbontop.engines.base import EngineNote, EngineSpec, Phase, PhaseUpdate, Progress
 from carbontop.engines.quant import plan_weight_quant
 from carbontop.errors import CarbontopError, ConfigError
 from carbontop.sweep import events
 from carbontop.sweep.resume import KEPT_STATUSES, check_same_devices
 
 OnEvent = Callable[[Any], None]
+OnMessage = Callable[[EngineNote | None], None]
 
 IDLE_MEASURE_S = 3.0
 # Idle with the model loaded: on a GPU, wait until power has settled (clocks drop a few seconds
@@ -228,15 +229,16 @@ class SweepRunner:
             dtype=dtype,
             device=device,
             gpus=tuple(gpus),
-            compile=cfg.compile in ("on", "max-autotune") or (cfg.compile == "auto" and device == "cuda"),
-            url=cfg.url,
-            kv_cache_fraction=cfg.kv_cache_fraction,
             max_input_len=max_in,
             max_output_len=max_out,
             seed=cfg.seed,
             quant=cfg.quant,
-            extra={"compile_mode": {"on": "default"}.get(cfg.compile, cfg.compile),
-                   "request_timeout_s": cfg.request_timeout_s},
+            compile=cfg.compile in ("on", "max-autotune") or (cfg.compile == "auto" and device == "cuda"),
+            compile_mode={"on": "default"}.get(cfg.compile, cfg.compile),
+            kv_cache_fraction=cfg.kv_cache_fraction,
+            max_num_tokens=cfg.max_num_tokens,
+            url=cfg.url,
+            request_timeout_s=cfg.request_timeout_s,
         )
         # the sampler tells the source its tick, which sets how often NVML's counter is read
         self.sampler = TelemetrySampler(source, interval_s=cfg.sample_interval_s)
@@ -392,14 +394,14 @@ class SweepRunner:
             self._last_flush = now
 
     def _measure_idle(self) -> None:
-        self._emit(events.PhaseChanged("idle-power", detail=f"{IDLE_MEASURE_S:.0f} s before loading"))
+        self._emit(events.PhaseChanged(Phase.IDLE_POWER, detail=f"{IDLE_MEASURE_S:.0f} s before loading"))
         self.idle_power_w = self.sampler.measure_idle_power_w(IDLE_MEASURE_S)
         self._writer.update_meta("environment", {"idle_power_w": self.idle_power_w})
 
     def _start_engine(self) -> None:
         from carbontop.engines.host import EngineHost
 
-        self._emit(events.PhaseChanged("starting", detail="engine process"))
+        self._emit(events.PhaseChanged(Phase.STARTING, detail="engine process"))
         self._host = EngineHost(self.engine_spec, log_path=self._writer.engine_log)
         info = self._host.start(self._relay(None), self._cancel.is_set)
         self._writer.update_meta("engine", info)
@@ -410,41 +412,41 @@ class SweepRunner:
             self.model = dataclasses.replace(self.model, weight_quant=quant)
 
     def _relay(self, batch_size: int | None, started: list[float] | None = None,
-               plan: PointPlan | None = None) -> Callable[[str, dict], None]:
-        def on_message(kind: str, payload: dict[str, Any]) -> None:
-            if kind == "phase":
-                self._emit(events.PhaseChanged(payload.get("phase", ""), batch_size, payload.get("detail", "")))
-                if payload.get("phase") == "measuring" and started is not None:
-                    started[0] = time.time()
-            elif kind == "progress" and batch_size is not None:
-                self._emit(self._progress(batch_size, payload, started, plan))
+               plan: PointPlan | None = None) -> OnMessage:
+        """What the host calls with each engine note (None: nothing arrived for a while)."""
+
+        def on_message(note: EngineNote | None) -> None:
+            if isinstance(note, PhaseUpdate):
+                self._emit(events.PhaseChanged(note.phase, batch_size, note.detail))
+                if note.phase is Phase.MEASURING and started is not None:
+                    started[0] = time.time()  # the ETA counts the measured stream only
+            elif isinstance(note, Progress) and batch_size is not None:
+                self._emit(self._progress(batch_size, note, started, plan))
             self._tick()
+
         return on_message
 
-    def _progress(self, batch_size: int, payload: dict[str, Any], started: list[float] | None,
+    def _progress(self, batch_size: int, note: Progress, started: list[float] | None,
                   plan: PointPlan | None) -> events.PointProgress:
         """The point's progress and its ETA. An engine that reports its window: the time the
         window still needs, plus (before it opens) what the last point spent outside its window,
         warm-up and ramp-up included. One that reports requests: the rate so far."""
-        done = int(payload.get("done", 0))
-        total = payload.get("total")
-        window_s = payload.get("window_s")
-        target = payload.get("window_target_s") or (plan.min_window_s if plan else None)
+        done, total, window_s = note.done, note.total, note.window_s
+        target = note.window_target_s or (plan.min_window_s if plan else None)
         now = time.time()
         elapsed = now - (started[0] if started else now)
         eta: float | None = None
         if window_s is not None and target:
-            eta = max(float(target) - float(window_s), 0.0)
+            eta = max(target - window_s, 0.0)
         elif plan is not None and total is None:
             # not open yet: the window, plus what the last point spent outside its window
             # (warm-up, ramp-up) counted from this point's start
             point_start = started[-1] if started else now
             eta = max(plan.min_window_s + (self._overhead_s or 0.0) - (now - point_start), 0.0)
         elif total and done:
-            eta = elapsed / done * (int(total) - done)
-        return events.PointProgress(batch_size, done, int(total) if total is not None else None,
-                                    elapsed, eta, window_s=window_s, window_target_s=target,
-                                    tokens=int(payload.get("tokens", 0)))
+            eta = elapsed / done * (total - done)
+        return events.PointProgress(batch_size, done, total, elapsed, eta, window_s=window_s,
+                                    window_target_s=target, tokens=note.tokens)
 
     def _sweep(self) -> None:
         from carbontop.engines.host import Cancelled
@@ -478,7 +480,7 @@ class SweepRunner:
 
         if self._host is not None and self._host.alive:
             return True
-        self._emit(events.PhaseChanged("restarting", batch_size, "fresh engine process"))
+        self._emit(events.PhaseChanged(Phase.RESTARTING, batch_size, "fresh engine process"))
         try:
             self._start_engine()
         except Cancelled:
@@ -538,7 +540,7 @@ class SweepRunner:
         gpu = self.device == "cuda"
         settle_s = 0.0
         if gpu:
-            self._emit(events.PhaseChanged("idle-power", detail="model loaded: waiting for power to settle"))
+            self._emit(events.PhaseChanged(Phase.IDLE_POWER, detail="model loaded: waiting for power to settle"))
             t_start = time.time()
             previous: float | None = None
             while time.time() - t_start < LOADED_SETTLE_MAX_S and not self.cancelled:
@@ -552,7 +554,7 @@ class SweepRunner:
                 previous = current
             settle_s = time.time() - t_start
         duration = LOADED_IDLE_GPU_S if gpu else LOADED_IDLE_CPU_S
-        self._emit(events.PhaseChanged("idle-power", detail=f"{duration:.0f} s with the model loaded"))
+        self._emit(events.PhaseChanged(Phase.IDLE_POWER, detail=f"{duration:.0f} s with the model loaded"))
         self.loaded_idle_power_w = self.sampler.measure_idle_power_w(duration)
         self._writer.update_meta("environment", {
             "idle_power_loaded_w": self.loaded_idle_power_w,
@@ -582,7 +584,7 @@ class SweepRunner:
             return
         centre = None
         if self._hottest_temp_c() is not None:
-            self._emit(events.PhaseChanged("settling", detail="waiting for the GPU temperature to settle"))
+            self._emit(events.PhaseChanged(Phase.SETTLING, detail="waiting for the GPU temperature to settle"))
             history: list[tuple[float, float]] = []
 
             def record(temp: float) -> bool:

@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import ProgressBar, Static
 
+from carbontop.engines.base import Phase
 from carbontop.tui.format import duration
 
 # status -> (mark, theme colour); the words are in the pane's subtitle as a legend
@@ -23,14 +24,16 @@ STATUS_MARKS: dict[str, tuple[str, str]] = {
 }
 LEGEND = "✓ done  ▶ running  · pending  OOM/KV/crash: did not fit"
 
-PHASES = {
-    "loading": "loading model",
-    "idle-power": "measuring idle power",
-    "warmup": "warm-up",
-    "compiling": "compiling",
-    "measuring": "measuring",
-    "restarting": "restarting engine",
-    "starting": "starting engine",
+PHASES: dict[Phase, str] = {
+    Phase.IDLE_POWER: "measuring idle power",
+    Phase.STARTING: "starting engine",
+    Phase.RESTARTING: "restarting engine",
+    Phase.SETTLING: "letting the GPU settle",
+    Phase.LOADING: "loading",
+    Phase.BUILDING: "building the executor",
+    Phase.COMPILING: "compiling",
+    Phase.WARMUP: "warm-up",
+    Phase.MEASURING: "measuring",
 }
 
 
@@ -90,7 +93,7 @@ class SweepPane(Vertical):
         self.points = {}
         self.auto = False
         self._render_points()
-        self.set_phase("")
+        self.set_phase(None)
         bar = self.query_one("#sweep-progress", ProgressBar)
         bar.update(total=None, progress=0)
         bar.display = False
@@ -105,8 +108,8 @@ class SweepPane(Vertical):
         plan = "doubling until memory runs out, then bisecting" if auto else "the listed batch sizes"
         self.set_status(f"Running {plan}.")
 
-    def set_phase(self, phase: str, batch_size: int | None = None, detail: str = "") -> None:
-        text = PHASES.get(phase, phase)
+    def set_phase(self, phase: Phase | None, batch_size: int | None = None, detail: str = "") -> None:
+        text = PHASES[phase] if phase is not None else ""
         if batch_size is not None and text:
             text = f"{text} · batch {batch_size}"
         # while a point runs the bar and its counts need the room; the detail shows otherwise
@@ -165,7 +168,7 @@ class SweepPane(Vertical):
             elif s == "pending":
                 self.points[b] = "skipped"  # planned, never started: the sweep ended first
         self._render_points()
-        self.set_phase("")
+        self.set_phase(None)
         self.query_one("#sweep-progress-row").display = False
         words = {"done": "Sweep finished", "cancelled": "Sweep cancelled", "error": "Sweep failed"}
         text = f"{words.get(status, 'Sweep ' + status)}: {recorded_text(self.points)}."
@@ -178,7 +181,7 @@ class SweepPane(Vertical):
     def show_saved(self, statuses: dict[int, str], run_status: str, *, reusable: bool = True) -> None:
         self.points = {int(b): status_name(s) for b, s in statuses.items()}
         self._render_points()
-        self.set_phase("")
+        self.set_phase(None)
         self.query_one("#sweep-progress-row").display = False
         n = len(self.points)
         text = f"Saved run ({run_status or 'unknown status'}), {n} point{'s' if n != 1 else ''}."
