@@ -58,6 +58,8 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
                        "on compiles, max-autotune autotunes every batch, off runs eagerly."),
         FieldSpec("kv_cache_fraction", "KV fraction", placeholder="0.9", required=True,
                   help="trtllm: the share of free GPU memory its KV cache may take."),
+        FieldSpec("max_num_tokens", "tokens/step", placeholder="trtllm's default",
+                  help="trtllm: the tokens one scheduler step may take; blank for TensorRT-LLM's own."),
         FieldSpec("request_timeout_s", "timeout s", placeholder="600", required=True,
                   help="openai: the longest one request may take, in seconds."),
     )),
