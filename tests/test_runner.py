@@ -10,7 +10,7 @@ import pytest
 
 from carbontop.config import RunConfig
 from carbontop.core.store import load_run
-from carbontop.engines.base import Phase
+from carbontop.engines.base import Phase, Progress
 from carbontop.errors import CarbontopError
 from carbontop.sweep import events
 from carbontop.sweep.runner import SweepRunner
@@ -145,10 +145,10 @@ def test_eta_counts_warm_up_until_the_window_opens(tmp_path) -> None:
     runner._overhead_s = 5.0  # the last point spent 5 s outside its window (warm-up, ramp-up)
     plan = PointPlan(2, Batching.INFLIGHT, (Prompt("p", 4, 4),), min_window_s=20.0, max_point_s=90.0)
     now = time.time()
-    before = runner._progress(2, {"done": 0, "total": None}, [now, now - 2.0], plan)
+    before = runner._progress(2, Progress(done=0), [now, now - 2.0], plan)
     assert before.eta_s == pytest.approx(20.0 + 5.0 - 2.0, abs=0.1) and before.total is None
-    during = runner._progress(2, {"done": 7, "total": None, "window_s": 12.5,
-                                  "window_target_s": 20.0, "tokens": 300}, [now, now - 30], plan)
+    during = runner._progress(2, Progress(done=7, window_s=12.5, window_target_s=20.0, tokens=300),
+                              [now, now - 30], plan)
     assert during.eta_s == pytest.approx(7.5) and during.window_s == 12.5 and during.tokens == 300
 
 
