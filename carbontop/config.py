@@ -7,7 +7,6 @@ a `--config run.toml`, then command-line flags or the TUI form.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,8 @@ from carbontop.core.carbon import (
     IntensitySource,
     make_intensity_source,
 )
+from carbontop.core.tomlcompat import tomllib
 from carbontop.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 APP_NAME = "carbontop"
 

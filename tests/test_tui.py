@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import filecmp
 import subprocess
 import sys
 from pathlib import Path
@@ -595,14 +594,10 @@ def test_theme_file_problems_are_named(tmp_path: Path) -> None:
         assert any(name in p and expected in p for p in loaded.problems), (name, loaded.problems)
 
 
-def test_shipped_themes_match_the_repository_folder() -> None:
+def test_shipped_themes_load() -> None:
     package = themes_mod.PACKAGE_THEMES_DIR
-    repo = themes_mod.REPO_THEMES_DIR
     names = sorted(p.name for p in package.glob("*.toml"))
     assert {"carbontop-dark.toml", "carbontop-light.toml"} <= set(names)
-    assert names == sorted(p.name for p in repo.glob("*.toml"))
-    for name in names:
-        assert filecmp.cmp(package / name, repo / name, shallow=False), name
     loaded = themes_mod.load_themes([package])
     assert loaded.problems == []
     assert {t.name: t.dark for t in loaded.themes}["carbontop-light"] is False

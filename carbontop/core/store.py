@@ -22,7 +22,6 @@ import datetime as dt
 import errno
 import io
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,12 +32,8 @@ import tomli_w
 
 from carbontop.core.liveness import Heartbeat, effective_state, owner_record
 from carbontop.core.records import PointResult, PointStatus, RequestRecord, Sample
+from carbontop.core.tomlcompat import tomllib
 from carbontop.errors import CarbontopError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 POINT_COLUMNS = [f.name for f in dataclasses.fields(PointResult)]
 REQUEST_COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]

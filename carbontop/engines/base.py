@@ -7,12 +7,28 @@ once, then `run_point()` once per sweep point. It reports what it is doing throu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
 from carbontop.core.records import EngineRun, PointPlan
+
+# How running out of memory is worded, wherever an engine meets it: torch ("CUDA out of memory"),
+# the CUDA runtime and driver (cudaErrorMemoryAllocation, CUDA_ERROR_OUT_OF_MEMORY), torch's
+# asynchronous allocator (cudaMallocAsync), TensorRT-LLM's executor ("insufficient GPU memory"),
+# and servers that pass these on.
+_OOM_TEXT = re.compile(
+    r"out of memory|outofmemory|insufficient (?:gpu )?memory|cudaErrorMemoryAllocation"
+    r"|CUDA_ERROR_OUT_OF_MEMORY|cudamallocasync",
+    re.IGNORECASE,
+)
+
+
+def says_oom(text: str) -> bool:
+    """True where an error's text says memory ran out (the one test every engine and the host use)."""
+    return _OOM_TEXT.search(text) is not None
 
 
 class Phase(str, Enum):

@@ -32,6 +32,7 @@ from carbontop.engines.base import (
     EngineSpec,
     PhaseUpdate,
     Progress,
+    says_oom,
 )
 from carbontop.engines.procgroup import (
     detach_and_tie_to_parent,
@@ -47,13 +48,6 @@ OnMessage = Callable[[EngineNote | None], None]
 ShouldStop = Callable[[], bool]
 
 POLL_S = 0.2
-# Phrases engines use for memory exhaustion that escaped their own OOM handling.
-OOM_MARKERS = ("out of memory", "insufficient gpu memory", "cudamallocasync", "cuda_error_out_of_memory")
-
-
-def looks_like_oom(text: str) -> bool:
-    lowered = text.lower()
-    return any(marker in lowered for marker in OOM_MARKERS)
 
 
 # ---- messages -----------------------------------------------------------------------------
@@ -156,7 +150,7 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
         conn.send(LoadFailed(LoadFailure.OOM, str(exc)))
         return
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as a message
-        why = LoadFailure.OOM if looks_like_oom(str(exc)) else LoadFailure.ERROR
+        why = LoadFailure.OOM if says_oom(str(exc)) else LoadFailure.ERROR
         conn.send(LoadFailed(why, f"{type(exc).__name__}: {exc}"))
         traceback.print_exc()
         return
@@ -180,7 +174,7 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
             conn.send(PointFailed(str(exc)))
         except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as a message
             traceback.print_exc()
-            if looks_like_oom(str(exc)):
+            if says_oom(str(exc)):
                 conn.send(PointOOM(f"{type(exc).__name__}: {exc}", recovered=False))
             else:
                 conn.send(PointCrashed(f"{type(exc).__name__}: {exc}", traceback.format_exc()))

@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from carbontop.engines.base import (
     Phase,
     PhaseUpdate,
     Progress,
+    says_oom,
 )
 
 COMPLETIONS_PATH = "/v1/completions"
@@ -44,13 +44,6 @@ CHAT_PATH = "/v1/chat/completions"
 # rejects a request naming it, and the point's notes say so.
 DROPPABLE_FIELDS = ("ignore_eos", "min_tokens", "stream_options", "max_completion_tokens")
 
-# How servers word running out of memory: torch ("CUDA out of memory"), CUDA runtime errors,
-# TensorRT-LLM's executor ("insufficient GPU memory").
-_OOM_RE = re.compile(
-    r"out of memory|outofmemory|insufficient (?:gpu )?memory|cudaErrorMemoryAllocation"
-    r"|CUDA_ERROR_OUT_OF_MEMORY",
-    re.IGNORECASE,
-)
 
 # Common English words that are a single token (with their leading space) in the GPT-2 and Llama
 # BPE vocabularies, so a filler of N of them is close to N tokens for most tokenizers.
@@ -474,7 +467,7 @@ class OpenAIEngine:
         )
 
     def _http_failure(self, status: int, message: str, path: str) -> Exception:
-        if _OOM_RE.search(message):
+        if says_oom(message):
             # The memory was the server's; this process holds none and can go on to the next point.
             return EngineOOM(f"The server ran out of memory: {message}.", recovered=True)
         if status in (401, 403):

@@ -31,7 +31,6 @@ import asyncio
 import gc
 import json
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -50,6 +49,7 @@ from carbontop.engines.base import (
     Phase,
     PhaseUpdate,
     Progress,
+    says_oom,
 )
 from carbontop.errors import EngineUnavailable
 
@@ -82,12 +82,6 @@ QUANT_ALGOS = {"int4-wo": "W4A16", "int8-wo": "W8A16"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 WARMUP_OUTPUT_TOKENS = 4
 
-# The forms TensorRT-LLM's out-of-memory takes (executor creation, worker, CUDA allocator).
-_OOM_RE = re.compile(
-    r"out of memory|insufficient (?:gpu )?memory|outofmemory|cudaErrorMemoryAllocation"
-    r"|CUDA_ERROR_OUT_OF_MEMORY",
-    re.IGNORECASE,
-)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -96,7 +90,7 @@ def is_oom(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if "OutOfMemory" in type(current).__name__ or _OOM_RE.search(str(current)):
+        if "OutOfMemory" in type(current).__name__ or says_oom(str(current)):
             return True
         current = current.__cause__ or current.__context__
     return False

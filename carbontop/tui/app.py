@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import pathlib
 import socket
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from carbontop import config as cfgmod
+from carbontop.core.tomlcompat import tomllib
 from carbontop.errors import CarbontopError
 from carbontop.tui.messages import SweepEnded, SweepEventMessage, SweepFailed, SweepPrepared
 from carbontop.tui.screens import (
@@ -51,11 +51,6 @@ from carbontop.tui.widgets.results import ResultsPane
 from carbontop.tui.widgets.sweep import SweepPane
 from carbontop.tui.widgets.telemetry import TelemetryPane
 from carbontop.tui.wording import for_app
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 LAST_RUN_FILE = "last_run.toml"  # in the config dir: the form starts from the last sweep's setup
 UI_STATE_FILE = "tui.toml"  # in the config dir: the theme last chosen

@@ -8,23 +8,16 @@ A file that cannot be used is reported by name and skipped; the app then keeps i
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from textual.color import Color, ColorParseError
 from textual.theme import Theme
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+from carbontop.core.tomlcompat import tomllib
 
 DEFAULT_THEME = "carbontop-dark"
-PACKAGE_THEMES_DIR = Path(__file__).with_name("themes")
-# A source checkout also has the repository's themes/ folder; an installed wheel has only the copy
-# inside the package (the two hold the same files, a test keeps them in step).
-REPO_THEMES_DIR = Path(__file__).resolve().parents[2] / "themes"
+PACKAGE_THEMES_DIR = Path(__file__).with_name("themes")  # the one copy, in the wheel and the checkout
 
 _COLOUR_KEYS = (
     "primary", "secondary", "warning", "error", "success", "accent",
@@ -98,8 +91,6 @@ def parse_theme(path: Path) -> Theme:
 
 def theme_dirs(user_dir: Path | None) -> list[Path]:
     dirs = [PACKAGE_THEMES_DIR]
-    if REPO_THEMES_DIR.is_dir() and REPO_THEMES_DIR.resolve() != PACKAGE_THEMES_DIR.resolve():
-        dirs.append(REPO_THEMES_DIR)
     if user_dir is not None:
         dirs.append(user_dir)
     return dirs
