@@ -17,12 +17,19 @@ runs until its longest output is done; every request is timed to its own last to
 
 from __future__ import annotations
 
+import itertools
 import time
-import zlib
-from collections.abc import Sequence
 from typing import Any
 
-from carbontop.core.records import EngineRun, Prompt, RequestRecord
+from carbontop.core.records import (
+    Batching,
+    EngineRun,
+    PointPlan,
+    Prompt,
+    RequestRecord,
+    StepTimeline,
+)
+from carbontop.core.window import keep_admitting, steady_window
 from carbontop.engines.base import Emit, EngineOOM, EngineSpec, Phase, PhaseUpdate, Progress
 from carbontop.engines.quant import apply_weight_only
 from carbontop.errors import EngineUnavailable
@@ -55,6 +62,9 @@ class HFEngine:
         self._compile_failed = False
         # CUDA graphs can be turned off (spec.cuda_graphs = False) to measure their worth
         self._graph_failed = not spec.cuda_graphs
+        # tests only: request index -> greedy tokens (costs a host sync per step when set)
+        self.token_log: dict[int, list[int]] | None = None
+        self._slots: Any = None  # the in-flight runner, made at the first in-flight point
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -139,46 +149,81 @@ class HFEngine:
 
     # ---- one sweep point ----------------------------------------------------------------
 
-    def run_point(self, batch_size: int, prompts: Sequence[Prompt]) -> EngineRun:
+    def run_point(self, plan: PointPlan) -> EngineRun:
         torch = self.torch
-        batches = [list(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
-        max_in = max(p.input_tokens for p in prompts)
-        max_out = max(p.output_tokens for p in prompts)
-        cache_len = max_in + max_out
-        state: _PointState | None = None
         oom_message = ""
         try:
             with torch.inference_mode():
-                state = _PointState(self, batch_size, cache_len)
-                self._warm_up(state, batches[0])
-                self.emit(PhaseUpdate(
-                    Phase.MEASURING,
-                    f"{len(prompts)} request{'s' if len(prompts) != 1 else ''} in {len(batches)} "
-                    f"static batch{'es' if len(batches) != 1 else ''}"))
-                self._sync()
-                window_start = time.time()
-                records: list[RequestRecord] = []
-                for index, batch in enumerate(batches):
-                    records.extend(self._run_batch(state, index, batch, batch_size))
-                    self.emit(Progress(done=len(records), total=len(prompts)))
-                self._sync()
-                window_end = time.time()
+                if plan.batching is Batching.INFLIGHT:
+                    if self._slots is None:
+                        from carbontop.engines.hf_slots import SlotRunner, register_attention
+
+                        register_attention()
+                        self._slots = SlotRunner(self)
+                    try:
+                        run = self._slots.run(plan, self._phase, self._progress)
+                    finally:
+                        self.model.config._attn_implementation = "sdpa"
+                    self.decode_mode = self._slots.decode_mode
+                else:
+                    run = self._run_static(plan)
         except torch.cuda.OutOfMemoryError as exc:
             oom_message = _first_line(exc)
-        finally:
-            state = None
         if oom_message:
             # checked outside the except block: the exception's traceback holds the frames,
             # and their tensors, of the failed batch until the block ends
             raise EngineOOM(oom_message, recovered=self._memory_recovered())
         if self.spec.device == "cuda":
             torch.cuda.empty_cache()
+        return run
+
+    def _phase(self, phase: Phase, detail: str) -> None:
+        self.emit(PhaseUpdate(phase, detail))
+
+    def _progress(self, done: int, tokens: int, window_s: float, window_target_s: float) -> None:
+        self.emit(Progress(done=done, tokens=tokens, window_s=window_s, window_target_s=window_target_s))
+
+    def _run_static(self, plan: PointPlan) -> EngineRun:
+        """The paper's static batches: b requests left-padded to the longest prompt, each batch
+        running until its longest output is done; batches drawn from the stream until the window
+        (first batch start -> last batch end) has lasted plan.min_window_s."""
+        batch_size = plan.batch_size
+        stream = itertools.cycle(plan.prompts)
+        max_in = max(p.input_tokens for p in plan.prompts)
+        max_out = max(p.output_tokens for p in plan.prompts)
+        cache_len = max_in + max_out
+        state = _PointState(self, batch_size, cache_len)
+        first = list(itertools.islice(stream, batch_size))
+        self._warm_up(state, first)
+        self._phase(Phase.MEASURING, f"static batches of {batch_size}, window of at least "
+                                 f"{plan.min_window_s:.0f} s")
+        self._sync()
+        records: list[RequestRecord] = []
+        steps = _StaticTimeline(batch_size, cache_len)
+        window_start = time.time()
+        batch = first
+        index = 0
+        while True:
+            batch_records, token_times = self._run_batch(state, index, batch, batch_size)
+            records.extend(batch_records)
+            steps.add_batch(batch, token_times)
+            self._progress(len(records), sum(r.output_tokens for r in records),
+                           time.time() - window_start, plan.min_window_s)
+            index += 1
+            if not keep_admitting(time.time(), plan.min_window_s, window_start, plan.max_point_s,
+                                  opened_s=window_start):
+                break
+            batch = list(itertools.islice(stream, batch_size))
+        self._sync()
+        window = steady_window(records, batch_size, Batching.STATIC)
         return EngineRun(
             batch_size=batch_size,
-            window_start_s=window_start,
-            window_end_s=window_end,
+            window_start_s=window.start_s if window else window_start,
+            window_end_s=window.end_s if window else time.time(),
             records=tuple(records),
             notes=(f"decode: {self.decode_mode}",),
+            batching=Batching.STATIC,
+            timeline=steps.timeline(),
         )
 
     def _sync(self) -> None:
@@ -237,24 +282,23 @@ class HFEngine:
             return "max-autotune-no-cudagraphs"
         return "default"
 
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """The prompt's token ids: its tokenizer's where it has them, else seeded random ids of
+        the right count (ids do not change the cost, only the count does)."""
+        if prompt.token_ids is not None and len(prompt.token_ids) == prompt.input_tokens:
+            return [t % self.vocab_size for t in prompt.token_ids]
+        from carbontop.engines.hf_slots import synthetic_ids
+
+        return synthetic_ids(prompt, self.vocab_size, self.spec.seed, self.torch)
+
     def _input_ids(self, batch: list[Prompt], batch_size: int) -> list[list[int]]:
-        rows = []
-        for prompt in batch:
-            if prompt.token_ids is not None and len(prompt.token_ids) == prompt.input_tokens:
-                rows.append([t % self.vocab_size for t in prompt.token_ids])
-            else:
-                # No tokenizer: token ids do not change the cost, only the count does.
-                # crc32, not hash(): str hashes change from one process to the next
-                seed = zlib.crc32(prompt.prompt_id.encode()) ^ self.spec.seed
-                gen = self.torch.Generator().manual_seed(seed)
-                ids = self.torch.randint(3, self.vocab_size, (prompt.input_tokens,), generator=gen)
-                rows.append(ids.tolist())
+        rows = [self.prompt_ids(p) for p in batch]
         while len(rows) < batch_size:  # a short last batch still runs at full width
             rows.append(rows[-1])
         return rows
 
     def _run_batch(self, state: _PointState, index: int, batch: list[Prompt],
-                   batch_size: int) -> list[RequestRecord]:
+                   batch_size: int) -> tuple[list[RequestRecord], list[float]]:
         self._sync()
         start_s = time.time()
         state.start_batch(self._input_ids(batch, batch_size))
@@ -274,7 +318,34 @@ class HFEngine:
                     e2e_s=token_times[prompt.output_tokens - 1] - start_s,
                 )
             )
-        return records
+        return records, token_times
+
+
+class _StaticTimeline:
+    """Per-step facts of static batches: every step computes all b rows, and its attention reads
+    the whole padded cache (cache_len columns per row), whoever is still generating."""
+
+    def __init__(self, batch_size: int, cache_len: int) -> None:
+        self.batch_size = batch_size
+        self.cache_len = cache_len
+        self.end_s: list[float] = []
+        self.tokens: list[int] = []
+        self.kv: list[int] = []
+        self.decode: list[bool] = []
+
+    def add_batch(self, batch: list[Prompt], token_times: list[float]) -> None:
+        for step, t in enumerate(token_times):
+            # step 0 is the prefill, which makes every row's first token
+            made = sum(1 for p in batch if p.output_tokens > step)
+            self.end_s.append(t)
+            self.tokens.append(made)
+            self.kv.append(0 if step == 0 else self.batch_size * self.cache_len)
+            self.decode.append(step > 0)
+
+    def timeline(self) -> StepTimeline:
+        return StepTimeline(end_s=tuple(self.end_s), tokens=tuple(self.tokens),
+                            live=tuple(self.tokens), slots=self.batch_size,
+                            kv_tokens_read=tuple(self.kv), decode=tuple(self.decode))
 
 
 def _decode_step(model: Any, cache_kw: str, cache: Any, tokens: Any, positions: Any, mask: Any) -> Any:
