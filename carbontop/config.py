@@ -42,6 +42,10 @@ def data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME))
 
 
+def cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir(APP_NAME))
+
+
 def runs_dir() -> Path:
     """Where runs go when --out names none (the store is handed this folder)."""
     return data_dir() / "runs"

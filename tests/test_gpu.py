@@ -6,7 +6,7 @@ import pytest
 
 from carbontop.config import RunConfig
 from carbontop.core.modelspec import PRESETS
-from carbontop.core.records import PointStatus, Prompt
+from carbontop.core.records import Batching, PointPlan, PointStatus, Prompt
 from carbontop.core.store import load_run
 from carbontop.engines.base import EngineSpec
 from carbontop.sweep.runner import SweepRunner
@@ -98,7 +98,35 @@ def test_oom_is_reported_and_the_engine_recovers() -> None:
     engine = _engine("tiny", compile_=False, graphs=True)
     with pytest.raises(EngineOOM) as info:
         # a KV cache of about 140 GB: fails at allocation, as a real boundary does
-        engine.run_point(16384, [Prompt("x", 1024, 1024)] * 16384)
+        engine.run_point(PointPlan(16384, Batching.INFLIGHT, (Prompt("x", 1024, 1024),),
+                                   min_window_s=1.0, max_point_s=1.0))
     assert info.value.recovered
-    run = engine.run_point(2, [Prompt("a", 8, 4), Prompt("b", 8, 4)])
+    run = engine.run_point(PointPlan(2, Batching.INFLIGHT, (Prompt("a", 8, 4), Prompt("b", 8, 4)),
+                                     min_window_s=60.0, max_point_s=0.0))
     assert len(run.records) == 2
+
+
+@pytest.mark.parametrize(("model", "compile_"), [("tiny", True), ("gpt2", False)])
+def test_inflight_tokens_match_unbatched_generate(model: str, compile_: bool) -> None:
+    """In-flight batching (slot cache, FlexAttention, compiled step in a CUDA graph) makes the
+    same greedy tokens as the library's own generate run one prompt at a time (fp32)."""
+    import random
+
+    import torch
+
+    engine = _engine(model, compile_=compile_, graphs=True)
+    rng = random.Random(0)
+    prompts = tuple(Prompt(f"q{i}", rng.randint(3, 200), rng.randint(2, 60)) for i in range(9))
+    engine.token_log = {}
+    run = engine.run_point(PointPlan(3, Batching.INFLIGHT, prompts, min_window_s=60.0, max_point_s=0.5))
+    log, engine.token_log = engine.token_log, None
+    assert "attention: flex" in run.notes
+    finished = [r for r in run.records if r.finished]
+    assert len(finished) >= 3
+    for r in finished:
+        p = prompts[r.request_index % len(prompts)]
+        ids = torch.tensor([engine.prompt_ids(p)], device="cuda")
+        out = engine.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                    max_new_tokens=p.output_tokens, min_new_tokens=p.output_tokens,
+                                    pad_token_id=0)
+        assert log[r.request_index] == out[0, ids.shape[1]:].tolist()

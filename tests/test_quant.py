@@ -11,7 +11,7 @@ import pytest
 from carbontop.cli import main
 from carbontop.config import tomllib
 from carbontop.core.modelspec import BYTES_PER_ELEMENT, PRESETS, resolve_model
-from carbontop.core.records import Prompt
+from carbontop.core.records import Batching, PointPlan, Prompt
 from carbontop.engines.base import EngineSpec
 from carbontop.engines.quant import expected_layout, plan_weight_quant
 from carbontop.errors import ConfigError
@@ -58,7 +58,8 @@ def test_int8_on_the_cpu_with_the_tiny_model() -> None:
     unquantised = model.weight_bytes_per_step("fp32")
     assert q["weight_bytes_per_step"] < 0.3 * unquantised  # fp32 -> int8
     prompts = [Prompt(prompt_id=f"p{i}", input_tokens=6 + i, output_tokens=4) for i in range(2)]
-    run = engine.run_point(2, prompts)
+    run = engine.run_point(PointPlan(2, Batching.INFLIGHT, tuple(prompts), min_window_s=60.0,
+                                     max_point_s=0.0))
     assert [r.output_tokens for r in run.records] == [4, 4]
     engine.close()
 

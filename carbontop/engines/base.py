@@ -104,6 +104,9 @@ class EngineSpec:
     # CARBONTOP_API_KEY environment variable by the engine, never carried in the spec.
     url: str | None = None
     request_timeout_s: float = 600.0
+    # where torch.compile keeps its compiled graphs and autotuning results: kept across engine
+    # processes, so a fresh child after an OOM loads the decode step instead of compiling it again
+    compile_cache_dir: str | None = None
 
 
 class EngineOOM(Exception):

@@ -133,6 +133,9 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
         os.dup2(fd, 2)
         sys.stdout = os.fdopen(1, "w", buffering=1)
         sys.stderr = os.fdopen(2, "w", buffering=1)
+    if spec.compile_cache_dir:
+        # read by torch when it is first imported, which happens below, in the engine
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", spec.compile_cache_dir)
     if spec.device == "cuda" and spec.gpus:
         # NVML numbers GPUs by PCI bus; make CUDA agree before anything initialises it.
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")

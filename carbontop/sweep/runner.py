@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from carbontop import __version__
-from carbontop.config import RunConfig, runs_dir, validate
+from carbontop.config import RunConfig, cache_dir, runs_dir, validate
 from carbontop.core import carbon
 from carbontop.core.hardware import GpuSpec, lookup_gpu, peak_bandwidth_bytes_s, peak_flops
 from carbontop.core.modelspec import ModelSpec, folder_has_weights, resolve_model
@@ -239,6 +239,7 @@ class SweepRunner:
             max_num_tokens=cfg.max_num_tokens,
             url=cfg.url,
             request_timeout_s=cfg.request_timeout_s,
+            compile_cache_dir=str(cache_dir() / "inductor"),
         )
         # the sampler tells the source its tick, which sets how often NVML's counter is read
         self.sampler = TelemetrySampler(source, interval_s=cfg.sample_interval_s)
