@@ -30,21 +30,24 @@ def with_engine(runner: SweepRunner, engine: str) -> None:
 
 def test_tiny_model_sweep_in_a_child_process(tmp_path) -> None:
     seen: list = []
-    runner = SweepRunner(small(tmp_path, batch_sizes="1,4"), seen.append)
+    # static batches with a window shorter than one batch: each point runs exactly one batch
+    runner = SweepRunner(small(tmp_path, batch_sizes="1,4", batching="static", min_window_s=0.01,
+                               slo_s_per_token=10.0), seen.append)
     runner.prepare()
     runner.run()
     run = load_run(tmp_path / "run")
     assert run.status == "done"
     assert [p["batch_size"] for p in run.points] == [1, 4]
     for p in run.points:
+        b = p["batch_size"]
         assert p["status"] == "ok"
-        assert p["n_requests"] == 4 and p["output_tokens"] == 64
+        assert p["n_requests"] == b and p["output_tokens"] == 16 * b
         assert p["tokens_per_s"] > 0 and p["energy_j"] > 0
         assert p["energy_source"] in ("rapl", "estimate")
-        assert p["j_per_token"] == pytest.approx(p["energy_j"] / 64)
-        assert p["gco2e_per_token"] == pytest.approx(p["energy_j"] / 3.6e6 * 413 / 64, rel=1e-6)
+        assert p["j_per_token"] == pytest.approx(p["energy_j"] / (16 * b))
+        assert p["gco2e_per_token"] == pytest.approx(p["energy_j"] / 3.6e6 * 413 / (16 * b), rel=1e-6)
         assert p["ttft_p50_s"] < p["duration_s"]
-    assert run.requests_count == 8
+    assert run.requests_count == 5
     assert run.power, "power.csv holds the samples"
     assert run.meta["engine"]["model_class"] == "LlamaForCausalLM"
     assert run.meta["status"]["recommended_batch"] in (1, 4)

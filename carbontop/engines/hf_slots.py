@@ -44,7 +44,7 @@ from carbontop.core.records import (
     RequestRecord,
     StepTimeline,
 )
-from carbontop.core.window import SteadyState, keep_admitting
+from carbontop.core.window import keep_admitting, steady_window
 
 ATTENTION_NAME = "carbontop_slots"
 KV_BLOCK = 128  # FlexAttention's KV block: the granularity at which attention skips dead cache
@@ -217,8 +217,10 @@ class SlotRunner:
             cache.flex = self.torch.compile(flex_attention, dynamic=False)
         if not self._compile_failed:
             torch = self.torch
+            # one graph for every batch size: a batch of 1 is still specialised (size-1 tensors
+            # always are), so the step compiles twice in a sweep, at b=1 and at the next size
             for t in (cache.rows, cache.lengths, cache.live, cache.tokens, *cache.keys, *cache.values):
-                torch._dynamo.mark_dynamic(t, 0)
+                torch._dynamo.maybe_mark_dynamic(t, 0)
         _ACTIVE = cache
         return cache
 
@@ -262,7 +264,7 @@ class SlotRunner:
             for _ in range(WARMUP_DECODE_STEPS):
                 step(self.base, self.head, cache)
         except Exception as exc:  # noqa: BLE001 - a compiler failure falls back to the eager step
-            if step is _decode_step or not _is_compile_error(exc):
+            if step is _decode_step or isinstance(exc, torch.cuda.OutOfMemoryError):
                 raise
             self._compile_failed = True
             print(f"carbontop: torch.compile of the slot decode step failed, decoding eagerly: {exc}",
@@ -290,7 +292,6 @@ class SlotRunner:
         slots: list[_Request | None] = [None] * b
         requests: list[_Request] = []
         steps = _StepLog(torch, on_gpu)
-        tracker = SteadyState(b)
         admitting = True
         first_admit_host_s = time.time()
         opened_host_s: float | None = None
@@ -352,13 +353,10 @@ class SlotRunner:
             first = times.at(r.first_step)
             finished = r.end_step >= 0
             end = times.at(r.end_step) if finished else times.at(len(times.end_s) - 1)
-            tracker_events = None  # noqa: F841 - the window is replayed from the records below
             records.append(RequestRecord(
                 batch_size=b, request_index=r.index, batch_index=-1,
                 input_tokens=r.prompt.input_tokens, output_tokens=r.made,
                 start_s=start, ttft_s=first - start, e2e_s=end - start, finished=finished))
-        from carbontop.core.window import steady_window
-
         window = steady_window(records, b, Batching.INFLIGHT)
         if on_gpu:
             torch.cuda.empty_cache()
@@ -439,11 +437,6 @@ def _chunks(requests: list[_Request]) -> Iterator[list[_Request]]:
         size += r.prompt.input_tokens
     if chunk:
         yield chunk
-
-
-def _is_compile_error(exc: BaseException) -> bool:
-    mod = type(exc).__module__
-    return mod.startswith(("torch._dynamo", "torch._inductor")) or "Unsupported" in type(exc).__name__
 
 
 @dataclass
