@@ -731,7 +731,8 @@ class CarbontopApp(App[int]):
         elif isinstance(event, ev.PointStarted):
             self.sweep.point_started(event.batch_size, event.n_requests)
         elif isinstance(event, ev.PointProgress):
-            self.sweep.progress(event.batch_size, event.done, event.total, event.elapsed_s, event.eta_s)
+            self.sweep.progress(event.batch_size, event.done, event.total, event.elapsed_s, event.eta_s,
+                                event.window_s, event.window_target_s)
         elif isinstance(event, ev.PointFinished):
             self.results.add_point(event.point)
             self.sweep.point_finished(event.point.batch_size, event.point.status)

@@ -132,10 +132,21 @@ class SweepPane(Vertical):
         bar.update(total=max(1, n_requests), progress=0)
         self.query_one("#sweep-eta", Static).update(f"0/{n_requests} req")
 
-    def progress(self, batch_size: int, done: int, total: int, elapsed_s: float, eta_s: float | None) -> None:
-        self.query_one("#sweep-progress", ProgressBar).update(total=max(1, total), progress=done)
+    def progress(self, batch_size: int, done: int, total: int | None, elapsed_s: float,
+                 eta_s: float | None, window_s: float | None = None,
+                 window_target_s: float | None = None) -> None:
+        """A point that runs to a window shows the window's seconds; one that runs a fixed list
+        of requests shows the requests."""
+        bar = self.query_one("#sweep-progress", ProgressBar)
         eta = f" · ETA {duration(eta_s)}" if eta_s is not None else ""
-        self.query_one("#sweep-eta", Static).update(f"{done}/{total} req · {duration(elapsed_s)}{eta}")
+        if window_target_s:
+            seen_s = window_s or 0.0
+            bar.update(total=window_target_s, progress=min(seen_s, window_target_s))
+            line = f"window {seen_s:.0f}/{window_target_s:.0f} s · {done} req"
+        else:
+            bar.update(total=max(1, total or 0), progress=done)
+            line = f"{done}/{total} req" if total else f"{done} req"
+        self.query_one("#sweep-eta", Static).update(f"{line} · {duration(elapsed_s)}{eta}")
 
     def point_finished(self, batch_size: int, status: object) -> None:
         self.points[int(batch_size)] = status_name(status) or "ok"
