@@ -20,7 +20,7 @@ def engine():
 
     spec = EngineSpec(engine="hf", model="tiny", model_config=dict(PRESETS["tiny"]), model_path=None,
                       weights="dummy", dtype="fp32", device="cpu", compile=False, seed=3)
-    eng = HFEngine(spec, lambda kind, payload: None)
+    eng = HFEngine(spec, lambda note: None)
     eng.load()
     return eng
 

@@ -45,6 +45,7 @@ from carbontop.core.records import (
     StepTimeline,
 )
 from carbontop.core.window import keep_admitting, steady_window
+from carbontop.engines.base import Phase
 
 ATTENTION_NAME = "carbontop_slots"
 KV_BLOCK = 128  # FlexAttention's KV block: the granularity at which attention skips dead cache
