@@ -769,6 +769,24 @@ def recommend(
     return Recommendation(winner.batch_size, best.batch_size, basis, reason)
 
 
+def lowest_carbon_batch(points: Sequence[PointResult]) -> int | None:
+    """The point that ran to the end with the least carbon per token, whatever its latency: the
+    one home of the "lowest carbon" mark in the app, the charts and the summary. Carbon is total
+    gCO2e/token where every such point has it, otherwise operational for all (the basis
+    `recommend` uses); a tie goes to the larger batch, which serves more users for the same
+    carbon (as `recommend` breaks it); a batch size measured twice counts its later point."""
+    by_batch = {p.batch_size: p for p in points if p.status == PointStatus.OK}
+    use_total = bool(by_batch) and all(
+        p.total_gco2e_per_token is not None for p in by_batch.values())
+    scored = [(c, b) for b, p in by_batch.items()
+              if (c := p.total_gco2e_per_token if use_total else p.gco2e_per_token) is not None
+              and math.isfinite(c)]
+    if not scored:
+        return None
+    best = min(c for c, _ in scored)
+    return max(b for c, b in scored if math.isclose(c, best, rel_tol=1e-9, abs_tol=1e-15))
+
+
 def recommend_batch(
     points: Sequence[PointResult],
     slo_s_per_token: float,

@@ -21,6 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from carbontop.core.carbon import lowest_carbon_batch
 from carbontop.core.records import PointResult, PointStatus, Sample
 
 
@@ -191,17 +192,6 @@ def batch_series(points: Sequence[PointResult], metric: Metric, label: str = "")
         batches.append(int(p.batch_size))
         intervals.append(_interval(p, metric.column))
     return Series(label or metric.axis_label, tuple(xs), tuple(ys), tuple(batches), tuple(intervals))
-
-
-def lowest_carbon_batch(points: Sequence[PointResult]) -> int | None:
-    """The measured point with the least carbon per token, whatever its latency (ties: the
-    larger batch, which serves more users for the same carbon)."""
-    metric = carbon_metric(points)
-    scored = [(v, p.batch_size) for p in measured(points) if (v := _value(p, metric.column)) is not None]
-    if not scored:
-        return None
-    best = min(v for v, _ in scored)
-    return max(b for v, b in scored if math.isclose(v, best, rel_tol=1e-9, abs_tol=1e-15))
 
 
 def tradeoff(

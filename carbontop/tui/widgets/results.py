@@ -13,6 +13,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from carbontop.core.carbon import lowest_carbon_batch
+from carbontop.core.records import PointResult, PointStatus
 from carbontop.tui import format as fmt
 from carbontop.tui.widgets.sweep import status_name
 
@@ -74,12 +76,12 @@ def point_row(point: Any) -> dict[str, Any]:
 
 
 def best_batch(rows: Mapping[int, Mapping[str, Any]]) -> int | None:
-    """The finished point with the lowest operational gCO2e per token (ties: the smaller batch)."""
-    scored = [
-        (value, b) for b, row in rows.items()
-        if row.get("status") == "ok" and (value := _num(row, "gco2e_per_token")) is not None
-    ]
-    return min(scored)[1] if scored else None
+    """The point marked lowest-carbon: carbon.lowest_carbon_batch over the rows shown."""
+    points = [PointResult(batch_size=b, status=PointStatus(row["status"]),
+                          gco2e_per_token=_num(row, "gco2e_per_token"),
+                          total_gco2e_per_token=_num(row, "total_gco2e_per_token"))
+              for b, row in rows.items() if row.get("status") in PointStatus._value2member_map_]
+    return lowest_carbon_batch(points)
 
 
 class ResultsPane(Vertical):
