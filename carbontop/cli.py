@@ -30,6 +30,7 @@ SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--gpus", "gpus", {"help": "GPU indices to use and measure, e.g. 0 or 0,1"}),
     ("--compile", "compile", {"choices": ["auto", "on", "off", "max-autotune"], "help": "hf engine on CUDA: auto compiles the decode step (autotuned at batch 1), on compiles without autotuning, off runs it eagerly; always in a CUDA graph"}),
     ("--quant", "quant", {"choices": ["none", "int4-wo", "int8-wo"], "help": "weight-only quantisation: hf through torchao (int4-wo needs a CUDA GPU), trtllm through TensorRT-LLM's W4A16/W8A16 (default none)"}),
+    ("--power-source", "power_source", {"choices": ["auto", "nvml", "rapl", "estimate", "tegrastats"], "help": "where power comes from (default auto: NVML on a GPU, tegrastats on a Jetson, RAPL or an estimate on a CPU)"}),
     ("--url", "url", {"help": "openai engine: server base URL, e.g. http://localhost:8000"}),
     ("--arch", "arch", {"help": "openai engine: preset or folder with the served model's architecture (for MFU/MBU)"}),
     ("--kv-cache-fraction", "kv_cache_fraction", {"help": "trtllm: share of free GPU memory for the KV cache (default 0.9)"}),

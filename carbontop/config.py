@@ -32,6 +32,7 @@ DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("auto", "on", "off", "max-autotune")
 QUANTS = ("none", "int4-wo", "int8-wo")
 BATCHINGS = ("inflight", "static")
+POWER_SOURCES = ("auto", "nvml", "rapl", "estimate", "tegrastats")
 
 
 def config_dir() -> Path:
@@ -71,6 +72,9 @@ class RunConfig:
     # weight-only quantisation of the linear layers: the built-in engine through torchao, the
     # trtllm engine through TensorRT-LLM's W4A16 / W8A16
     quant: str = "none"
+    # where power comes from: "auto" picks NVML on a GPU, tegrastats on a Jetson, RAPL or the
+    # estimate on a CPU
+    power_source: str = "auto"
     url: str | None = None  # openai engine: base URL of the server
     arch: str | None = None  # openai engine: preset or folder whose architecture the server runs
     kv_cache_fraction: float = 0.9  # trtllm: share of free GPU memory for the KV cache
@@ -245,6 +249,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise bad("device", f"Device must be one of {', '.join(DEVICES)}, not '{cfg.device}'.")
     if cfg.compile not in COMPILE_MODES:
         raise bad("compile", f"compile must be one of {', '.join(COMPILE_MODES)}, not '{cfg.compile}'.")
+    if cfg.power_source not in POWER_SOURCES:
+        raise bad("power_source", f"The power source must be one of {', '.join(POWER_SOURCES)}, "
+                  f"not '{cfg.power_source}'.")
     if cfg.quant not in QUANTS:
         raise bad("quant", f"quant must be one of {', '.join(QUANTS)}, not '{cfg.quant}'.")
     if cfg.quant != "none" and cfg.engine == "openai":

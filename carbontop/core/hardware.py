@@ -326,6 +326,60 @@ GPUS: tuple[GpuSpec, ...] = (
         embodied_source="",
         source="NVIDIA H200 datasheet, H200 NVL column (sparse peaks halved)",
     ),
+    # Jetson boards: NVML has no power there; the name is the device tree's model with the memory
+    # size (telemetry.tegrastats.board_name), e.g. "Jetson AGX Orin 64GB". The GPU shares the
+    # board's LPDDR memory with the CPU.
+    # AGX Orin 64GB: NVIDIA Jetson AGX Orin Series Technical Brief v1.2: 2048 CUDA cores and 64
+    # tensor cores at up to 1.3 GHz, 5.3 FP32 TFLOP/s, 170 sparse INT8 TOPS on the GPU -> 85 dense
+    # INT8 -> 42.5 dense FP16/BF16 (Ampere's tensor cores run FP16 at half the INT8 rate);
+    # 256-bit LPDDR5, 204.8 GB/s; 15-60 W module power.
+    GpuSpec(
+        name="Jetson AGX Orin 64GB",
+        nvml_names=("Jetson AGX Orin 64GB",),
+        bf16_dense_tflops=42.5,
+        fp8_dense_tflops=None,
+        fp32_tflops=5.3,
+        mem_bw_gbs=204.8,
+        mem_gb=64.0,
+        tdp_w=60.0,
+        embodied_kgco2e=None,
+        embodied_source="",
+        source="NVIDIA Jetson AGX Orin Series Technical Brief v1.2 (GPU sparse INT8 TOPS / 4)",
+    ),
+    # AGX Orin 32GB: same brief: 1792 CUDA cores and 56 tensor cores at up to 930 MHz ->
+    # 56 x 0.93 GHz x 512 FLOP/clock = 26.7 dense FP16/BF16 TFLOP/s (the per-tensor-core rate that
+    # reproduces the 64GB module's 170 sparse INT8 TOPS), 1792 x 2 x 0.93 = 3.3 FP32 TFLOP/s;
+    # 204.8 GB/s; 15-40 W.
+    GpuSpec(
+        name="Jetson AGX Orin 32GB",
+        nvml_names=("Jetson AGX Orin 32GB",),
+        bf16_dense_tflops=26.7,
+        fp8_dense_tflops=None,
+        fp32_tflops=3.3,
+        mem_bw_gbs=204.8,
+        mem_gb=32.0,
+        tdp_w=40.0,
+        embodied_kgco2e=None,
+        embodied_source="",
+        source="NVIDIA Jetson AGX Orin Series Technical Brief v1.2 (cores x clock)",
+    ),
+    # AGX Xavier 32GB: NVIDIA Jetson AGX Xavier module data sheet: 512-core Volta GPU with 64
+    # tensor cores at up to 1377 MHz, 11 FP16 TFLOP/s (22 INT8 TOPS) on the GPU, 512 x 2 x 1.377
+    # = 1.4 FP32 TFLOP/s; 256-bit LPDDR4x, 136.5 GB/s; 10-30 W. Volta has no BF16: bf16 runs are
+    # scored against the FP16 tensor peak, as for V100. Early L4T names the board "Jetson-AGX".
+    GpuSpec(
+        name="Jetson AGX Xavier 32GB",
+        nvml_names=("Jetson AGX Xavier 32GB", "Jetson-AGX 32GB"),
+        bf16_dense_tflops=11.0,
+        fp8_dense_tflops=None,
+        fp32_tflops=1.4,
+        mem_bw_gbs=136.5,
+        mem_gb=32.0,
+        tdp_w=30.0,
+        embodied_kgco2e=None,
+        embodied_source="",
+        source="NVIDIA Jetson AGX Xavier module data sheet",
+    ),
     # B200 (HGX): NVIDIA HGX B200 specification, per GPU: 4.5 PFLOP/s BF16 / 9 FP8 sparse ->
     # 2,250 / 4,500 dense; 75 FP32; 8,000 GB/s (NVIDIA's later HGX tables print 7.7 TB/s),
     # 180 GB, 1,000 W. NVIDIA's HGX B200 footprint is published per exaFLOP (0.50 gCO2e),

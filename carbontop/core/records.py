@@ -117,6 +117,8 @@ class Sample:
     util_pct: float | None = None
     temp_c: float | None = None
     sm_clock_mhz: float | None = None
+    # the GPU's own rail where a board reports it beside the total (Jetson); power_w is the total
+    gpu_rail_power_w: float | None = None
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,12 @@ GPU_NUM_PROMPTS = 100
 
 
 def detect_device() -> str:
-    """'cuda' where NVML sees a GPU, else 'cpu'. The parent never initialises CUDA itself."""
+    """'cuda' where NVML sees a GPU or the machine is a Jetson (whose GPU NVML does not list),
+    else 'cpu'. The parent never initialises CUDA itself."""
+    from carbontop.telemetry.tegrastats import is_jetson
+
+    if is_jetson():
+        return "cuda"
     try:
         import pynvml
     except ImportError:
@@ -202,7 +207,7 @@ class SweepRunner:
         # machine; a server's work happens outside it, so there the machine is measured and the
         # run says that other load is included.
         process_root = os.getpid() if cfg.engine != "openai" else None
-        source = open_power_source(device, gpus or None, process_root=process_root)
+        source = open_power_source(device, gpus or None, cfg.power_source, process_root=process_root)
         if source.scope_note:
             self.warnings.append(source.scope_note)
         names = source.device_names()
@@ -303,6 +308,8 @@ class SweepRunner:
         }
         if hasattr(source, "counter_info"):
             env["energy_counter"] = source.counter_info()
+        if getattr(source, "note", ""):
+            env["energy_note"] = source.note
         run = cfg.to_dict()
         run.update({"resolved_dtype": self.dtype, "resolved_device": self.device,
                     "resolved_num_prompts": self.num_prompts, "max_batch": self.planner.max_batch,

@@ -767,12 +767,17 @@ class EstimateSource:
 # ---------------------------------------------------------------------------------------------
 
 
-def open_power_source(
-    device: str, gpus: Sequence[int] | None = None, *, process_root: int | None = None
-) -> PowerSource:
-    """The best source for a device.
+POWER_SOURCES = ("auto", "nvml", "rapl", "estimate", "tegrastats")
 
-    'cuda': NVML, or CarbontopError where NVML or a GPU is missing or a named index does not exist.
+
+def open_power_source(
+    device: str, gpus: Sequence[int] | None = None, kind: str = "auto", *,
+    process_root: int | None = None,
+) -> PowerSource:
+    """The best source for a device, or the one `kind` names.
+
+    'cuda': NVML, or CarbontopError where NVML or a GPU is missing or a named index does not exist;
+    on a Jetson (no NVML power there) tegrastats.
     'cpu': RAPL where its counters are readable, else the estimate.
     'auto': NVML where it starts and sees a GPU, else as 'cpu'. A GPU index that does not exist
     is still an error: the user named it.
@@ -781,6 +786,21 @@ def open_power_source(
     estimate's load and for memory, instead of the whole machine; give it where the engine runs
     under carbontop, leave it None where the work happens elsewhere (a server).
     """
+    from carbontop.telemetry.tegrastats import TegrastatsSource, is_jetson
+
+    if kind not in POWER_SOURCES:
+        raise ConfigError(
+            f"The power source must be one of {', '.join(POWER_SOURCES)}, not '{kind}'.", "power_source")
+    if kind == "tegrastats":
+        return TegrastatsSource()
+    if kind == "nvml":
+        return NvmlSource(gpus)
+    if kind == "rapl":
+        return RaplSource(process_root=process_root)
+    if kind == "estimate":
+        return EstimateSource(process_root=process_root)
+    if device in ("cuda", "auto") and is_jetson():
+        return TegrastatsSource()
     if device == "cuda":
         return NvmlSource(gpus)
     if device == "auto":
@@ -797,6 +817,7 @@ def open_power_source(
 
 
 __all__ = [
+    "POWER_SOURCES",
     "DEFAULT_CPU_TDP_W",
     "COUNTER_CPU_BUDGET",
     "EnergyScope",
