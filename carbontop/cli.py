@@ -22,9 +22,10 @@ EXIT_CANCELLED = 130
 
 # flag -> RunConfig field, for the sweep and the app
 SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--model", "model", {"help": "preset (tiny, llama2-7b, llama2-13b, llama3.1-8b, gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local model folder; for --engine openai the served model name"}),
+    ("--model", "model", {"help": "preset (tiny, llama2-7b, llama2-13b, llama3.1-8b, gpt2, gpt2-medium, gpt2-large, gpt2-xl), a local model folder, or a hub id (meta-llama/Llama-2-7b-hf) from the local Hugging Face cache; for --engine openai the served model name"}),
     ("--engine", "engine", {"choices": ["hf", "trtllm", "openai"], "help": "inference engine (default hf)"}),
     ("--weights", "weights", {"choices": ["dummy", "auto"], "help": "dummy: random weights from the architecture config; auto: the folder's weights"}),
+    ("--tokenizer", "tokenizer", {"help": "count tokens with this tokenizer (a model folder, or a hub id in the local Hugging Face cache), e.g. for a preset"}),
     ("--dtype", "dtype", {"choices": ["auto", "bf16", "fp16", "fp32"], "help": "default: bf16 on a GPU, fp32 on the CPU"}),
     ("--device", "device", {"choices": ["auto", "cpu", "cuda"], "help": "default: cuda where a GPU is visible"}),
     ("--gpus", "gpus", {"help": "GPU indices to use and measure, e.g. 0 or 0,1"}),
@@ -241,6 +242,8 @@ def _drive(runner: Any, err: Any) -> int:
             prepared.set()
             for warning in runner.warnings:
                 err.print(f"[yellow]warning:[/] {warning}")
+            tokenizer = runner.workload.tokenizer or "the dataset (synthetic lengths)"
+            err.print(f"tokens counted by: {tokenizer}")
             runner.run()  # records a cancel that came during prepare() as well
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             failure.append(exc)

@@ -62,6 +62,8 @@ class RunConfig:
     model: str = "tiny"  # preset name or a local model folder (or the served name, for openai)
     engine: str = "hf"
     weights: str = "dummy"
+    # what counts tokens: a model folder or hub id with a tokenizer; None = the model's own
+    tokenizer: str | None = None
     dtype: str = "auto"  # bf16 on a GPU, fp32 on the CPU
     device: str = "auto"  # cuda where a GPU is visible, else cpu
     gpus: list[int] | None = None  # NVML indices in use; None = all visible to the engine

@@ -8,7 +8,7 @@ forced, speed and energy do not depend on the weight values.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -333,10 +333,18 @@ def spec_from_hf_config(name: str, cfg: dict[str, Any], path: str | None = None)
         ) from None
 
 
-def resolve_model(model: str) -> ModelSpec:
-    """A preset name or a local folder with a config.json."""
+def resolve_model(model: str, weights: str = "dummy") -> ModelSpec:
+    """A preset name, a local folder with a config.json, or a hub id ("org/name") resolved to its
+    snapshot in the local Hugging Face cache (downloaded where the machine is online): with
+    `weights` "dummy" only config.json is needed, with "auto" the weights too."""
     if model in PRESETS:
         return spec_from_hf_config(model, dict(PRESETS[model]))
+    from carbontop.core.hub import hub_snapshot, looks_like_hub_id
+
+    if looks_like_hub_id(model):
+        folder = hub_snapshot(model, weights)
+        spec = resolve_model(str(folder))
+        return replace(spec, name=model)
     path = Path(model).expanduser()
     if path.is_dir():
         cfg_file = path / "config.json"
@@ -349,7 +357,8 @@ def resolve_model(model: str) -> ModelSpec:
         return spec_from_hf_config(path.name, cfg, str(path.resolve()))
     names = ", ".join(PRESETS)
     raise ConfigError(
-        f"Unknown model '{model}': use a preset ({names}) or the path of a local model folder.",
+        f"Unknown model '{model}': use a preset ({names}), the path of a local model folder, "
+        "or a hub id such as meta-llama/Llama-2-7b-hf.",
         "model",
     )
 

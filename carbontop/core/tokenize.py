@@ -175,10 +175,20 @@ def load_token_counter(model_path: str | None) -> TokenCounter:
                 return counter
             return EstimateCounter(f"the tokenizer in {path} could not be loaded")
         return EstimateCounter(f"no tokenizer in the model folder {path}")
-    if not path.exists() and "/" in model_path and not model_path.startswith((".", "/", "~")):
-        # Looks like a hub id ("org/name"): use the local Hugging Face cache if it has it.
-        counter = _load_transformers(model_path)
-        if counter is not None:
-            return counter
-        return EstimateCounter(f"no local tokenizer for {model_path}")
+    from carbontop.core.hub import hub_snapshot, looks_like_hub_id
+    from carbontop.errors import ConfigError
+
+    if looks_like_hub_id(model_path):
+        # a hub id: its snapshot in the local Hugging Face cache (fetched where online)
+        try:
+            folder = hub_snapshot(model_path, "dummy")
+        except ConfigError:
+            counter = _load_transformers(model_path)
+            if counter is not None:
+                return counter
+            return EstimateCounter(f"no local tokenizer for {model_path}")
+        counter = load_token_counter(str(folder))
+        if counter.exact:
+            counter.name = f"{counter.name} ({model_path})"
+        return counter
     return EstimateCounter(f"no model folder at {model_path}")

@@ -168,8 +168,8 @@ class SweepRunner:
         if cfg.weights == "auto" and cfg.engine == "hf":
             if not model_path or not folder_has_weights(model_path):
                 raise ConfigError(
-                    "--weights auto needs a local model folder with weights (*.safetensors); "
-                    "presets run with --weights dummy.", "weights")
+                    "--weights auto needs a local model folder or hub id with weights "
+                    "(*.safetensors); presets run with --weights dummy.", "weights")
         default_len = self.model.default_max_len if self.model else 1000
         max_in = cfg.max_input_len or default_len
         max_out = cfg.max_output_len or default_len
@@ -182,7 +182,11 @@ class SweepRunner:
         if self.model is not None:
             quant = plan_weight_quant(cfg.quant, cfg.engine, device, dtype, self.model.family)
             self.model = dataclasses.replace(self.model, weight_quant=quant)
-        counter = load_token_counter(model_path)
+        # --tokenizer names one (a folder or a hub id in the local cache); else the model's own
+        counter = load_token_counter(cfg.tokenizer or model_path)
+        if cfg.tokenizer and not counter.exact:
+            reason = getattr(counter, "reason", counter.name)
+            raise ConfigError(f"--tokenizer {cfg.tokenizer} gave no tokenizer: {reason}.", "tokenizer")
         self.workload: Workload = build_workload(
             cfg.dataset, num_prompts, max_in, max_out, counter, min_len=cfg.min_len, seed=cfg.seed)
         self.num_prompts = num_prompts
@@ -286,7 +290,7 @@ class SweepRunner:
                     f"'{cfg.model}' is not a preset or a local folder: MFU and MBU need --arch "
                     "(a preset or a model folder with the same architecture).")
                 return None
-        return resolve_model(cfg.model)
+        return resolve_model(cfg.model, cfg.weights)
 
     def _meta(self, source: Any) -> dict[str, Any]:
         from carbontop.telemetry.sources import nvml_environment
