@@ -330,6 +330,16 @@ def test_quant_maps_onto_weight_only_algorithms(world: World, scheme: str, algo:
     engine.close()
 
 
+def test_quant_with_random_weights_leaves_the_folder_alone(world: World, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_PRESET))
+    spec = make_spec(model=str(tmp_path), model_path=str(tmp_path), quant="int8-wo")
+    engine = TRTLLMEngine(spec, Events())
+    engine.load()
+    assert not (tmp_path / "hf_quant_config.json").exists()
+    assert (Path(engine._model_source) / "hf_quant_config.json").exists()
+    engine.close()
+
+
 def test_quant_on_a_folder_without_a_quantised_checkpoint_is_refused(world: World, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(LLAMA_PRESET))
     spec = make_spec(model=str(tmp_path), model_path=str(tmp_path), weights="auto", quant="int4-wo")

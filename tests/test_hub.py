@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from carbontop.config import tomllib
+from carbontop.cli import main
+from carbontop.config import RunConfig, tomllib
 from carbontop.core.hub import looks_like_hub_id
 from carbontop.core.modelspec import PRESETS, resolve_model
 from carbontop.core.tokenize import load_token_counter
 from carbontop.errors import ConfigError
+from carbontop.sweep.runner import SweepRunner
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 WORDS = ["[UNK]", "hello", "world", "how", "are", "you", "fine", "thanks"]
@@ -88,46 +90,48 @@ def test_the_hub_models_tokenizer_counts_tokens(cache: Path) -> None:
     assert counter.count("hello world how are you") == 5
 
 
-def _cli_env(cache: Path, root: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1",
-               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    return env
+def _prepared_meta(cfg: RunConfig) -> dict:
+    """Everything a sweep resolves before its engine starts, as run.toml records it."""
+    runner = SweepRunner(cfg)
+    runner.prepare()
+    runner.sampler.stop()
+    return tomllib.loads((Path(cfg.out) / "run.toml").read_text())
 
 
-def test_sweep_a_hub_id_and_a_preset_with_its_tokenizer(cache: Path, tmp_path: Path) -> None:
+def test_sweep_a_hub_id_and_a_preset_with_its_tokenizer(cache: Path, tmp_path: Path, capsys) -> None:
     add_to_cache(cache, "carbontop-test/tiny-llama", PRESETS["tiny"], tokenizer=True)
     dataset = tmp_path / "chats.json"
     chats = [{"id": f"c{i}", "conversations": [
         {"from": "human", "value": "hello world how are you " * (i + 1)},
         {"from": "gpt", "value": "fine thanks " * (i + 2)}]} for i in range(4)]
     dataset.write_text(json.dumps(chats))
-    common = ["--device", "cpu", "--num-prompts", "2", "--batch-sizes", "2", "--quiet"]
-    env = _cli_env(cache, tmp_path)
+    common = {"device": "cpu", "num_prompts": 2, "batch_sizes": "2", "dataset": str(dataset)}
 
-    by_id = subprocess.run(
-        [sys.executable, "-m", "carbontop", "sweep", "--model", "carbontop-test/tiny-llama",
-         "--dataset", str(dataset), "--out", str(tmp_path / "by-id"), *common],
-        capture_output=True, text=True, timeout=240, env=env)
-    assert by_id.returncode == 0, by_id.stderr
-    meta = tomllib.loads((tmp_path / "by-id" / "run.toml").read_text())
+    meta = _prepared_meta(RunConfig(model="carbontop-test/tiny-llama", out=str(tmp_path / "by-id"),
+                                    **common))
     assert meta["model"]["name"] == "carbontop-test/tiny-llama"
     assert meta["workload"]["lengths_exact"] is True
     assert "tokenizer.json" in meta["workload"]["tokenizer"]
 
-    preset = subprocess.run(
-        [sys.executable, "-m", "carbontop", "sweep", "--model", "tiny", "--tokenizer",
-         "carbontop-test/tiny-llama", "--dataset", str(dataset), "--out", str(tmp_path / "preset"),
-         *common], capture_output=True, text=True, timeout=240, env=env)
-    assert preset.returncode == 0, preset.stderr
-    meta = tomllib.loads((tmp_path / "preset" / "run.toml").read_text())
+    meta = _prepared_meta(RunConfig(model="tiny", tokenizer="carbontop-test/tiny-llama",
+                                    out=str(tmp_path / "preset"), **common))
     assert meta["workload"]["lengths_exact"] is True
     assert "(carbontop-test/tiny-llama)" in meta["workload"]["tokenizer"]
 
-    missing = subprocess.run(
-        [sys.executable, "-m", "carbontop", "sweep", "--model", "tiny", "--tokenizer",
-         "nobody/nothing", "--dataset", str(dataset), *common],
+    code = main(["sweep", "--model", "tiny", "--tokenizer", "nobody/nothing", "--device", "cpu",
+                 "--dataset", str(dataset)])
+    err = capsys.readouterr().err
+    assert code != 0 and "--tokenizer nobody/nothing gave no tokenizer" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_hub_id_sweeps_end_to_end(cache: Path, tmp_path: Path) -> None:
+    add_to_cache(cache, "carbontop-test/tiny-llama", PRESETS["tiny"])
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "carbontop", "sweep", "--model", "carbontop-test/tiny-llama",
+         "--device", "cpu", "--dataset", "synthetic", "--num-prompts", "1", "--max-input-len", "8",
+         "--max-output-len", "4", "--batch-sizes", "1", "--out", str(tmp_path / "run"), "--quiet"],
         capture_output=True, text=True, timeout=240, env=env)
-    assert missing.returncode != 0
-    assert "--tokenizer nobody/nothing gave no tokenizer" in missing.stderr
-    assert len(missing.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 0, proc.stderr
+    assert "carbontop-test/tiny-llama" in proc.stdout

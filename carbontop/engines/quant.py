@@ -64,9 +64,12 @@ def _torchao() -> Any:
 def _config(scheme: str) -> Any:
     from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
 
+    # set_inductor_config=False: torchao would otherwise switch inductor's coordinate-descent
+    # tuning on for the whole process, which changes what --compile does and how long it takes
     if scheme == "int4-wo":
-        return Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d")
-    return Int8WeightOnlyConfig()
+        return Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d",
+                                    set_inductor_config=False)
+    return Int8WeightOnlyConfig(set_inductor_config=False)
 
 
 def tensor_bytes(tensor: Any) -> int:

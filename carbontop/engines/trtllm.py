@@ -252,7 +252,10 @@ class TRTLLMEngine:
     def _resolve_model(self) -> None:
         spec = self.spec
         config: dict[str, Any] = dict(spec.model_config or {})
-        if spec.model_path:
+        # random weights to quantise: a config.json of our own beside an hf_quant_config.json,
+        # never written into the user's folder or cache
+        own_config = spec.weights == "dummy" and spec.quant in QUANT_ALGOS and bool(spec.model_config)
+        if spec.model_path and not own_config:
             folder = Path(spec.model_path)
             self._model_source = str(folder)
             self._has_tokenizer = any((folder / name).exists() for name in TOKENIZER_FILES)

@@ -37,8 +37,9 @@ class FieldSpec:
 
 SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
     ("Model and engine", (
-        FieldSpec("model", "model", placeholder="preset or model folder", required=True,
-                  help="A preset (tiny, gpt2, llama2-7b, ...) or a local Hugging Face model folder."),
+        FieldSpec("model", "model", placeholder="preset, folder or hub id", required=True,
+                  help="A preset (tiny, gpt2, llama2-7b, llama3.1-8b, ...), a local Hugging Face model "
+                       "folder, or a hub id (meta-llama/Llama-2-7b-hf) from the local cache."),
         FieldSpec("engine", "engine", cfgmod.ENGINES),
         FieldSpec("url", "server url", placeholder="openai: http://host:8000",
                   help="Base URL of an OpenAI-compatible server; only for the openai engine."),
@@ -48,8 +49,8 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
                   help="dummy: random weights of the real shape (no download); auto: the real ones."),
         FieldSpec("dtype", "dtype", cfgmod.DTYPES),
         FieldSpec("quant", "quant", cfgmod.QUANTS,
-                  help="Weight-only quantisation of the linear layers (hf and trtllm; a server "
-                       "quantises its own model)."),
+                  help="Weight-only quantisation: int4-wo (CUDA, bf16) or int8-wo, through torchao "
+                       "for hf and W4A16/W8A16 for trtllm."),
         FieldSpec("device", "device", cfgmod.DEVICES),
         FieldSpec("gpus", "GPUs", placeholder="all visible (or 0,1)",
                   help="NVML indices of the GPUs in use, comma-separated; blank for all."),
@@ -65,6 +66,9 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
     )),
     ("Workload", (
         FieldSpec("dataset", "dataset", placeholder="sharegpt/synthetic/path", required=True),
+        FieldSpec("tokenizer", "tokenizer", placeholder="the model's own",
+                  help="Count tokens with this tokenizer (a folder or a hub id in the local cache); "
+                       "blank for the model's own, if it has one."),
         FieldSpec("num_prompts", "prompts", placeholder="100 GPU, 16 CPU",
                   help="Requests per sweep point; blank for 100 on a GPU (as the paper), 16 on the CPU."),
         FieldSpec("max_input_len", "max input", placeholder="preset default",
@@ -116,6 +120,8 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
                        "Not remembered for the next start."),
         FieldSpec("sample_interval_s", "sample s", placeholder="0.1", required=True,
                   help="Seconds between telemetry readings during a point."),
+        FieldSpec("power_source", "power source", cfgmod.POWER_SOURCES,
+                  help="auto: NVML on a GPU, tegrastats on a Jetson, RAPL or an estimate on a CPU."),
     )),
 )
 # Settings a sweep uses that the form does not show, and why.
