@@ -223,10 +223,10 @@ def _sweep(args: argparse.Namespace, cfg: Any = None, resume_from: Any = None) -
             err.print(f"  boundary: {event.largest_ok} fits, {event.smallest_failed} does not")
 
     runner = SweepRunner(cfg, on_event, resume_from=resume_from)
-    return _drive(runner, err)
+    return _drive(runner, err, quiet)
 
 
-def _drive(runner: Any, err: Any) -> int:
+def _drive(runner: Any, err: Any, quiet: bool = False) -> int:
     """Prepare and run the sweep on a thread while the main thread waits for signals."""
     from carbontop.core.store import load_run
     from carbontop.interrupts import StopOnSignals
@@ -242,8 +242,9 @@ def _drive(runner: Any, err: Any) -> int:
             prepared.set()
             for warning in runner.warnings:
                 err.print(f"[yellow]warning:[/] {warning}")
-            tokenizer = runner.workload.tokenizer or "the dataset (synthetic lengths)"
-            err.print(f"tokens counted by: {tokenizer}")
+            if not quiet:
+                tokenizer = runner.workload.tokenizer or "the dataset (synthetic lengths)"
+                err.print(f"tokens counted by: {tokenizer}")
             runner.run()  # records a cancel that came during prepare() as well
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             failure.append(exc)

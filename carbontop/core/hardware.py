@@ -298,6 +298,9 @@ GPUS: tuple[GpuSpec, ...] = (
     ),
     # H200 SXM: NVIDIA H200 datasheet: same compute as H100 SXM (989 / 1,979 dense, 67 FP32);
     # 4,800 GB/s, 141 GB, 700 W. The lab's H200 reports "NVIDIA H200" (143,771 MiB, 700 W).
+    # Embodied: NVIDIA publishes product carbon footprints for the HGX H100 and HGX B200 boards
+    # only, and no peer-reviewed life-cycle study gives an H200 figure; the HGX H100 board's
+    # cannot stand in (141 GB of HBM3e against 80 GB of HBM3), so the column stays empty.
     GpuSpec(
         name="H200 SXM",
         nvml_names=("NVIDIA H200",),

@@ -83,7 +83,7 @@ def default_idle_sampler(config: cfgmod.RunConfig) -> Any:
     from carbontop.telemetry.sampler import TelemetrySampler
     from carbontop.telemetry.sources import open_power_source
 
-    source = open_power_source(config.device, config.gpus)
+    source = open_power_source(config.device, config.gpus, config.power_source)
     sampler = TelemetrySampler(source, interval_s=IDLE_SAMPLE_INTERVAL_S, history_s=IDLE_HISTORY_S)
     sampler.start()
     return sampler
