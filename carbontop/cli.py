@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from carbontop import __version__
+from carbontop import config as cfgmod  # light: platformdirs and the pure core
 from carbontop.errors import CarbontopError
 
 EXIT_OK = 0
@@ -23,15 +24,15 @@ EXIT_CANCELLED = 130
 # flag -> RunConfig field, for the sweep and the app
 SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--model", "model", {"help": "preset (tiny, llama2-7b, llama2-13b, llama3.1-8b, gpt2, gpt2-medium, gpt2-large, gpt2-xl), a local model folder, or a hub id (meta-llama/Llama-2-7b-hf) from the local Hugging Face cache; for --engine openai the served model name"}),
-    ("--engine", "engine", {"choices": ["hf", "trtllm", "openai"], "help": "inference engine (default hf)"}),
-    ("--weights", "weights", {"choices": ["dummy", "auto"], "help": "dummy: random weights from the architecture config; auto: the folder's weights"}),
+    ("--engine", "engine", {"choices": cfgmod.ENGINES, "help": "inference engine (default hf)"}),
+    ("--weights", "weights", {"choices": cfgmod.WEIGHTS, "help": "dummy: random weights from the architecture config; auto: the folder's weights"}),
     ("--tokenizer", "tokenizer", {"help": "count tokens with this tokenizer (a model folder, or a hub id in the local Hugging Face cache), e.g. for a preset"}),
-    ("--dtype", "dtype", {"choices": ["auto", "bf16", "fp16", "fp32"], "help": "default: bf16 on a GPU, fp32 on the CPU"}),
-    ("--device", "device", {"choices": ["auto", "cpu", "cuda"], "help": "default: cuda where a GPU is visible"}),
+    ("--dtype", "dtype", {"choices": cfgmod.DTYPES, "help": "default: bf16 on a GPU, fp32 on the CPU"}),
+    ("--device", "device", {"choices": cfgmod.DEVICES, "help": "default: cuda where a GPU is visible"}),
     ("--gpus", "gpus", {"help": "GPU indices to use and measure, e.g. 0 or 0,1"}),
-    ("--compile", "compile", {"choices": ["auto", "on", "off", "max-autotune"], "help": "hf engine on CUDA: auto compiles the decode step (autotuned at batch 1), on compiles without autotuning, off runs it eagerly; always in a CUDA graph"}),
-    ("--quant", "quant", {"choices": ["none", "int4-wo", "int8-wo"], "help": "weight-only quantisation: hf through torchao (int4-wo needs a CUDA GPU), trtllm through TensorRT-LLM's W4A16/W8A16 (default none)"}),
-    ("--power-source", "power_source", {"choices": ["auto", "nvml", "rapl", "estimate", "tegrastats"], "help": "where power comes from (default auto: NVML on a GPU, tegrastats on a Jetson, RAPL or an estimate on a CPU)"}),
+    ("--compile", "compile", {"choices": cfgmod.COMPILE_MODES, "help": "hf engine on CUDA: auto compiles the decode step (autotuned at batch 1), on compiles without autotuning, off runs it eagerly; always in a CUDA graph"}),
+    ("--quant", "quant", {"choices": cfgmod.QUANTS, "help": "weight-only quantisation: hf through torchao (int4-wo needs a CUDA GPU), trtllm through TensorRT-LLM's W4A16/W8A16 (default none)"}),
+    ("--power-source", "power_source", {"choices": cfgmod.POWER_SOURCES, "help": "where power comes from (default auto: NVML on a GPU, tegrastats on a Jetson, RAPL or an estimate on a CPU)"}),
     ("--url", "url", {"help": "openai engine: server base URL, e.g. http://localhost:8000"}),
     ("--arch", "arch", {"help": "openai engine: preset or folder with the served model's architecture (for MFU/MBU)"}),
     ("--kv-cache-fraction", "kv_cache_fraction", {"help": "trtllm: share of free GPU memory for the KV cache (default 0.9)"}),
@@ -42,7 +43,7 @@ SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--max-input-len", "max_input_len", {"help": "longest prompt in tokens (default: 1000 Llama, 500 GPT-2, 128 tiny)"}),
     ("--max-output-len", "max_output_len", {"help": "longest output in tokens (same defaults)"}),
     ("--batch-sizes", "batch_sizes", {"help": "auto (double until OOM, then bisect) or a list like 1,2,4,8"}),
-    ("--batching", "batching", {"choices": ["inflight", "static"], "help": "inflight (default): at most b sequences in flight, a finished one's slot refilled at once; static: the paper's batches of b, each until its longest request ends"}),
+    ("--batching", "batching", {"choices": cfgmod.BATCHINGS, "help": "inflight (default): at most b sequences in flight, a finished one's slot refilled at once; static: the paper's batches of b, each until its longest request ends"}),
     ("--min-window-s", "min_window_s", {"help": "each point runs until its steady-state window (b in flight) lasts this long (default 20 on a GPU, 3 on a CPU)"}),
     ("--max-point-s", "max_point_s", {"help": "a point stops admitting requests this long after its first (default 90 on a GPU, 30 on a CPU)"}),
     ("--repeats", "repeats", {"help": "re-measure each batch that fits N times in shuffled order, once the GPU settles (default 0)"}),

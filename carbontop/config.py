@@ -103,7 +103,7 @@ class RunConfig:
     # re-measure every batch that fits this many times, in shuffled (seeded) order, once the GPU
     # has settled to a temperature band; 0 keeps the search's one measurement per batch
     repeats: int = 0
-    max_batch: int | None = None  # auto stops here if nothing failed: None = 1024 on GPU, 64 on CPU
+    max_batch: int | None = None  # auto stops here if nothing failed: None = the runner's default for the device and engine
     # carbon
     intensity: float = PAPER_INTENSITY_GCO2E_PER_KWH  # gCO2e/kWh, constant source
     zone: str | None = None  # built-in annual average for an Electricity Maps zone id
