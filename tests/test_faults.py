@@ -491,3 +491,40 @@ async def test_cancel_while_the_app_prepares_still_records_the_end(tmp_path) -> 
     run = load_run(tmp_path / "run")
     assert run.status == "cancelled" and run.points == []
     assert not runners[0].sampler.running
+
+
+async def test_the_app_offers_to_resume_an_interrupted_run(tmp_path, monkeypatch) -> None:
+    import dataclasses
+
+    from test_tui_helpers import FixedSampler, wait_until
+
+    from carbontop.sweep import runner as runner_module
+    from carbontop.tui.app import CarbontopApp
+
+    sweep, run_dir = interrupted_at_batch_2(tmp_path)
+    os.kill(sweep.proc.pid, signal.SIGKILL)
+    sweep.finish()
+    monkeypatch.setattr(runner_module, "IDLE_MEASURE_S", 0.2)
+
+    class WithTestEngine(runner_module.SweepRunner):
+        def prepare(self) -> None:
+            super().prepare()
+            self.engine_spec = dataclasses.replace(self.engine_spec,
+                                                   engine="engines_for_tests:OOMAbove")
+
+    app = CarbontopApp(RunConfig(), open_run=run_dir, runner_factory=WithTestEngine,
+                       idle_sampler_factory=lambda c: FixedSampler(),
+                       runs_dir=lambda: tmp_path / "runs", remember=False)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.showing_saved, what="the saved run")
+        offers = [n.message for n in app._notifications]
+        assert any("stopped before its end (interrupted" in m and "R (shift+r) carries it on" in m
+                   for m in offers), offers
+        assert app.check_action("resume", ()) is True
+        await pilot.press("R")
+        await wait_until(pilot, lambda: app.sweep_running, what="the resumed sweep")
+        await wait_until(pilot, lambda: not app.sweep_running, timeout_s=60, what="its end")
+        assert app.check_action("resume", ()) is False
+    run = load_run(run_dir)
+    assert run.status == "done" and run.meta["status"]["resumes"] == 1
+    assert [(p["batch_size"], p["status"]) for p in run.points] == [(1, "ok"), (2, "ok")]

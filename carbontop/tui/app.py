@@ -63,7 +63,7 @@ COMPACT_FOOTER_BELOW = 100  # columns: the footer's keys pack tighter, so q Quit
 SHORT_BELOW_LINES = 30  # under this height the panes drop their boxes for a title rule
 TINY_BELOW_LINES = 20  # and under this one the telemetry shows power alone
 
-RunnerFactory = Callable[[cfgmod.RunConfig, Callable[[Any], None]], Any]
+RunnerFactory = Callable[..., Any]  # (config, on_event, resume_from=saved run) -> a runner
 SamplerFactory = Callable[[cfgmod.RunConfig], Any]
 RunLoader = Callable[[pathlib.Path], Any]
 Exporter = Callable[[pathlib.Path, pathlib.Path], pathlib.Path]
@@ -72,10 +72,11 @@ Exporter = Callable[[pathlib.Path, pathlib.Path], pathlib.Path]
 # ---- defaults for the injectable parts (imported on first use, to keep startup fast) ---------
 
 
-def default_runner_factory(config: cfgmod.RunConfig, on_event: Callable[[Any], None]) -> Any:
+def default_runner_factory(config: cfgmod.RunConfig, on_event: Callable[[Any], None],
+                           resume_from: Any = None) -> Any:
     from carbontop.sweep.runner import SweepRunner
 
-    return SweepRunner(config, on_event)
+    return SweepRunner(config, on_event, resume_from=resume_from)
 
 
 def default_idle_sampler(config: cfgmod.RunConfig) -> Any:
@@ -220,6 +221,7 @@ class CarbontopApp(App[int]):
         Binding("u", "use_saved_settings", "Reuse"),
         Binding("e", "export", "Export"),
         Binding("r", "focus_results", "Table"),
+        Binding("R", "resume", "Resume"),  # only where a stopped run is shown
         Binding("f", "toggle_config", "Form"),
         Binding("t", "cycle_theme", "Theme", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -256,6 +258,7 @@ class CarbontopApp(App[int]):
         self._sweep_config: cfgmod.RunConfig | None = None  # of the sweep running or last run
         self.run_dir: pathlib.Path | None = None
         self.saved_config: cfgmod.RunConfig | None = None  # the shown saved run's, for u
+        self._resumable: Any = None  # the shown saved run, where it can be carried on (R)
         self.sweep_running = False
         self.showing_saved = False
         self._cancel_requested = False
@@ -481,6 +484,8 @@ class CarbontopApp(App[int]):
             return self.sweep_running
         if action == "use_saved_settings":
             return self.showing_saved and self.saved_config is not None and not self.sweep_running
+        if action == "resume":
+            return self.showing_saved and self._resumable is not None and not self.sweep_running
         return True
 
     def action_start(self) -> None:
@@ -499,17 +504,19 @@ class CarbontopApp(App[int]):
                 self.notify(problem, severity="warning")
         self.start_sweep(config)
 
-    def start_sweep(self, config: cfgmod.RunConfig) -> None:
-        """Hand `config` to a new runner on a worker thread."""
+    def start_sweep(self, config: cfgmod.RunConfig, resume_from: Any = None) -> None:
+        """Hand `config` to a new runner on a worker thread (carrying `resume_from` on, if given)."""
         self._stop_idle_sampler()
         self.showing_saved = False
         self.saved_config = None
+        self._resumable = None
         self.run_dir = None
         self.results.clear()
         self.sweep.reset("Preparing: the model, the workload and the power source…")
         self._cancel_requested = False
         try:
-            self.runner = self._runner_factory(config, self._on_runner_event)
+            extra = {"resume_from": resume_from} if resume_from is not None else {}
+            self.runner = self._runner_factory(config, self._on_runner_event, **extra)
         except CarbontopError as exc:
             self.show_error("The sweep cannot start", str(exc))
             self._start_idle_sampler(config)
@@ -624,7 +631,36 @@ class CarbontopApp(App[int]):
         names = dict(zip(indices, devices, strict=False)) if indices else ({-1: devices[0]} if devices else {})
         self.telemetry.show_trace(saved.power, names, estimated=bool(env.get("energy_estimated")))
         # The form keeps the next sweep's settings: opening a run only offers its own (u).
+        self._offer_resume(saved)
         self.refresh_bindings()
+
+    def _offer_resume(self, saved: Any) -> None:
+        """A run that stopped before its end can be carried on (R); its notes are shown too."""
+        from carbontop.report import run_notes
+        from carbontop.sweep.resume import RESUMABLE_STATES
+
+        for note in run_notes(saved) if hasattr(saved, "meta") else []:
+            self.notify(note, title="Note")
+        self._resumable = saved if saved.status in RESUMABLE_STATES else None
+        if self._resumable is not None:
+            why = getattr(saved, "status_note", "") or (saved.meta.get("status") or {}).get("message", "")
+            self.notify(f"This run stopped before its end ({saved.status}{': ' + why if why else ''}). "
+                        "R (shift+r) carries it on: finished points are kept.", title="Resume?", timeout=15)
+
+    def action_resume(self) -> None:
+        from carbontop.sweep.resume import check_resumable, config_for_resume
+
+        saved = self._resumable
+        if saved is None or self.sweep_running:
+            self.notify("Open a cancelled or interrupted run first (o).", severity="warning")
+            return
+        try:
+            check_resumable(saved)
+            config = config_for_resume(saved)
+        except CarbontopError as exc:
+            self.show_error("The run cannot be carried on", str(exc))
+            return
+        self.start_sweep(config, resume_from=saved)
 
     def action_use_saved_settings(self) -> None:
         """Put the shown run's settings into the form, to run it again (its folder excepted)."""
@@ -763,6 +799,8 @@ class CarbontopApp(App[int]):
     def on_sweep_ended(self, message: SweepEnded) -> None:
         self.sweep_running = False
         self._cancel_requested = False
+        if self._shutting_down:
+            return  # quitting: the form's widgets may already be gone
         self.form.set_enabled(True)
         self.refresh_bindings()
         self.show_setup()

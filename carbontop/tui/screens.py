@@ -26,6 +26,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("o", "Open a saved run: its table and power trace, no GPU needed"),
     ("u", "Use the saved run's settings in the form, to run it again (in a new folder)"),
     ("r", "The results table (from anywhere, the form included)"),
+    ("R", "Resume the saved run shown, if it stopped before its end: finished points are kept"),
     ("f", "Show or hide the run configuration"),
     ("t", "Next colour theme"),
     ("?", "This help"),
