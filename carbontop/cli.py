@@ -38,6 +38,7 @@ SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--kv-cache-fraction", "kv_cache_fraction", {"help": "trtllm: share of free GPU memory for the KV cache (default 0.9)"}),
     ("--max-num-tokens", "max_num_tokens", {"help": "trtllm: tokens one scheduler step may take (default: TensorRT-LLM's own); a KV-bound point that says 'or token budget' may need more"}),
     ("--request-timeout-s", "request_timeout_s", {"help": "openai: longest one request may take (default 600)"}),
+    ("--stall-timeout-s", "stall_timeout_s", {"help": "kill an engine that sends no word for this long and record its point as hung (default 1800: compiles and engine builds are silent)"}),
     ("--dataset", "dataset", {"help": "sharegpt (default), synthetic, or a ShareGPT-format JSON file"}),
     ("--num-prompts", "num_prompts", {"help": "prompts per point (default 100 on a GPU, 16 on a CPU)"}),
     ("--max-input-len", "max_input_len", {"help": "longest prompt in tokens (default: 1000 Llama, 500 GPT-2, 128 tiny)"}),

@@ -82,6 +82,11 @@ class RunConfig:
     kv_cache_fraction: float = 0.9  # trtllm: share of free GPU memory for the KV cache
     max_num_tokens: int | None = None  # trtllm: tokens one scheduler step may take (None: its own)
     request_timeout_s: float = 600.0  # openai: longest a single request may take
+    # the watchdog: an engine that sends no word (phase, progress, result) for this long is killed
+    # with its process group and its point recorded as hung. Generous, because compilers and
+    # engine builders send nothing while they work: 30 min is several times the whole 16-point
+    # H100 sample run, compile included (sample_runs/llama2-7b-h100-sharegpt: 6.5 min)
+    stall_timeout_s: float = 1800.0
     # the workload
     dataset: str = "sharegpt"  # "sharegpt", "synthetic" or a path to a ShareGPT-format JSON
     num_prompts: int | None = None  # None: 100 (the paper's count) on a GPU, 16 on a CPU
@@ -182,6 +187,7 @@ def _coerce(name: str, value: Any) -> Any:
         "min_window_s", "max_point_s",
         "intensity", "pue", "lifetime_years", "slo_s_per_token", "slo_tpot_p90_s",
         "kv_cache_fraction", "trace_shift_h", "sample_interval_s", "request_timeout_s",
+        "stall_timeout_s",
     }
     if value is None or value == "":
         return None
@@ -297,6 +303,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise bad("max_num_tokens", "The token budget per step must be at least 1.")
     if cfg.request_timeout_s <= 0:
         raise bad("request_timeout_s", "The request timeout must be more than 0 s.")
+    if cfg.stall_timeout_s <= 0:
+        raise bad("stall_timeout_s", "The stall timeout must be more than 0 s.")
     if cfg.sample_interval_s <= 0:
         raise bad("sample_interval_s", "The sampling interval must be more than 0 s.")
     if cfg.engine == "openai" and not cfg.url:

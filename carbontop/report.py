@@ -95,7 +95,11 @@ def print_summary(run: SavedRun, console: Console) -> None:
     if status.get("largest_ok_batch") is not None:
         bound = f"largest batch that ran: {status['largest_ok_batch']}"
         if status.get("smallest_failed_batch") is not None:
-            bound += f"; {status['smallest_failed_batch']} did not fit"
+            failed = status["smallest_failed_batch"]
+            how = {"crashed": "crashed (twice)", "hung": "hung (twice)",
+                   "kv_bound": "ran fewer requests at once than asked"}
+            row = next((p for p in run.points if p.get("batch_size") == failed), {})
+            bound += f"; {failed} {how.get(str(row.get('status')), 'did not fit')}"
         lines.append(bound)
     if status.get("recommendation"):
         lines.append(f"recommended {status['recommendation']} *")

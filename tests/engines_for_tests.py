@@ -202,3 +202,59 @@ class Scheduler(_Base):
                                 decode=tuple(d for _, _, d in steps))
         return EngineRun(b, first_admit, t, tuple(records), batching=Batching.STATIC,
                          timeline=timeline)
+
+
+class Ticks(_Base):
+    """Batches above 1 take ~2 s, with a word (progress) every 0.1 s: a healthy, slow point."""
+
+    def run_point(self, plan):
+        if plan.batch_size > 1:
+            for _ in range(20):
+                self.emit(Progress(done=0, total=len(plan.prompts)))
+                time.sleep(0.1)
+        return self._run(plan)
+
+
+class KilledOnceAt2(_Base):
+    """Killed (SIGKILL, by 'someone') the first time it runs batch 2; fine the second time.
+    Remembers across processes through the file named in CARBONTOP_TEST_MARK."""
+
+    def run_point(self, plan):
+        mark = os.environ["CARBONTOP_TEST_MARK"]
+        if plan.batch_size == 2 and not os.path.exists(mark):
+            open(mark, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self._run(plan)
+
+
+class CpuAllocFails(_Base):
+    """Above batch 1 the process's address space is capped and a large allocation fails: the
+    real MemoryError a CPU run meets when memory runs out."""
+
+    def run_point(self, plan):
+        if plan.batch_size > 1:
+            import resource
+
+            with open("/proc/self/statm") as fh:
+                size_bytes = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            cap = size_bytes + 64 * 2**20
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+            bytearray(512 * 2**20)
+        return self._run(plan)
+
+
+class HogInCgroup(_Base):
+    """Joins the memory cgroup named in CARBONTOP_TEST_CGROUP when it loads; above batch 1 it
+    allocates until the kernel's OOM killer ends it."""
+
+    def load(self) -> dict:
+        with open(os.path.join(os.environ["CARBONTOP_TEST_CGROUP"], "cgroup.procs"), "w") as fh:
+            fh.write(str(os.getpid()))
+        return super().load()
+
+    def run_point(self, plan):
+        if plan.batch_size > 1:
+            hog = []
+            while True:
+                hog.append(bytearray(16 * 2**20))
+        return self._run(plan)

@@ -528,3 +528,161 @@ async def test_the_app_offers_to_resume_an_interrupted_run(tmp_path, monkeypatch
     run = load_run(run_dir)
     assert run.status == "done" and run.meta["status"]["resumes"] == 1
     assert [(p["batch_size"], p["status"]) for p in run.points] == [(1, "ok"), (2, "ok")]
+
+
+# ---- the engine child: hangs, kills, out of memory -----------------------------------------
+
+
+def _runner(tmp_path, engine: str, **kw):
+    import dataclasses
+
+    from carbontop.sweep import runner as runner_module
+
+    base = dict(model="tiny", device="cpu", dataset="synthetic", num_prompts=2, max_input_len=8,
+                max_output_len=8, batch_sizes="1,2,4", out=str(tmp_path / "run"))
+    base.update(kw)
+    seen: list = []
+    runner = runner_module.SweepRunner(RunConfig(**base), seen.append)
+    runner.prepare()
+    runner.engine_spec = dataclasses.replace(runner.engine_spec, engine=engine)
+    return runner, seen
+
+
+def _statuses(tmp_path) -> list[tuple[int, str]]:
+    return [(p["batch_size"], p["status"]) for p in load_run(tmp_path / "run").points]
+
+
+def test_a_stopped_engine_is_killed_by_the_watchdog_and_its_point_tried_again(tmp_path) -> None:
+    from carbontop.sweep import events
+
+    runner, seen = _runner(tmp_path, "engines_for_tests:Ticks", batch_sizes="1,2",
+                           stall_timeout_s=1.5)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(
+            isinstance(e, events.PointProgress) and e.batch_size == 2 for e in seen):
+        time.sleep(0.05)
+    first_engine = runner._host._proc.pid
+    os.kill(first_engine, signal.SIGSTOP)  # healthy and busy until now: then not a word
+    thread.join(60)
+    assert not thread.is_alive()
+    assert _gone(first_engine)
+    run = load_run(tmp_path / "run")
+    assert _statuses(tmp_path) == [(1, "ok"), (2, "ok")]
+    message = run.points[1]["message"]
+    assert "measured on the second try, in a fresh engine process" in message
+    assert "sent nothing for 1.5 s (its process was stopped)" in message
+
+
+def test_an_engine_that_hangs_twice_is_recorded_hung_and_the_sweep_goes_on(tmp_path) -> None:
+    runner, _ = _runner(tmp_path, "engines_for_tests:HangsAbove1", stall_timeout_s=1.0)
+    runner.run()
+    run = load_run(tmp_path / "run")
+    assert run.status == "done"
+    assert _statuses(tmp_path) == [(1, "ok"), (2, "hung")]  # 4 is above the boundary
+    assert "tried twice, in two engine processes" in run.points[1]["message"]
+    assert run.meta["status"]["smallest_failed_batch"] == 2
+
+
+def test_a_kill_that_is_not_an_oom_is_tried_again(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CARBONTOP_TEST_MARK", str(tmp_path / "killed-once"))
+    runner, _ = _runner(tmp_path, "engines_for_tests:KilledOnceAt2")
+    runner.run()
+    run = load_run(tmp_path / "run")
+    assert _statuses(tmp_path) == [(1, "ok"), (2, "ok"), (4, "ok")]
+    message = run.points[1]["message"]
+    assert "measured on the second try" in message and "killed by signal 9" in message
+    assert "out-of-memory" in message  # says whether the cgroup counted an OOM kill
+
+
+def test_a_cpu_allocation_failure_is_an_oom(tmp_path) -> None:
+    runner, _ = _runner(tmp_path, "engines_for_tests:CpuAllocFails")
+    runner.run()
+    run = load_run(tmp_path / "run")
+    assert _statuses(tmp_path) == [(1, "ok"), (2, "oom")]
+    assert "MemoryError" in run.points[1]["message"]
+    assert "second try" not in run.points[1]["message"]  # a proven OOM is not tried again
+
+
+def _memory_cgroup(tmp_name: str, limit_bytes: int) -> Path | None:
+    """A fresh memory cgroup (v2 or v1) with a limit, where this process may make one."""
+    if os.geteuid() != 0:
+        return None
+    for parent, limit_file in ((Path("/sys/fs/cgroup"), "memory.max"),
+                               (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes")):
+        if not (parent / "cgroup.procs").exists():
+            continue
+        group = parent / tmp_name
+        try:
+            group.mkdir()
+            (group / limit_file).write_text(str(limit_bytes))
+            if (group / "memory.swap.max").exists():
+                (group / "memory.swap.max").write_text("0")
+            if (group / "memory.memsw.limit_in_bytes").exists():
+                (group / "memory.memsw.limit_in_bytes").write_text(str(limit_bytes))
+            return group
+        except OSError:
+            if group.exists():
+                group.rmdir()
+    return None
+
+
+def test_a_kernel_oom_kill_in_the_cgroup_is_an_oom(tmp_path, monkeypatch) -> None:
+    group = _memory_cgroup(f"carbontop-test-{os.getpid()}", 256 * 2**20)
+    if group is None:
+        pytest.skip("making a memory cgroup needs root and a writable cgroup file system")
+    try:
+        monkeypatch.setenv("CARBONTOP_TEST_CGROUP", str(group))
+        runner, _ = _runner(tmp_path, "engines_for_tests:HogInCgroup", batch_sizes="1,2")
+        runner.run()
+        run = load_run(tmp_path / "run")
+        assert _statuses(tmp_path) == [(1, "ok"), (2, "oom")]
+        assert "out-of-memory killer ended the engine process" in run.points[1]["message"]
+        assert "second try" not in run.points[1]["message"]
+    finally:
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_a_server_that_accepts_and_never_answers_fails_the_start_quickly(monkeypatch) -> None:
+    import socket
+
+    from test_engine_openai import Events, make_spec
+
+    from carbontop.engines import openai as openai_engine
+    from carbontop.engines.base import EngineFailure
+
+    monkeypatch.setattr(openai_engine, "STARTUP_CHECK_TIMEOUT_S", 1.0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_say_nothing() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    engine = openai_engine.OpenAIEngine(make_spec(url, "served-model"), Events())
+    started = time.monotonic()
+    try:
+        with pytest.raises(EngineFailure, match=r"did not answer GET /v1/models within 1 s"):
+            engine.load()
+    finally:
+        stop.set()
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert held, "the server accepted the connection"
+    assert time.monotonic() - started < 10  # not the 600 s request timeout

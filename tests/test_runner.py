@@ -58,14 +58,22 @@ def test_tiny_model_sweep_in_a_child_process(tmp_path) -> None:
     assert {Phase.IDLE_POWER, Phase.LOADING, Phase.WARMUP, Phase.MEASURING} <= phases
 
 
-@pytest.mark.parametrize("engine", ["engines_for_tests:OOMAbove", "engines_for_tests:KilledAbove"])
-def test_auto_search_survives_oom_and_finds_the_boundary(tmp_path, engine: str) -> None:
+@pytest.mark.parametrize(
+    ("engine", "failed"),
+    [
+        ("engines_for_tests:OOMAbove", "oom"),
+        # killed, but not by the OOM killer (no oom_kill in the cgroup): tried twice, then the
+        # search takes it as the boundary and says it crashed
+        ("engines_for_tests:KilledAbove", "crashed"),
+    ],
+)
+def test_auto_search_survives_oom_and_finds_the_boundary(tmp_path, engine: str, failed: str) -> None:
     runner = SweepRunner(small(tmp_path, batch_sizes="auto", max_batch=64))
     with_engine(runner, engine)
     runner.run()
     run = load_run(tmp_path / "run")
     statuses = {p["batch_size"]: p["status"] for p in run.points}
-    assert statuses == {1: "ok", 2: "ok", 4: "ok", 8: "oom", 6: "oom", 5: "ok"}
+    assert statuses == {1: "ok", 2: "ok", 4: "ok", 8: failed, 6: failed, 5: "ok"}
     assert run.meta["status"]["largest_ok_batch"] == 5
     assert run.meta["status"]["smallest_failed_batch"] == 6
 
@@ -77,6 +85,7 @@ def test_a_crash_is_recorded_and_the_sweep_goes_on_in_a_fresh_child(tmp_path) ->
     run = load_run(tmp_path / "run")
     assert [(p["batch_size"], p["status"]) for p in run.points] == [(1, "ok"), (2, "ok"), (4, "crashed")]
     assert "exited with code 3" in run.points[2]["message"]
+    assert "tried twice, in two engine processes" in run.points[2]["message"]
 
 
 def test_cancel_keeps_finished_points(tmp_path) -> None:

@@ -81,13 +81,14 @@ class PointStatus(str, Enum):
     OOM = "oom"
     KV_BOUND = "kv_bound"  # ran, but the engine kept fewer requests in flight than asked
     CRASHED = "crashed"
+    HUNG = "hung"  # the engine sent nothing for the stall timeout (twice) and was killed
     CANCELLED = "cancelled"
     ERROR = "error"  # the engine reported a failure that is not memory (server error, bad reply)
 
     @property
     def is_boundary(self) -> bool:
         """True where the batch size did not fit: the sweep narrows the search below it."""
-        return self in (PointStatus.OOM, PointStatus.KV_BOUND, PointStatus.CRASHED)
+        return self in (PointStatus.OOM, PointStatus.KV_BOUND, PointStatus.CRASHED, PointStatus.HUNG)
 
 
 @dataclass(frozen=True)

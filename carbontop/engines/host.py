@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,9 +35,11 @@ from carbontop.engines.base import (
     Progress,
     says_oom,
 )
+from carbontop.engines.oomkill import oom_kill_counter, oom_killed_since
 from carbontop.engines.procgroup import (
     detach_and_tie_to_parent,
     kill_group_now,
+    process_stopped,
     reap_group,
     signal_group,
 )
@@ -177,7 +180,8 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
             conn.send(PointFailed(str(exc)))
         except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as a message
             traceback.print_exc()
-            if says_oom(str(exc)):
+            # MemoryError: the CPU's allocator (or the process's limit) ran out: an OOM as well
+            if isinstance(exc, MemoryError) or says_oom(str(exc)):
                 conn.send(PointOOM(f"{type(exc).__name__}: {exc}", recovered=False))
             else:
                 conn.send(PointCrashed(f"{type(exc).__name__}: {exc}", traceback.format_exc()))
@@ -207,7 +211,16 @@ class PointOutcome:
     message: str = ""
     concurrency_reached: int | None = None
     needs_restart: bool = False  # the engine process is gone or may hold memory it should not
+    # not a proven out-of-memory (a kill, a crash, a hang): worth one more try in a fresh child
+    # before the sweep takes it as the memory boundary
+    retry: bool = False
 
+
+class _Stalled:
+    """_wait's answer when the engine sent nothing for the stall timeout."""
+
+
+STALLED = _Stalled()
 
 class Cancelled(Exception):
     pass
@@ -235,9 +248,12 @@ def prime_multiprocessing() -> None:
 class EngineHost:
     """One engine child. `start()` loads the model; `run_point()` runs one sweep point."""
 
-    def __init__(self, spec: EngineSpec, log_path: Path | None = None) -> None:
+    def __init__(self, spec: EngineSpec, log_path: Path | None = None,
+                 stall_timeout_s: float | None = None) -> None:
         self.spec = spec
         self.log_path = log_path
+        # the watchdog: an engine that sends nothing for this long is killed with its group
+        self.stall_timeout_s = stall_timeout_s
         self._ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA or threads
         self._proc: Any = None
         self._conn: Any = None
@@ -271,6 +287,11 @@ class EngineHost:
             except Cancelled:
                 self.kill()  # a loading child reads no commands: a polite stop would only wait
                 raise
+            if msg is STALLED:
+                self.kill()
+                raise CarbontopError(
+                    f"The engine sent nothing for {self.stall_timeout_s:g} s while loading the model"
+                    f"{self._log_hint()}; raise --stall-timeout-s if it only compiles or builds slowly.")
             if msg is None:
                 self._proc.join(5.0)
                 sentence = self._death_sentence("while loading the model")
@@ -293,6 +314,7 @@ class EngineHost:
                   should_stop: ShouldStop) -> PointOutcome:
         if not self.alive:
             raise RuntimeError("engine child is not running")
+        oom_count = oom_kill_counter(self._proc.pid)  # to tell the OOM killer from other kills
         self._conn.send(RunPoint(plan))
         self._busy = True  # until the point's answer: a child in a point reads no commands
         try:
@@ -305,17 +327,27 @@ class EngineHost:
             # a stop and the child's end together (a signal to the whole group): the stop wins
             self.kill()
             return PointOutcome(PointStatus.CANCELLED, message="cancelled by the user")
+        if msg is STALLED:
+            stopped = " (its process was stopped)" if process_stopped(self._proc.pid) else ""
+            self.kill()
+            return PointOutcome(
+                PointStatus.HUNG, needs_restart=True, retry=True,
+                message=f"the engine sent nothing for {self.stall_timeout_s:g} s{stopped} and was killed")
         if msg is None:
             self._proc.join(5.0)  # the pipe can close a moment before the exit is reaped
-            code = self._proc.exitcode
             sentence = self._death_sentence("during the point")
             self.kill()
-            if code == -signal.SIGKILL:
+            oom_killed = oom_killed_since(oom_count)
+            if oom_killed:
                 return PointOutcome(
-                    PointStatus.OOM,
-                    message="the engine process was killed (signal 9), most likely by the kernel's out-of-memory killer",
-                )
-            return PointOutcome(PointStatus.CRASHED, message=sentence, needs_restart=True)
+                    PointStatus.OOM, needs_restart=True,
+                    message=f"the kernel's out-of-memory killer ended the engine process "
+                            f"(oom_kill counted in {oom_count.path if oom_count else '?'})")
+            proof = ("no out-of-memory kill was counted in its memory cgroup"
+                     if oom_killed is False else
+                     "whether the kernel's out-of-memory killer ended it cannot be read here")
+            return PointOutcome(PointStatus.CRASHED, message=f"{sentence.rstrip('.')}; {proof}.",
+                                needs_restart=True, retry=True)
         if isinstance(msg, PointDone):
             return PointOutcome(PointStatus.OK, run=msg.run,
                                 concurrency_reached=msg.run.concurrency_reached)
@@ -329,13 +361,17 @@ class EngineHost:
             return PointOutcome(PointStatus.ERROR, message=_one_line(msg.message))
         message = msg.message if isinstance(msg, PointCrashed) else f"unexpected reply {msg!r}"
         return PointOutcome(PointStatus.CRASHED, message=_one_line(message) + self._log_hint(),
-                            needs_restart=True)
+                            needs_restart=True, retry=True)
 
-    def _wait(self, on_message: OnMessage, should_stop: ShouldStop) -> ChildReply | None:
-        """Relay phase/progress messages until a terminal one; None if the child died."""
+    def _wait(self, on_message: OnMessage, should_stop: ShouldStop) -> ChildReply | _Stalled | None:
+        """Relay phase/progress messages until a terminal one; None if the child died, STALLED if
+        it sent nothing for the stall timeout."""
+        last_word = time.monotonic()
         while True:
             if should_stop():
                 raise Cancelled
+            if self.stall_timeout_s is not None and time.monotonic() - last_word > self.stall_timeout_s:
+                return STALLED
             try:
                 ready = self._conn.poll(POLL_S)
             except (EOFError, OSError):
@@ -345,6 +381,7 @@ class EngineHost:
                     msg = self._conn.recv()
                 except (EOFError, OSError):
                     return None
+                last_word = time.monotonic()
                 if isinstance(msg, (PhaseUpdate, Progress)):
                     on_message(msg)
                     continue
@@ -386,7 +423,10 @@ class EngineHost:
             return
         pid = self._proc.pid
         if self._proc.is_alive():
-            signal_group(pid, signal.SIGTERM)
+            if process_stopped(pid):
+                kill_group_now(pid)  # a stopped process acts on SIGTERM only once resumed
+            else:
+                signal_group(pid, signal.SIGTERM)
             self._proc.join(3.0)
             if self._proc.is_alive():
                 kill_group_now(pid)  # a stopped or hung child ignores SIGTERM until resumed

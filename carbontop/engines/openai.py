@@ -38,6 +38,9 @@ from carbontop.engines.base import (
 
 COMPLETIONS_PATH = "/v1/completions"
 CHAT_PATH = "/v1/chat/completions"
+# GET /v1/models and /health answer from the server's memory; a server that has not answered
+# them in this long is stuck (or still loading), and the sweep says so instead of waiting
+STARTUP_CHECK_TIMEOUT_S = 30.0
 
 # Fields beyond OpenAI's schema (vLLM, SGLang and trtllm-serve accept them) that force the output
 # length, plus stream_options, which some older servers refuse. Each is dropped once if the server
@@ -209,14 +212,17 @@ class OpenAIEngine:
         import httpx
 
         try:
-            return client.get(path)
+            # the start-up checks have their own short limit: a server that accepts the connection
+            # and never answers must not hold the sweep for a whole request timeout
+            return client.get(path, timeout=min(STARTUP_CHECK_TIMEOUT_S, self.request_timeout_s))
         except httpx.ConnectError:
             raise EngineFailure(
                 f"Nothing answers at {self.url}: start the server first, or check --url."
             ) from None
         except httpx.TimeoutException:
             raise EngineFailure(
-                f"The server at {self.url} did not answer GET {path} within {self.request_timeout_s:g} s."
+                f"The server at {self.url} did not answer GET {path} within "
+                f"{min(STARTUP_CHECK_TIMEOUT_S, self.request_timeout_s):g} s; is it still starting, or stuck?"
             ) from None
         except httpx.HTTPError as exc:
             raise EngineFailure(f"The server at {self.url} cannot be reached: {_clean(exc)}.") from None

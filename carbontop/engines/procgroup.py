@@ -70,3 +70,13 @@ def reap_group(pid: int, timeout_s: float = 3.0) -> None:
         except (ProcessLookupError, PermissionError):
             return
         time.sleep(0.05)
+
+
+def process_stopped(pid: int) -> bool:
+    """True where the process is stopped (SIGSTOP, a debugger): state T or t in /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] in ("T", "t")

@@ -15,7 +15,8 @@ from carbontop.errors import CarbontopError
 # how a run may have ended for it to be carried on
 RESUMABLE_STATES = ("cancelled", "interrupted", "error")
 # the points a resumed sweep keeps: measured, or a memory boundary the search has learnt from
-KEPT_STATUSES = (PointStatus.OK, PointStatus.OOM, PointStatus.KV_BOUND, PointStatus.CRASHED)
+KEPT_STATUSES = (PointStatus.OK, PointStatus.OOM, PointStatus.KV_BOUND, PointStatus.CRASHED,
+                 PointStatus.HUNG)
 
 
 def check_resumable(saved: SavedRun) -> None:

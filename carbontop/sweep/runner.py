@@ -414,7 +414,8 @@ class SweepRunner:
         from carbontop.engines.host import EngineHost
 
         self._emit(events.PhaseChanged(Phase.STARTING, detail="engine process"))
-        self._host = EngineHost(self.engine_spec, log_path=self._writer.engine_log)
+        self._host = EngineHost(self.engine_spec, log_path=self._writer.engine_log,
+                                stall_timeout_s=self.config.stall_timeout_s)
         info = self._host.start(self._relay(None), self._cancel.is_set)
         self._writer.update_meta("engine", info)
         measured = (info.get("quant") or {}).get("weight_bytes_per_step")
@@ -516,8 +517,9 @@ class SweepRunner:
             self._emit(events.PointStarted(batch_size, planned))
             # [when measuring began (reset at MEASURING), when the point began (kept)]
             started = [time.time(), time.time()]
-            outcome = self._host.run_point(plan, self._relay(batch_size, started, plan),
-                                           self._cancel.is_set)
+            outcome = self._run_point_once_more_if_unproven(batch_size, plan, started)
+            if outcome is None:
+                return None, None  # cancelled while a fresh engine started
             point = self._point(batch_size, outcome)
             point.repeat = repeat
             point.start_temp_c = start_temp
@@ -621,6 +623,35 @@ class SweepRunner:
                 self._host.stop()
 
     # ---- figures ------------------------------------------------------------------------
+
+    def _run_point_once_more_if_unproven(self, batch_size: int, plan: PointPlan,
+                                          started: list[float]) -> Any:
+        """Run a point; where the engine died, hung or crashed without proof of running out of
+        memory (a kill by someone else, a driver hiccup), run it once more in a fresh engine
+        process before the search takes it as the boundary. None: cancelled meanwhile."""
+        from carbontop.engines.host import Cancelled
+
+        outcome = self._host.run_point(plan, self._relay(batch_size, started, plan),
+                                       self._cancel.is_set)
+        if not outcome.retry or self.cancelled:
+            return outcome
+        first = outcome.message
+        self._host.kill()
+        self._emit(events.PhaseChanged(Phase.RESTARTING, batch_size,
+                                       f"fresh engine process, to try batch {batch_size} once more"))
+        try:
+            self._start_engine()
+        except Cancelled:
+            return None
+        started[:] = [time.time(), time.time()]
+        again = self._host.run_point(plan, self._relay(batch_size, started, plan),
+                                     self._cancel.is_set)
+        if again.status is PointStatus.CANCELLED:
+            return again
+        note = (f"tried twice, in two engine processes; the first try: {first}" if again.retry
+                else f"measured on the second try, in a fresh engine process; the first: {first}")
+        message = f"{again.message}; {note}" if again.message else note
+        return dataclasses.replace(again, message=message)
 
     def _point(self, batch_size: int, outcome: Any) -> PointResult:
         run: EngineRun | None = outcome.run

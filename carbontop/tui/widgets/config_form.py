@@ -127,6 +127,7 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
 # Settings a sweep uses that the form does not show, and why.
 NOT_IN_FORM = {
     "emaps_token": "a secret: read from ELECTRICITYMAPS_TOKEN or the config file, never shown",
+    "stall_timeout_s": "the watchdog's safety net, rarely changed: --stall-timeout-s or the config file",
 }
 FIELDS: dict[str, FieldSpec] = {f.name: f for _, specs in SECTIONS for f in specs}
 

@@ -60,7 +60,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("intensity_gco2e_per_kwh", "grid\ngCO2e/kWh", lambda v: fmt.fixed(v, 0)),
     Column("duration_s", "time\ns", lambda v: fmt.sig(v, 3)),
 )
-STATUS_WORDS = {"ok": "ok", "kv_bound": "KV", "oom": "OOM", "crashed": "crash",
+STATUS_WORDS = {"ok": "ok", "kv_bound": "KV", "oom": "OOM", "crashed": "crash", "hung": "hung",
                 "cancelled": "cancel", "error": "error"}
 
 

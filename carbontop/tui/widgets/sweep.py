@@ -18,6 +18,7 @@ STATUS_MARKS: dict[str, tuple[str, str]] = {
     "kv_bound": ("KV", "$warning"),
     "oom": ("OOM", "$error"),
     "crashed": ("crash", "$error"),
+    "hung": ("hung", "$error"),
     "cancelled": ("cancelled", "$warning"),
     "error": ("error", "$error"),
     "skipped": ("skipped", "$text-muted"),
