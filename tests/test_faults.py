@@ -65,12 +65,19 @@ class Sweep:
         os.killpg(self.proc.pid, signum)
 
     def finish(self, timeout_s: float = 60) -> int:
+        # stdout only: stderr belongs to the reader thread (communicate() would race it for lines)
+        assert self.proc.stdout is not None
+        out: list[str] = []
+        drain = threading.Thread(target=lambda: out.append(self.proc.stdout.read()), daemon=True)
+        drain.start()
         try:
-            self.out, _ = self.proc.communicate(timeout=timeout_s)
+            self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
-        self._reader.join(5)
+        drain.join(10)
+        self._reader.join(10)
+        self.out = "".join(out)
         return self.proc.returncode
 
     def kill(self) -> None:
