@@ -167,7 +167,8 @@ def test_a_second_signal_quits_at_once_and_the_run_reads_interrupted(tmp_path) -
     sweep.signal_group(signal.SIGINT)
     sweep.signal_group(signal.SIGTERM)
     os.kill(sweep.proc.pid, signal.SIGCONT)
-    assert sweep.finish() == 143
+    # the exit code is the second signal's; the kernel may hand the two over in either order
+    assert sweep.finish() in (130, 143)
     run = load_run(run_dir)
     assert run.meta["status"]["state"] == "running"  # it had no time to record its end
     assert run.status == "interrupted" and "ended without recording" in run.status_note
