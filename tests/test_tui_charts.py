@@ -9,12 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_tui_helpers import screen_text, wait_until
+from test_tui_helpers import (
+    FixedSampler,
+    ScriptedRunner,
+    point,
+    screen_text,
+    wait_until,
+)
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, SelectionList
 
+from carbontop.config import RunConfig
 from carbontop.core.store import load_run
 from carbontop.figures.series import chart_run
+from carbontop.tui.app import CarbontopApp
 from carbontop.tui.compare_screen import CompareScreen
 from carbontop.tui.widgets.charts import ChartView, Log2BatchFormatter
 from carbontop.tui.widgets.telemetry import TelemetryPane
@@ -24,6 +32,8 @@ pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[1]
 H100 = ROOT / "sample_runs" / "llama2-7b-h100-sharegpt"
 TINY = ROOT / "tests" / "data" / "runs" / "tiny-cpu-synthetic"
+APP_CONFIG = RunConfig(model="tiny", device="cpu", dataset="synthetic", num_prompts=4,
+                       max_input_len=16, max_output_len=16, batch_sizes=[1, 2, 4])
 
 
 class ChartsHost(App[None]):
@@ -181,3 +191,76 @@ async def test_telemetry_shows_memory_of_the_total_temperature_utilisation_and_c
         assert f"{used:5.1f}/{total:.0f} GB {used / total * 100:3.0f}%" in text
         assert f"util {last['util_pct']:3.0f}%" in text
         assert f"{last['temp_c']:3.0f} °C" in text and f"SM {last['sm_clock_mhz']:4.0f} MHz" in text
+
+
+# ---- in the app ---------------------------------------------------------------------------
+
+
+class TracingRunner(ScriptedRunner):
+    """ScriptedRunner that also saves its sampler's readings to power.csv, as the real one does."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._writer.write_samples(self.sampler.samples())
+
+
+def charts_app(tmp_path: Path, **runner_kw) -> CarbontopApp:
+    def factory(cfg, on_event):
+        return TracingRunner(cfg, on_event, run_dir=tmp_path / "run",
+                             points=[point(1), point(2), point(4)], **runner_kw)
+
+    return CarbontopApp(APP_CONFIG, runner_factory=factory,
+                        idle_sampler_factory=lambda cfg: FixedSampler(),
+                        runs_dir=lambda: tmp_path / "runs", remember=False)
+
+
+async def test_app_charts_fill_live_and_keep_the_sweeps_trace(tmp_path: Path) -> None:
+    app = charts_app(tmp_path, pause_after=2, recommended=4)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.form.built and not app._idle_opening, what="startup")
+        assert not app.charts.display or app.charts.region.height == 0  # hidden until g
+        await pilot.press("s")
+        await wait_until(pilot, lambda: app.sweep.points.get(4) == "running", what="batch 4")
+        await pilot.press("g")
+        await pilot.pause()
+        assert app.charts.region.height > 20 and app.results.region.height == 0
+        assert [p.batch_size for p in app.charts.runs[0].points] == [1, 2]
+        assert "batch size (log2)" in screen_text(app)
+        ScriptedRunner.instances[-1].release()
+        await wait_until(pilot, lambda: not app.sweep_running, what="the sweep to end")
+        # the whole trace, read back from the run's power.csv: FixedSampler's 120 readings
+        await wait_until(pilot, lambda: len(app.charts.runs[0].samples) == 120, what="the trace")
+        assert app.charts.runs[0].recommended == 4
+        app.charts.show_chart("power")
+        await pilot.pause()
+        assert "time since the sweep started (s)" in screen_text(app)
+        await pilot.press("g")
+        await pilot.pause()
+        assert app.results.region.height > 0 and app.charts.region.height == 0
+
+
+async def test_app_charts_sit_under_the_results_at_200x50() -> None:
+    app = CarbontopApp(APP_CONFIG, open_run=H100, idle_sampler_factory=lambda c: FixedSampler(),
+                       remember=False)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await wait_until(pilot, lambda: app.showing_saved and app.charts.runs, what="the run")
+        await pilot.pause()
+        assert app.results.region.height > 5 and app.charts.region.height > 10
+        assert "J/token" in screen_text(app)
+
+
+async def test_app_compare_key_opens_the_compare_screen_with_the_shown_run() -> None:
+    app = CarbontopApp(APP_CONFIG, open_run=H100, idle_sampler_factory=lambda c: FixedSampler(),
+                       runs_dir=lambda: TINY.parent, remember=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.showing_saved, what="the run")
+        await pilot.press("v")
+        await pilot.pause()
+        assert isinstance(app.screen, CompareScreen)
+        assert app.screen.selected_paths() == [H100]
+        app.screen.query_one(SelectionList).select(str(TINY))
+        table = app.screen.query_one("#compare-table", DataTable)
+        await wait_until(pilot, lambda: len(table.columns) == 3, what="two runs compared")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, CompareScreen)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pathlib
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from textual.widgets import Footer
 from carbontop import config as cfgmod
 from carbontop.core.tomlcompat import tomllib
 from carbontop.errors import CarbontopError
+from carbontop.figures.series import ChartRun, chart_run
 from carbontop.tui.messages import SweepEnded, SweepEventMessage, SweepFailed, SweepPrepared
 from carbontop.tui.screens import (
     ConfirmScreen,
@@ -39,6 +41,7 @@ from carbontop.tui.screens import (
     recent_runs,
 )
 from carbontop.tui.themes import DEFAULT_THEME, load_themes, theme_dirs
+from carbontop.tui.widgets.chart_slot import ChartSlot
 from carbontop.tui.widgets.config_form import ConfigForm, settings_summary
 from carbontop.tui.widgets.header import (
     Setup,
@@ -62,6 +65,9 @@ NARROW_BELOW_COLUMNS = 120  # under this width the form and the panes take turns
 COMPACT_FOOTER_BELOW = 100  # columns: the footer's keys pack tighter, so q Quit still shows at 60
 SHORT_BELOW_LINES = 30  # under this height the panes drop their boxes for a title rule
 TINY_BELOW_LINES = 20  # and under this one the telemetry shows power alone
+# From this size the charts sit under the results; below it, g shows them in the results' place.
+ROOMY_COLUMNS, ROOMY_LINES = 160, 45
+CHART_TRACE_EVERY = 4  # telemetry polls between redraws of the live power chart (once a second)
 
 RunnerFactory = Callable[..., Any]  # (config, on_event, resume_from=saved run) -> a runner
 SamplerFactory = Callable[[cfgmod.RunConfig], Any]
@@ -218,6 +224,8 @@ class CarbontopApp(App[int]):
         Binding("s", "start", "Start"),
         Binding("c", "cancel", "Cancel"),
         Binding("o", "open", "Open"),
+        Binding("g", "toggle_charts", "Charts"),
+        Binding("v", "compare", "Compare"),
         Binding("u", "use_saved_settings", "Reuse"),
         Binding("e", "export", "Export"),
         Binding("r", "focus_results", "Table"),
@@ -269,6 +277,8 @@ class CarbontopApp(App[int]):
         self.host = socket.gethostname()  # for the header line
         self._live_devices: tuple[str, ...] = ()
         self._live_driver = ""
+        self._chart_run: ChartRun | None = None  # the sweep running (or last run) as charted
+        self._chart_ticks = 0
 
         themes = load_themes(theme_dirs(cfgmod.config_dir() / "themes"))
         for theme in themes.themes:
@@ -301,17 +311,20 @@ class CarbontopApp(App[int]):
         self.results = ResultsPane(id="results")
         self.setup_line = SetupLine(id="setup")
         yield self.setup_line
+        self.charts = ChartSlot(id="charts")
         with Horizontal(id="body"):
             yield self.form
             with Vertical(id="monitor"):
                 yield self.telemetry
                 yield self.sweep
                 yield self.results
+                yield self.charts
         self.footer = Footer(compact=self.size.width < COMPACT_FOOTER_BELOW)
         yield self.footer
 
     def on_mount(self) -> None:
         self._main = self.screen
+        self.charts.border_title = "Charts"
         for problem in self._theme_problems:
             self.notify(f"{problem} It was not loaded; the theme is {self.theme}.",
                         severity="warning", timeout=12)
@@ -333,6 +346,9 @@ class CarbontopApp(App[int]):
 
     def on_resize(self, event: events.Resize) -> None:
         self.footer.compact = event.size.width < COMPACT_FOOTER_BELOW
+        main = getattr(self, "_main", self.screen)
+        main.set_class(event.size.width >= ROOMY_COLUMNS and event.size.height >= ROOMY_LINES,
+                       "-roomy")
 
     def on_unmount(self) -> None:
         self.cleanup()
@@ -382,6 +398,75 @@ class CarbontopApp(App[int]):
             self.telemetry.show_live(sampler)
         except Exception as exc:  # noqa: BLE001 - a sampler hiccup must not end the app
             self.telemetry.note(f"Telemetry unavailable: {type(exc).__name__}: {exc}")
+        if self.sweep_running and self._chart_run is not None and self.charts_shown():
+            self._chart_ticks += 1
+            if self._chart_ticks % CHART_TRACE_EVERY == 0:
+                self._chart_live_trace(sampler)
+
+    # ---- charts -------------------------------------------------------------------------
+
+    def charts_shown(self) -> bool:
+        main = getattr(self, "_main", self.screen)
+        return main.has_class("-charts") or main.has_class("-roomy")
+
+    def _chart_live_trace(self, sampler: Any) -> None:
+        """The sweep's power so far, from the sampler's history (its last 15 minutes); the
+        whole trace is read from power.csv when the sweep ends."""
+        run = self._chart_run
+        try:
+            samples = sampler.samples(t0=run.t0_s) if run is not None else []
+        except Exception:  # noqa: BLE001 - the chart waits for the next tick
+            return
+        self.charts.update_samples(samples)
+
+    def _sampler_now(self) -> float:
+        """The sweep's sampler's latest reading time: the live power chart's clock starts there
+        (the sampler's clock, not this process's, so that its history lines up)."""
+        try:
+            latest = self._live_sampler().latest() or {}
+            return max(float(s.t_s) for s in latest.values())
+        except Exception:  # noqa: BLE001 - no reading yet: now will do
+            return time.time()
+
+    def _chart_update(self, **changes: Any) -> None:
+        import dataclasses
+
+        if self._chart_run is None:
+            return
+        self._chart_run = dataclasses.replace(self._chart_run, **changes)
+        self.charts.show_runs([self._chart_run])
+
+    @work(thread=True, group="chart-trace", exit_on_error=False)
+    def _load_sweep_trace(self, run_dir: pathlib.Path) -> None:
+        # A finished sweep's trace stays on screen: the whole of it, from its run directory.
+        try:
+            saved = self._load_run(run_dir)
+        except Exception:  # noqa: BLE001 - the live trace already shown stays instead
+            return
+        self.call_from_thread(self._sweep_trace_loaded, saved)
+
+    def _sweep_trace_loaded(self, saved: Any) -> None:
+        if self.sweep_running or self.showing_saved or self._chart_run is None or not saved.power:
+            return  # a new sweep or a saved run took the charts meanwhile, or nothing was saved
+        self._chart_update(samples=saved.power, t0_s=None)  # its clock: the first sample
+
+    def action_toggle_charts(self) -> None:
+        main = getattr(self, "_main", self.screen)
+        show = not main.has_class("-charts")
+        main.set_class(show, "-charts")
+        if show:
+            self.charts.focus_tabs()
+            sampler = self._live_sampler()
+            if self.sweep_running and sampler is not None:
+                self._chart_live_trace(sampler)
+        else:
+            self.results.table.focus()
+
+    def action_compare(self) -> None:
+        from carbontop.tui.compare_screen import CompareScreen  # brings the charts (and numpy)
+
+        preselect = [self.run_dir] if self.run_dir is not None and not self.sweep_running else []
+        self.push_screen(CompareScreen(self._load_run, recent_runs(self._runs_dir()), preselect))
 
     @staticmethod
     def _sampler_key(config: cfgmod.RunConfig) -> tuple[Any, ...]:
@@ -512,6 +597,8 @@ class CarbontopApp(App[int]):
         self._resumable = None
         self.run_dir = None
         self.results.clear()
+        self._chart_run = None
+        self.charts.show_runs([])
         self.sweep.reset("Preparing: the model, the workload and the power source…")
         self._cancel_requested = False
         try:
@@ -630,6 +717,8 @@ class CarbontopApp(App[int]):
         indices = list(env.get("gpu_indices") or [])
         names = dict(zip(indices, devices, strict=False)) if indices else ({-1: devices[0]} if devices else {})
         self.telemetry.show_trace(saved.power, names, estimated=bool(env.get("energy_estimated")))
+        self._chart_run = None
+        self.charts.show_runs([chart_run(saved)])
         # The form keeps the next sweep's settings: opening a run only offers its own (u).
         self._offer_resume(saved)
         self.refresh_bindings()
@@ -677,6 +766,7 @@ class CarbontopApp(App[int]):
     def action_focus_results(self) -> None:
         if self.narrow and self.config_visible():
             self._show_config(False)
+        getattr(self, "_main", self.screen).remove_class("-charts")  # the table in the charts' place
         self.results.table.focus()
 
     def action_toggle_config(self) -> None:
@@ -760,6 +850,11 @@ class CarbontopApp(App[int]):
 
         if isinstance(event, ev.SweepStarted):
             self.run_dir = pathlib.Path(event.run_dir)
+            config = getattr(self.runner, "config", None) or self.form.peek()
+            self._chart_run = ChartRun(label=self.run_dir.name, t0_s=self._sampler_now(),
+                                       slo_s_per_token=getattr(config, "slo_s_per_token", None))
+            self._chart_ticks = 0
+            self.charts.show_runs([self._chart_run])
             self.sweep.started(tuple(event.planned), event.auto)
             self.show_setup()
         elif isinstance(event, ev.PhaseChanged):
@@ -771,6 +866,8 @@ class CarbontopApp(App[int]):
                                 event.window_s, event.window_target_s)
         elif isinstance(event, ev.PointFinished):
             self.results.add_point(event.point)
+            if self._chart_run is not None:
+                self._chart_update(points=(*self._chart_run.points, event.point))
             self.sweep.point_finished(event.point.batch_size, event.point.status)
         elif isinstance(event, ev.BoundaryChanged):
             self.sweep.boundary(event.largest_ok, event.smallest_failed, event.next_batch)
@@ -779,6 +876,9 @@ class CarbontopApp(App[int]):
             self.sweep.finished(event.status, "" if event.status == "error" else event.message,
                                 event.recommended_batch)
             self.results.set_recommended(event.recommended_batch)
+            if self._chart_run is not None and self.run_dir is not None:
+                self._chart_update(recommended=event.recommended_batch)
+                self._load_sweep_trace(self.run_dir)
             if event.status == "done":
                 self.notify(f"Results in {short_path(self.run_dir, 56)}" if self.run_dir else "",
                             title="Sweep finished")

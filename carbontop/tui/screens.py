@@ -27,6 +27,8 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("u", "Use the saved run's settings in the form, to run it again (in a new folder)"),
     ("r", "The results table (from anywhere, the form included)"),
     ("R", "Resume the saved run shown, if it stopped before its end: finished points are kept"),
+    ("g", "Charts: J/token and gCO2e/token by batch, latency × carbon, power (← → in their tabs)"),
+    ("v", "Compare saved runs side by side: a table with ratios, their charts overlaid"),
     ("f", "Show or hide the run configuration"),
     ("t", "Next colour theme"),
     ("?", "This help"),
