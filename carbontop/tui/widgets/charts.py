@@ -259,8 +259,8 @@ class TradeoffPlot(ChartPlot):
                       hires_mode=HiResMode.BRAILLE, label=f"target {t:g} {_unit(self.latency)}")
         for t in (t for t in targets if t not in near):
             # far above the data: drawing it would squash every point into the bottom rows
-            self.plot([], [], line_style=self.colour("error", "red"),
-                      label=f"target {t:g} {_unit(self.latency)}: far above")
+            self.plot([], [], line_style=self.colour("error", "red"), hires_mode=HiResMode.BRAILLE,
+                      label=f"target {t:g} {_unit(self.latency)} (above the chart)")
         in_legend: set[fs.MarkKind] = set()  # a mark's symbol and colour mean the same in every run
         for colour, (run, chart) in zip(_cycle(self.palette()), charts, strict=False):
             s = chart.series
@@ -379,8 +379,12 @@ class ChartView(Vertical):
         self._fit()
 
     def _fit(self) -> None:
-        self.set_class(self.size.width >= GRID_MIN_WIDTH and self.size.height >= GRID_MIN_HEIGHT,
-                       "-grid")
+        grid = self.size.width >= GRID_MIN_WIDTH and self.size.height >= GRID_MIN_HEIGHT
+        if grid != self.grid:
+            self.set_class(grid, "-grid")
+            for plot in self.plots.values():
+                if plot.is_mounted:
+                    self.call_after_refresh(plot.redraw)
 
     @property
     def grid(self) -> bool:
@@ -396,6 +400,10 @@ class ChartView(Vertical):
         for name, plot in self.plots.items():
             plot.set_class(name == key, "-current")
         self._note()
+        # a plot redrawn while hidden drew on a canvas of no size: draw it again once laid out
+        plot = self.plots.get(key)
+        if plot is not None and plot.is_mounted:
+            self.call_after_refresh(plot.redraw)
 
     def show_chart(self, key: str) -> None:
         """Bring one chart to the front (a no-op in the grid, where all four show)."""
