@@ -67,20 +67,26 @@ def test_lowest_carbon_ignores_failed_points_and_breaks_ties_to_the_larger_batch
     assert fs.lowest_carbon_batch([point(8, status=PointStatus.OOM)]) is None
 
 
-@dataclasses.dataclass
-class PointWithInterval(PointResult):
-    j_per_token_ci_low: float | None = None
-    j_per_token_ci_high: float | None = None
-
-
 def test_error_bars_come_from_the_points_confidence_interval() -> None:
-    points = [PointWithInterval(1, PointStatus.OK, j_per_token=2.0, j_per_token_ci_low=1.8,
-                                j_per_token_ci_high=2.3),
-              PointWithInterval(2, PointStatus.OK, j_per_token=1.0)]
+    points = [point(1, j_per_token=2.0, j_per_token_ci95=0.25), point(2, j_per_token=1.0)]
     s = fs.batch_series(points, fs.Metric.J_PER_TOKEN)
-    assert s.has_intervals
+    assert s.has_intervals and s.y_interval == ((1.75, 2.25), None)
     below, above = s.y_errors()
-    assert below == pytest.approx((0.2, 0.0)) and above == pytest.approx((0.3, 0.0))
+    assert below == pytest.approx((0.25, 0.0)) and above == pytest.approx((0.25, 0.0))
+    # total gCO2e/token has no interval of its own: no bar rather than the operational one's
+    carbon = [point(1, gco2e_per_token=1e-4, gco2e_per_token_ci95=1e-5, total_gco2e_per_token=1.1e-4)]
+    assert not fs.batch_series(carbon, fs.Metric.TOTAL_GCO2E_PER_TOKEN).has_intervals
+    assert fs.batch_series(carbon, fs.Metric.OPERATIONAL_GCO2E_PER_TOKEN).has_intervals
+
+
+def test_repeated_batch_sizes_are_drawn_once_as_their_combination() -> None:
+    # batch 2 measured by the search (repeat 0) and twice again: the re-measures' mean counts,
+    # (1.0 + 1.2) / 2 = 1.1, with their interval; the search's 3.0 (a cold GPU) is left out
+    points = [point(1, j_per_token=2.0), point(2, j_per_token=3.0),
+              point(2, j_per_token=1.0, repeat=1), point(2, j_per_token=1.2, repeat=2)]
+    s = fs.batch_series(points, fs.Metric.J_PER_TOKEN)
+    assert s.batch_sizes == (1, 2) and s.y == pytest.approx((2.0, 1.1))
+    assert s.y_interval[1] is not None and s.y_interval[0] is None
 
 
 def test_tradeoff_marks_the_recommended_and_lowest_carbon_points() -> None:

@@ -264,3 +264,32 @@ async def test_app_compare_key_opens_the_compare_screen_with_the_shown_run() -> 
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, CompareScreen)
+
+
+class PointsHost(App[None]):
+    def __init__(self, run) -> None:
+        super().__init__()
+        self.run = run
+
+    def compose(self) -> ComposeResult:
+        yield ChartView()
+
+    def on_mount(self) -> None:
+        self.query_one(ChartView).show_runs([self.run])
+
+
+async def test_error_bars_show_where_points_carry_an_interval() -> None:
+    from carbontop.figures.series import ChartRun
+
+    def run(ci: float | None) -> ChartRun:
+        return ChartRun("ci", tuple(point(b, j_per_token=2.0 / b, j_per_token_ci95=ci)
+                                    for b in (1, 2, 4, 8)))
+
+    texts = []
+    for ci in (0.5, None):
+        app = PointsHost(run(ci))
+        async with app.run_test(size=(80, 30)) as pilot:
+            await pilot.pause()
+            texts.append(screen_text(app))
+    # a bar of ±0.5 J/token spans several rows of a 2 J/token axis; without intervals, none
+    assert texts[0].count("│") >= 4 and texts[1].count("│") == 0

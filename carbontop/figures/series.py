@@ -23,6 +23,7 @@ from typing import Any
 
 from carbontop.core.carbon import lowest_carbon_batch
 from carbontop.core.records import PointResult, PointStatus, Sample
+from carbontop.core.repeats import combine
 
 
 class Metric(Enum):
@@ -152,12 +153,10 @@ def _value(point: PointResult, column: str) -> float | None:
 
 
 def measured(points: Iterable[PointResult]) -> list[PointResult]:
-    """Points that ran to the end at their batch size, one per batch size, smallest first."""
-    by_batch: dict[int, PointResult] = {}
-    for p in points:
-        if p.status == PointStatus.OK:
-            by_batch[int(p.batch_size)] = p  # a re-run of a batch size: the later one counts
-    return [by_batch[b] for b in sorted(by_batch)]
+    """Points that ran to the end at their batch size, one per batch size, smallest first; a
+    batch size measured again (repeats) is their combination, as the table shows it."""
+    ok = [p for p in combine(list(points)) if p.status == PointStatus.OK]
+    return sorted(ok, key=lambda p: int(p.batch_size))
 
 
 def carbon_metric(points: Sequence[PointResult]) -> Metric:
@@ -171,13 +170,13 @@ def carbon_metric(points: Sequence[PointResult]) -> Metric:
 
 
 def _interval(point: PointResult, column: str) -> tuple[float, float] | None:
-    """The confidence interval of `column` where the point carries one (`<column>_ci_low` and
-    `<column>_ci_high`); None for runs recorded before points carried intervals."""
-    low = _value(point, f"{column}_ci_low")
-    high = _value(point, f"{column}_ci_high")
-    if low is None or high is None:
+    """The 95% confidence interval of `column` where the point carries one (`<column>_ci95`, a
+    half-width: J/token, tokens/s and operational gCO2e/token have them); None for the others
+    (total gCO2e/token has none of its own) and for runs recorded before points carried them."""
+    value, half = _value(point, column), _value(point, f"{column}_ci95")
+    if value is None or half is None:
         return None
-    return (min(low, high), max(low, high))
+    return (value - abs(half), value + abs(half))
 
 
 def batch_series(points: Sequence[PointResult], metric: Metric, label: str = "") -> Series:
