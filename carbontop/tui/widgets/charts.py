@@ -428,6 +428,7 @@ class ChartView(Vertical):
             plot._runs = self._runs
             if key == "power" and plot.is_mounted:
                 plot.redraw()
+        self._note()
 
     @property
     def runs(self) -> tuple[ChartRun, ...]:
@@ -436,7 +437,8 @@ class ChartView(Vertical):
     def _note(self) -> None:
         if not self.is_mounted:
             return
-        reasons = {plot.empty_reason for plot in self.plots.values() if plot.empty_reason}
+        shown = self.plots.values() if self.grid else [self.plots[self.current]]
+        reasons = {plot.empty_reason for plot in shown if plot.empty_reason}
         note = self.query_one("#chart-note", Static)
         if not self._runs:
             note.update("Charts fill in as sweep points finish; o opens a saved run.")
