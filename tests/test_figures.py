@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,14 @@ def test_svg_labels_are_where_matplotlib_puts_them(tmp_path: Path) -> None:
     text = dest.read_text()
     assert re.search(r"<!-- b8 -->", text)  # the window of batch 8 is labelled
     assert "<!-- CPU -->" not in text  # one device: no legend
+
+
+def test_plot_without_matplotlib_is_one_sentence(saved_runs: Path, tmp_path: Path, capsys,
+                                                 monkeypatch) -> None:
+    # as where the plot extra is not installed: importing matplotlib fails
+    for name in ("matplotlib", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["plot", "tiny", "-o", str(tmp_path / "f.svg")]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'carbontop[plot]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "f.svg").exists()
