@@ -412,12 +412,14 @@ def _runs() -> int:
         print(f"No runs yet under {base}.")
         return EXIT_OK
     # the name is what show, open, compare and plot take; the folder is said once, below
-    table = Table(box=None, header_style="bold", pad_edge=False, caption=f"in {base}",
-                  caption_justify="left")
-    table.add_column("run", overflow="fold", ratio=3)
+    table = Table(box=None, header_style="bold", pad_edge=False, collapse_padding=True,
+                  caption=f"in {base}", caption_justify="left")
+    # the name is typed back (show, compare...): it folds rather than loses letters; model and
+    # device give way first
+    table.add_column("run", overflow="fold", min_width=min(RUN_NAME_MIN_WIDTH, max(len(p.name) for p in runs)))
     table.add_column("date", no_wrap=True)
-    table.add_column("model", overflow="ellipsis", ratio=1)
-    table.add_column("device", overflow="ellipsis", ratio=2)
+    table.add_column("model", overflow="ellipsis", no_wrap=True, max_width=12)
+    table.add_column("device", overflow="ellipsis", no_wrap=True, max_width=16)
     table.add_column("state", no_wrap=True)
     table.add_column("pts", justify="right", no_wrap=True)
     for path in runs:
@@ -433,6 +435,9 @@ def _runs() -> int:
                       run.status, str(len(run.points)))
     Console().print(table)
     return EXIT_OK
+
+
+RUN_NAME_MIN_WIDTH = 24  # a run's date stamp and the start of its label, at 80 columns
 
 
 def _short_device(name: str) -> str:

@@ -261,6 +261,9 @@ async def test_app_compare_key_opens_the_compare_screen_with_the_shown_run() -> 
         app.screen.query_one(SelectionList).select(str(TINY))
         table = app.screen.query_one("#compare-table", DataTable)
         await wait_until(pilot, lambda: len(table.columns) == 3, what="two runs compared")
+        await pilot.press("s")  # the main screen's start key does nothing from here
+        await pilot.pause()
+        assert not app.sweep_running and isinstance(app.screen, CompareScreen)
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, CompareScreen)

@@ -14,7 +14,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
+from textual.screen import ModalScreen
 from textual.widgets import (
     DataTable,
     Footer,
@@ -34,16 +34,19 @@ from carbontop.tui.widgets.charts import ChartView
 NARROW_BELOW_COLUMNS = 110  # under this the run list sits above the results, not beside them
 
 
-class CompareScreen(Screen[None]):
-    """Saved runs side by side: a table of figures (ratios to the first run) and the charts."""
+class CompareScreen(ModalScreen[None]):
+    """Saved runs side by side: a table of figures (ratios to the first run) and the charts.
+
+    Modal, so that the main screen's keys (s starts a sweep) do not act from here."""
 
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
+        Binding("q", "app.pop_screen", "Back", show=False),
         Binding("a", "focus_path", "Add a run by path"),
         Binding("g", "toggle_charts", "Table/charts"),
     ]
     DEFAULT_CSS = """
-    CompareScreen { layout: vertical; }
+    CompareScreen { layout: vertical; background: $background; }
     CompareScreen #compare-body { height: 1fr; }
     CompareScreen #compare-runs { width: 34; height: 1fr; border: round $primary 40%;
         border-title-color: $primary; border-title-style: bold; }
