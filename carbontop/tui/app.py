@@ -224,8 +224,6 @@ class CarbontopApp(App[int]):
         Binding("s", "start", "Start"),
         Binding("c", "cancel", "Cancel"),
         Binding("o", "open", "Open"),
-        Binding("g", "toggle_charts", "Charts"),
-        Binding("v", "compare", "Compare"),
         Binding("u", "use_saved_settings", "Reuse"),
         Binding("e", "export", "Export"),
         Binding("r", "focus_results", "Table"),
@@ -234,6 +232,9 @@ class CarbontopApp(App[int]):
         Binding("t", "cycle_theme", "Theme", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
+        # after q Quit, so that q still shows at 60 columns; from 80 these show too
+        Binding("g", "toggle_charts", "Charts"),
+        Binding("v", "compare", "Compare"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
