@@ -7,8 +7,10 @@ arguments, `SamplingParams` (a keyword-only dataclass), `llmapi.KvCacheConfig`,
 `generate_async(inputs, sampling_params=..., streaming=...)` returning a result one awaits with
 `aresult()` or iterates when streaming, `outputs[0].token_ids` and
 `outputs[0].request_perf_metrics` (`first_iter`, `last_iter`, `timing_metrics` with timedeltas).
-Its executor is a small in-flight batching scheduler: each iteration admits waiting requests up
-to min(max_batch_size, the sequences its KV cache holds) and gives every running request a token.
+Its executor is a small in-flight batching scheduler running in real time on the caller's event
+loop: every DT_S it admits waiting requests up to min(max_batch_size, the sequences its KV cache
+holds) and gives every running request a token; a streaming result yields once per token, and
+`abort()` (absent where World.has_abort is False, as in builds without it) frees the slot.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import types
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from carbontop.core.records import Prompt
+from carbontop.core.records import Batching, EngineRun, PointPlan, Prompt
+from carbontop.core.window import steady_window, tokens_between
 from carbontop.engines.base import EngineFailure, EngineKVBound, EngineNote, EngineOOM, EngineSpec
 from carbontop.engines.trtllm import (
     INSTALL_SENTENCE,
@@ -35,7 +39,7 @@ from carbontop.engines.trtllm import (
 )
 from carbontop.errors import CarbontopError, EngineUnavailable
 
-DT_S = 0.01  # one scheduler iteration of the fake executor
+DT_S = 0.002  # one scheduler iteration of the fake executor, in real time
 CLOCK_BASE_S = 1000.0  # the executor's steady clock does not start at the Unix epoch
 
 
@@ -50,8 +54,11 @@ class World:
     oom_at_batch: int | None = None  # executor creation fails from this max_batch_size up
     request_error: BaseException | None = None  # raised by every request after the first (warm-up)
     perf_metrics: bool = True
+    has_abort: bool = True
     created: list[Any] = field(default_factory=list)
     submitted: list[tuple[Any, Any, bool]] = field(default_factory=list)
+    aborted: list[int] = field(default_factory=list)  # submission indices
+    max_running: int = 0
 
 
 class SamplingParams:
@@ -95,43 +102,72 @@ def _td(iterations: float) -> timedelta:
 
 
 class FakeResult:
+    """A request in the fake executor: awaited with aresult(), or iterated when streaming (one
+    partial output per iteration that gave it a token), aborted with abort()."""
+
     def __init__(self, llm: FakeLLM, prompt_ids: list[int], params: SamplingParams, streaming: bool, index: int):
         self._llm, self.prompt_token_ids, self.params = llm, prompt_ids, params
         self.streaming, self.index = streaming, index
         self.outputs = [types.SimpleNamespace(token_ids=[], request_perf_metrics=None)]
         self.finished = False
-        self.final_ids: list[int] = []
-        self.metrics: Any = None
+        self.error: BaseException | None = None
+        self.n_target = params.max_tokens if params.ignore_eos else max(1, params.max_tokens // 2)
+        self.arrival = llm.iteration
+        self.first_iter: int | None = None
+        self._changed = asyncio.Event()
+        self._yielded = 0
+        if llm.world.has_abort:
+            self.abort = self._abort
 
-    def _finish(self) -> None:
-        self._llm.simulate()
+    def step(self, k: int) -> None:
+        """Iteration k gave this request a token (the first one comes with its prefill)."""
+        if self.first_iter is None:
+            self.first_iter = k
         world = self._llm.world
         if world.request_error is not None and self.index > 0:
-            raise world.request_error
-        self.outputs[0].token_ids = list(self.final_ids)
-        self.outputs[0].request_perf_metrics = self.metrics
+            self.error, self.finished = world.request_error, True
+        else:
+            self.outputs[0].token_ids = self.outputs[0].token_ids + [7]
+            if len(self.outputs[0].token_ids) >= self.n_target:
+                self.finished = True
+                if world.perf_metrics:
+                    self.outputs[0].request_perf_metrics = types.SimpleNamespace(
+                        first_iter=self.first_iter, last_iter=k, iter=k,
+                        timing_metrics=types.SimpleNamespace(
+                            arrival_time=_td(self.arrival), first_scheduled_time=_td(self.first_iter),
+                            first_token_time=_td(self.first_iter + 1), last_token_time=_td(k + 1),
+                        ),
+                    )
+        self._changed.set()
+
+    def _abort(self) -> None:
+        self._llm.world.aborted.append(self.index)
+        self._llm.drop(self)
         self.finished = True
+        self._changed.set()
 
     async def aresult(self) -> FakeResult:
-        await asyncio.sleep(0)
-        self._finish()
+        while not self.finished:
+            self._changed.clear()
+            await self._changed.wait()
+        if self.error is not None:
+            raise self.error
         return self
 
     def __aiter__(self) -> FakeResult:
-        self._step = 0
         return self
 
     async def __anext__(self) -> FakeResult:
-        if self.finished:
-            raise StopAsyncIteration
-        await asyncio.sleep(0.001)
-        self._llm.simulate()
-        self._step += 1
-        if self._step >= len(self.final_ids):
-            self._finish()
-        else:
-            self.outputs[0].token_ids = self.final_ids[: self._step]
-        return self
+        while True:
+            if self.error is not None:
+                raise self.error
+            if len(self.outputs[0].token_ids) > self._yielded:
+                self._yielded = len(self.outputs[0].token_ids)
+                return self
+            if self.finished:
+                raise StopAsyncIteration
+            self._changed.clear()
+            await self._changed.wait()
 
 
 class FakeLLM:
@@ -154,7 +190,9 @@ class FakeLLM:
             self.config = json.loads((Path(model) / "config.json").read_text())
         self.closed = False
         self.iteration = 0
-        self.pending: list[FakeResult] = []
+        self.waiting: list[FakeResult] = []
+        self.running: list[FakeResult] = []
+        self._task: asyncio.Task[None] | None = None
         self.world.created.append(self)
 
     def generate_async(self, inputs: Any, sampling_params: SamplingParams | None = None,
@@ -170,37 +208,31 @@ class FakeLLM:
             raise ValueError("tokenizer is required to reset end_id if it is None")
         self.world.submitted.append((inputs, sampling_params, streaming))
         result = FakeResult(self, prompt_ids, sampling_params, streaming, len(self.world.submitted) - 1)
-        self.pending.append(result)
+        self.waiting.append(result)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._executor())
         return result
 
-    def simulate(self) -> None:
-        """In-flight batching over everything submitted so far, from the current iteration on."""
-        if not self.pending:
-            return
+    def drop(self, result: FakeResult) -> None:
+        for queue in (self.waiting, self.running):
+            if result in queue:
+                queue.remove(result)
+
+    async def _executor(self) -> None:
+        """In-flight batching in real time: every DT_S, admit waiting requests up to
+        min(max_batch_size, the sequences the KV cache holds), and give each running one a token."""
         capacity = min(self.max_batch_size, self.world.kv_sequences or 10**9)
-        waiting, running, arrival = list(self.pending), [], self.iteration
-        self.pending = []
-        k = self.iteration
-        while waiting or running:
-            running = [(r, first, last) for r, first, last in running if last >= k]
-            while waiting and len(running) < capacity:
-                r = waiting.pop(0)
-                n = r.params.max_tokens if r.params.ignore_eos else max(1, r.params.max_tokens // 2)
-                running.append((r, k, k + n - 1))
-                r.final_ids = [7] * n
-                r.metrics = (
-                    types.SimpleNamespace(
-                        first_iter=k, last_iter=k + n - 1, iter=k + n - 1,
-                        timing_metrics=types.SimpleNamespace(
-                            arrival_time=_td(arrival), first_scheduled_time=_td(k),
-                            first_token_time=_td(k + 1), last_token_time=_td(k + n),
-                        ),
-                    )
-                    if self.world.perf_metrics
-                    else None
-                )
-            k += 1
-        self.iteration = k - 1
+        while self.waiting or self.running:
+            await asyncio.sleep(DT_S)
+            k = self.iteration
+            self.iteration += 1
+            while self.waiting and len(self.running) < capacity:
+                self.running.append(self.waiting.pop(0))
+            self.world.max_running = max(self.world.max_running, len(self.running))
+            for result in list(self.running):
+                result.step(k)
+                if result.finished:
+                    self.running.remove(result)
 
     def shutdown(self) -> None:
         self.closed = True
@@ -250,6 +282,24 @@ def prompts(outputs: list[int], first_input: int = 5) -> list[Prompt]:
     return [Prompt(f"p{i}", first_input + i, n) for i, n in enumerate(outputs)]
 
 
+def plan(batch_size: int, stream: list[Prompt], *, min_window_s: float = 0.05, max_point_s: float = 10.0,
+         batching: Batching = Batching.INFLIGHT) -> PointPlan:
+    return PointPlan(batch_size=batch_size, batching=batching, prompts=tuple(stream),
+                     min_window_s=min_window_s, max_point_s=max_point_s)
+
+
+def check_run(run: EngineRun) -> None:
+    """The window is the records' own and the timeline adds up to the records' tokens."""
+    window = steady_window(run.records, run.batch_size, run.batching)
+    assert window is not None
+    assert (run.window_start_s, run.window_end_s) == (window.start_s, window.end_s)
+    assert run.timeline is not None and run.timeline.slots == run.batch_size
+    assert sum(run.timeline.tokens) == sum(r.output_tokens for r in run.records)
+    assert all(1 <= live <= run.batch_size for live in run.timeline.live)
+    inside = tokens_between(window.start_s, window.end_s, run.timeline, run.records)
+    assert 0 < inside <= sum(run.timeline.tokens)
+
+
 def loaded(spec: EngineSpec | None = None) -> TRTLLMEngine:
     engine = TRTLLMEngine(spec or make_spec(), Events())
     engine.load()
@@ -279,10 +329,11 @@ def test_a_point_maps_onto_the_llm_api(world: World) -> None:
     assert facts["tensorrt_llm_version"] == "1.2.0" and facts["load_format"] == "dummy"
     assert facts["tokenizer"] is False and facts["kv_block_reuse"] is False
 
-    run = engine.run_point(2, prompts([3, 2, 4, 1]))
+    stream = prompts([3, 2, 4, 1])
+    run = engine.run_point(plan(2, stream, min_window_s=0.05))
 
     (llm,) = world.created
-    assert llm.kwargs["max_batch_size"] == 2
+    assert llm.kwargs["max_batch_size"] == 2  # the in-flight limit
     assert llm.kwargs["max_seq_len"] == 64 + 32
     assert llm.kwargs["load_format"] == "dummy"
     assert llm.kwargs["kv_cache_config"].free_gpu_memory_fraction == 0.5
@@ -293,29 +344,57 @@ def test_a_point_maps_onto_the_llm_api(world: World) -> None:
 
     warm, *measured = world.submitted
     assert warm[1].max_tokens == 4
-    assert [p.max_tokens for _, p, _ in measured] == [3, 2, 4, 1]
-    for inputs, params, streaming in measured:
+    for k, (inputs, params, streaming) in enumerate(measured):
+        assert params.max_tokens == stream[k % 4].output_tokens  # the stream, wrapped around
         assert params.ignore_eos is True and params.end_id == -1 and params.return_perf_metrics is True
-        assert params.detokenize is False and streaming is False
+        assert params.detokenize is False and streaming is True
         assert all(isinstance(t, int) and 0 <= t < 1000 for t in inputs)
-    assert [len(inputs) for inputs, _, _ in measured] == [5, 6, 7, 8]
+        assert len(inputs) == 5 + k % 4
+    assert len(measured) > 4
 
-    # By hand: the warm-up takes iterations 0-3; the four requests arrive at iteration 4 and two
-    # run at once: p0 in 4-6, p1 in 4-5, p2 in 6-9 (after p1), p3 in 7-7 (after p0). A token comes
-    # out at the end of its iteration, so TTFT = first + 1 - 4 and end-to-end = last + 1 - 4
-    # iterations of 10 ms.
-    expected = [(1, 3), (1, 2), (3, 6), (4, 4)]
-    for rec, (ttft_it, e2e_it) in zip(run.records, expected, strict=True):
-        assert rec.ttft_s == pytest.approx(ttft_it * DT_S)
-        assert rec.e2e_s == pytest.approx(e2e_it * DT_S)
+    check_run(run)
+    assert run.batching is Batching.INFLIGHT
+    assert world.max_running == 2 and run.concurrency_reached == 2
+    for rec in run.records:
         assert rec.batch_index == -1 and rec.batch_size == 2
-    assert [r.output_tokens for r in run.records] == [3, 2, 4, 1]
-    assert [r.input_tokens for r in run.records] == [5, 6, 7, 8]
-    assert run.concurrency_reached == 2
-    assert run.window_start_s == run.records[0].start_s <= run.window_end_s
-    assert "TTFT and end-to-end times are TensorRT-LLM's per-request timing metrics" in run.notes
+        assert rec.input_tokens == 5 + rec.request_index % 4
+        expected = stream[rec.request_index % 4].output_tokens
+        assert rec.output_tokens == expected if rec.finished else 0 < rec.output_tokens < expected
+        assert 0 < rec.ttft_s <= rec.e2e_s
+    assert run.window_end_s - run.window_start_s >= 0.05
+    assert "TTFT and end-to-end times are streaming timestamps taken by carbontop" in run.notes
     assert any("first and last scheduler iteration" in n for n in run.notes)
     assert any("deterministic token ids of their exact input length" in n for n in run.notes)
+
+
+def test_the_window_close_aborts_what_still_runs(world: World) -> None:
+    # one long request (300 tokens, 0.6 s) beside short ones: the window closes at a short one's
+    # end once it has lasted 0.05 s, and the long one is aborted there
+    stream = [Prompt("long", 5, 300)] + prompts([3] * 20)
+    engine = loaded()
+    run = engine.run_point(plan(2, stream, min_window_s=0.05))
+    check_run(run)
+    long = next(r for r in run.records if r.request_index == 0)
+    assert not long.finished and 0 < long.output_tokens < 300
+    assert world.aborted == [1]  # the long request's submission (the warm-up was 0)
+    assert run.window_end_s == max(r.start_s + r.e2e_s for r in run.records if r.finished)
+    assert any("were cancelled" in n for n in run.notes)
+    assert not world.created[0].running and not world.created[0].waiting  # the slot was freed
+
+
+def test_static_batches_run_whole(world: World) -> None:
+    stream = prompts([6, 2, 4])
+    run = loaded().run_point(plan(2, stream, min_window_s=0.03, batching=Batching.STATIC))
+    check_run(run)
+    batches: dict[int, list] = {}
+    for rec in run.records:
+        batches.setdefault(rec.batch_index, []).append(rec)
+    assert len(batches) >= 2 and all(len(b) == 2 for b in batches.values())
+    assert all(r.finished for r in run.records) and not world.aborted
+    for k in range(1, len(batches)):  # the next batch only once the whole last one has ended
+        assert min(r.start_s for r in batches[k]) >= max(r.start_s + r.e2e_s for r in batches[k - 1])
+    assert run.window_start_s == min(r.start_s for r in run.records)
+    assert run.window_end_s == max(r.start_s + r.e2e_s for r in run.records)
 
 
 @pytest.mark.parametrize(("scheme", "algo"), [("int4-wo", "W4A16"), ("int8-wo", "W8A16")])
@@ -323,7 +402,7 @@ def test_quant_maps_onto_weight_only_algorithms(world: World, scheme: str, algo:
     engine = TRTLLMEngine(make_spec(quant=scheme), Events())
     facts = engine.load()
     assert facts["quant_algo"] == algo
-    engine.run_point(1, prompts([2]))
+    engine.run_point(plan(1, prompts([2])))
     (llm,) = world.created
     written = json.loads((Path(engine._model_source) / "hf_quant_config.json").read_text())
     assert written["quantization"]["quant_algo"] == algo
@@ -349,9 +428,9 @@ def test_quant_on_a_folder_without_a_quantised_checkpoint_is_refused(world: Worl
 
 def test_the_executor_is_rebuilt_only_when_the_batch_size_changes(world: World) -> None:
     engine = loaded()
-    engine.run_point(1, prompts([2, 2]))
-    engine.run_point(2, prompts([2, 2]))
-    run = engine.run_point(2, prompts([2, 2]))
+    engine.run_point(plan(1, prompts([2, 2])))
+    engine.run_point(plan(2, prompts([2, 2])))
+    run = engine.run_point(plan(2, prompts([2, 2])))
     assert [llm.kwargs["max_batch_size"] for llm in world.created] == [1, 2]
     assert world.created[0].closed and not world.created[1].closed
     assert not any("was created" in n for n in run.notes)
@@ -362,34 +441,40 @@ def test_the_executor_is_rebuilt_only_when_the_batch_size_changes(world: World) 
 def test_fewer_in_flight_than_asked_is_kv_bound(world: World) -> None:
     world.kv_sequences = 3
     engine = loaded()
+    started = time.monotonic()
     with pytest.raises(EngineKVBound) as err:
-        engine.run_point(4, prompts([4, 4, 4, 4, 4, 4]))
+        # 4 in flight never all run: the window never opens, and the cap stops admission
+        engine.run_point(plan(4, prompts([4, 4, 4, 4, 4, 4]), min_window_s=5.0, max_point_s=0.1))
+    assert time.monotonic() - started < 2.0
     assert err.value.concurrency_reached == 3
     assert str(err.value) == (
         "TensorRT-LLM kept at most 3 requests in flight of the 4 asked, because its KV cache "
         "(or token budget) could not hold more at once."
     )
-    assert len(err.value.run.records) == 6
-    # with as many prompts as the cache holds, the same engine is not bound
-    assert engine.run_point(3, prompts([4, 4, 4])).concurrency_reached == 3
-
-
-def test_more_batch_than_prompts_is_not_kv_bound(world: World) -> None:
-    run = loaded().run_point(8, prompts([2, 3, 2]))
+    assert any("no steady state" in n for n in err.value.run.notes)
+    # as many in flight as the cache holds: not bound
+    run = engine.run_point(plan(3, prompts([4, 4, 4])))
+    check_run(run)
     assert run.concurrency_reached == 3
+
+
+def test_more_batch_than_prompts_wraps_the_stream(world: World) -> None:
+    run = loaded().run_point(plan(8, prompts([2, 3, 2])))
+    check_run(run)
+    assert run.concurrency_reached == 8 and world.max_running == 8
 
 
 def test_executor_creation_out_of_memory_is_an_oom_and_the_next_point_runs(world: World) -> None:
     world.oom_at_batch = 8
     engine = loaded()
     with pytest.raises(EngineOOM) as err:
-        engine.run_point(8, prompts([2, 2]))
+        engine.run_point(plan(8, prompts([2, 2])))
     assert str(err.value) == (
         "TensorRT-LLM ran out of GPU memory at batch size 8 while creating its executor: Executor creation "
         "failed due to insufficient GPU memory (available: 2.1 GiB, required: 9.6 GiB)."
     )
     assert err.value.recovered is False  # the host replaces the process; this one can still go on
-    assert engine.run_point(4, prompts([2, 2])).concurrency_reached == 2
+    assert engine.run_point(plan(4, prompts([2, 2]))).concurrency_reached == 4
 
 
 def _wrapped_oom() -> BaseException:
@@ -416,7 +501,7 @@ def test_out_of_memory_during_generation_is_an_oom(world: World, error: BaseExce
     world.request_error = error
     engine = loaded()
     with pytest.raises(EngineOOM, match="ran out of GPU memory at batch size 2 while generating"):
-        engine.run_point(2, prompts([3, 3]))
+        engine.run_point(plan(2, prompts([3, 3])))
     assert world.created[-1].closed  # the broken executor was shut down; the next point builds anew
 
 
@@ -424,24 +509,30 @@ def test_other_errors_are_failures_and_the_next_point_rebuilds(world: World) -> 
     world.request_error = RuntimeError("Encountered an error in forward function: shape mismatch\n  at line 3")
     engine = loaded()
     with pytest.raises(EngineFailure) as err:
-        engine.run_point(2, prompts([3, 3]))
+        engine.run_point(plan(2, prompts([3, 3])))
     assert str(err.value) == (
         "TensorRT-LLM failed while generating: Encountered an error in forward function: shape mismatch."
     )
     world.request_error = None
-    engine.run_point(2, prompts([3, 3]))
+    engine.run_point(plan(2, prompts([3, 3])))
     assert len(world.created) == 2
 
 
-def test_without_perf_metrics_times_come_from_streaming(world: World) -> None:
+def test_without_perf_metrics_concurrency_comes_from_streaming(world: World) -> None:
     world.perf_metrics = False
-    run = loaded().run_point(2, prompts([3, 2, 4]))
-    assert all(streaming for _, _, streaming in world.submitted[1:])  # the warm-up found no metrics
-    assert all(0 < r.ttft_s <= r.e2e_s for r in run.records)
-    assert [r.output_tokens for r in run.records] == [3, 2, 4]
-    assert run.concurrency_reached is None
-    assert any("streaming timestamps" in n and "no per-request timing metrics" in n for n in run.notes)
-    assert any("concurrency reached is unknown" in n for n in run.notes)
+    run = loaded().run_point(plan(2, prompts([3, 2, 4])))
+    check_run(run)
+    assert run.concurrency_reached == 2
+    assert any("counted from the streaming timestamps" in n for n in run.notes)
+
+
+def test_without_abort_the_cut_requests_are_said_to_run_on(world: World) -> None:
+    world.has_abort = False
+    stream = [Prompt("long", 5, 200)] + prompts([3] * 20)
+    run = loaded().run_point(plan(2, stream, min_window_s=0.03))
+    check_run(run)
+    assert not world.aborted
+    assert any("has no RequestOutput.abort()" in n for n in run.notes)
 
 
 def test_a_model_folder_with_a_tokenizer_gets_text(world: World, tmp_path: Path) -> None:
@@ -449,7 +540,7 @@ def test_a_model_folder_with_a_tokenizer_gets_text(world: World, tmp_path: Path)
     (tmp_path / "tokenizer.json").write_text("{}")
     engine = loaded(make_spec(model=str(tmp_path), model_path=str(tmp_path), weights="auto", gpus=(0, 1)))
     texts = [Prompt("a", 3, 2, text="one two three"), Prompt("b", 2, 2, token_ids=(4000, 5))]
-    engine.run_point(2, texts)
+    engine.run_point(plan(2, texts))
     llm = world.created[0]
     assert llm.model == str(tmp_path) and llm.skip_tokenizer_init is False
     assert llm.kwargs["load_format"] == "auto" and llm.tensor_parallel_size == 2
@@ -495,10 +586,13 @@ def test_real_tensorrt_llm_runs_a_point() -> None:
     assert facts["tensorrt_llm_version"].startswith("1.")
     try:
         for batch_size in (1, 4):
-            run = engine.run_point(batch_size, prompts([8] * 8, first_input=16))
-            assert [r.output_tokens for r in run.records] == [8] * 8
-            assert [r.input_tokens for r in run.records] == list(range(16, 24))
-            assert all(0 < r.ttft_s < r.e2e_s for r in run.records)
-            assert run.concurrency_reached == batch_size
+            for batching in (Batching.INFLIGHT, Batching.STATIC):
+                run = engine.run_point(plan(batch_size, prompts([8] * 8, first_input=16),
+                                            min_window_s=0.5, batching=batching))
+                check_run(run)
+                assert all(r.output_tokens == 8 for r in run.records if r.finished)
+                assert all(r.input_tokens == 16 + r.request_index % 8 for r in run.records)
+                assert all(0 < r.ttft_s <= r.e2e_s for r in run.records)
+                assert run.concurrency_reached == batch_size
     finally:
         engine.close()

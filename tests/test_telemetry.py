@@ -805,6 +805,8 @@ def test_wait_for_a_reading_that_never_comes_returns_false():
         assert sampler.latest()[0].t_s >= t1  # power came past t1; the counter did not
     finally:
         sampler.stop()
+    # an idle measurement over a span whose closing reading never comes is no figure at all
+    assert sampler.measure_idle_power_w(0.05) is None
     # with the thread stopped nothing can come: False at once, not at the timeout
     start = time.monotonic()
     assert not sampler.wait_for(time.time(), timeout_s=5.0)

@@ -1,14 +1,29 @@
 """Drive an OpenAI-compatible server (vLLM, SGLang, trtllm-serve, transformers serve) over HTTP.
 
 The server is already running; carbontop only sends it requests and times the streamed answers.
-Batch size here is the number of requests kept in flight at once: a pool of `batch_size` workers
-pulls prompts from a shared list, each sending its next request as soon as its last one finished,
-which is how a server with continuous batching sees `batch_size` concurrent users.
+A point is a concurrency level b run against the request stream of its PointPlan:
 
-Timing: TTFT is the first stream chunk that carries text; end-to-end is the last such chunk; the
-point's window runs from the first request sent to the last stream closed. Output tokens come from
-the server's usage figures (`stream_options.include_usage`) where it sends them, else from a count
-of text-carrying chunks.
+- in flight (the default): b workers, each sending the stream's next prompt as soon as its last
+  request ended, which is how a server with continuous batching sees b concurrent users. The
+  steady-state window (core/window.py) opens once b requests are in flight and each has streamed
+  a token; the workers stop taking prompts when `keep_admitting` says so, and the point ends at
+  the window's close: requests still streaming then are cancelled (the connection closes, which
+  vLLM, SGLang and trtllm-serve take as an abort) and recorded with finished=False and the tokens
+  they streamed.
+- static (the paper's): batches of b sent together, the next batch only once every request of the
+  last one has ended, until the window (first batch start -> latest batch end) has lasted
+  min_window_s or the point's cap has passed; the last batch always runs to its end.
+
+Timing: TTFT is the first stream chunk that carries text; end-to-end is the last such chunk. Every
+text chunk is an entry of the point's StepTimeline (when its tokens arrived, how many, how many
+requests were in flight). A chunk's token count is the growth of the server's running usage
+figures where it sends them with every chunk (vLLM's `stream_options.continuous_usage_stats`),
+else 1; a finished request whose final usage figure differs from its chunk count has its count
+shared out over its chunks (a server that sends several tokens in one chunk). Output tokens are
+the server's usage figures where it sends them, else the count of text-carrying chunks.
+
+A server that accepts connections and never answers must not hold a sweep for the request
+timeout: the start-up checks have their own short limits (STARTUP_TIMEOUT_S, PROBE_TIMEOUT_S).
 
 httpx is imported inside the methods: this module is imported only in the engine's child process.
 """
@@ -20,21 +35,20 @@ import json
 import os
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from carbontop.core.records import EngineRun, Prompt, RequestRecord
+from carbontop.core.records import Batching, EngineRun, PointPlan, Prompt
 from carbontop.engines.base import (
     Emit,
     EngineFailure,
+    EngineKVBound,
     EngineOOM,
     EngineSpec,
     Phase,
     PhaseUpdate,
-    Progress,
     says_oom,
 )
+from carbontop.engines.stream_point import OnChunk, StreamedRequest, StreamPoint
 
 COMPLETIONS_PATH = "/v1/completions"
 CHAT_PATH = "/v1/chat/completions"
@@ -46,6 +60,9 @@ STARTUP_CHECK_TIMEOUT_S = 30.0
 # length, plus stream_options, which some older servers refuse. Each is dropped once if the server
 # rejects a request naming it, and the point's notes say so.
 DROPPABLE_FIELDS = ("ignore_eos", "min_tokens", "stream_options", "max_completion_tokens")
+# Inside stream_options: usage figures with every chunk (vLLM), so each chunk's token count is
+# known; dropped like the fields above where a server refuses it.
+CONTINUOUS_USAGE = "continuous_usage_stats"
 
 
 # Common English words that are a single token (with their leading space) in the GPT-2 and Llama
@@ -64,6 +81,11 @@ FILLER_WORDS = (
 
 WARMUP_OUTPUT_TOKENS = 4
 PROBE_OUTPUT_TOKENS = 2
+# Start-up limits, far below the request timeout: a server that accepts and never answers is
+# reported in seconds. GET /v1/models and /health answer at once on a live server; the probe is
+# the first generation, which some servers (transformers serve) answer only after loading the
+# model, so it gets longer.
+PROBE_TIMEOUT_S = 120.0
 _MESSAGE_MAX_CHARS = 300
 
 
@@ -129,20 +151,6 @@ def _chunk_text(chunk: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-@dataclass
-class _Reply:
-    """One streamed answer, timed with perf_counter."""
-
-    start_perf: float
-    first_text_perf: float | None
-    last_text_perf: float | None
-    end_perf: float
-    text_chunks: int
-    usage_prompt_tokens: int | None
-    usage_completion_tokens: int | None
-    streamed: bool = True
-
-
 class OpenAIEngine:
     """An engine that is a running OpenAI-compatible server, reached at `spec.url`."""
 
@@ -153,6 +161,8 @@ class OpenAIEngine:
         self._emit = emit
         self.url = base_url(spec.url)
         self.request_timeout_s = spec.request_timeout_s
+        self.startup_timeout_s = min(STARTUP_CHECK_TIMEOUT_S, self.request_timeout_s)
+        self.probe_timeout_s = min(PROBE_TIMEOUT_S, self.request_timeout_s)
         # Never read OPENAI_API_KEY: that would send a user's OpenAI key to whatever server is named.
         self._api_key: str | None = os.environ.get("CARBONTOP_API_KEY")
         self._path = COMPLETIONS_PATH
@@ -167,7 +177,7 @@ class OpenAIEngine:
         import httpx
 
         self._emit(PhaseUpdate(Phase.LOADING, f"checking the server at {self.url}"))
-        with httpx.Client(**self._client_kwargs(1)) as client:
+        with httpx.Client(**self._client_kwargs(1, self.startup_timeout_s)) as client:
             self._served_models = self._check_models(client)
             self._check_health(client)
         self._emit(PhaseUpdate(Phase.LOADING, "one short request to learn what the server accepts"))
@@ -179,30 +189,41 @@ class OpenAIEngine:
             "endpoint": self._path,
             "rejected_fields": sorted(self._dropped),
             "request_timeout_s": self.request_timeout_s,
+            "startup_timeout_s": self.startup_timeout_s,
         }
 
-    def run_point(self, batch_size: int, prompts: Sequence[Prompt]) -> EngineRun:
-        if batch_size < 1:
-            raise EngineFailure(f"The batch size must be at least 1, not {batch_size}.")
-        if not prompts:
+    def run_point(self, plan: PointPlan) -> EngineRun:
+        if plan.batch_size < 1:
+            raise EngineFailure(f"The batch size must be at least 1, not {plan.batch_size}.")
+        if not plan.prompts:
             raise EngineFailure("There are no prompts to send to the server.")
-        texts = [self._prompt_text(p) for p in prompts]
-        return asyncio.run(self._run_point(batch_size, list(prompts), texts))
+        run, steady = asyncio.run(self._run_point(plan))
+        reached = run.concurrency_reached
+        if plan.batching is Batching.INFLIGHT and not steady and reached is not None and reached < plan.batch_size:
+            bound = EngineKVBound(
+                f"The server kept at most {reached} of the {plan.batch_size} requests in flight generating "
+                "at once (the others waited in its queue), so the window of a full batch never opened.",
+                reached,
+            )
+            bound.run = run  # type: ignore[attr-defined]  # the measurements, for a host that wants them
+            raise bound
+        return run
 
     def close(self) -> None:
         """Nothing to release: every point opens and closes its own connections."""
 
     # ---- load-time checks ------------------------------------------------------------------
 
-    def _client_kwargs(self, concurrency: int) -> dict[str, Any]:
+    def _client_kwargs(self, concurrency: int, timeout_s: float | None = None) -> dict[str, Any]:
         import httpx
 
+        timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         return {
             "base_url": self.url,
             "headers": headers,
             # The per-request limit is enforced as a total in _timed(); this bounds each wait.
-            "timeout": httpx.Timeout(self.request_timeout_s, connect=min(10.0, self.request_timeout_s)),
+            "timeout": httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             "limits": httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2),
             # The server is on this node: a proxy from the environment would only add latency.
             "trust_env": False,
@@ -214,7 +235,7 @@ class OpenAIEngine:
         try:
             # the start-up checks have their own short limit: a server that accepts the connection
             # and never answers must not hold the sweep for a whole request timeout
-            return client.get(path, timeout=min(STARTUP_CHECK_TIMEOUT_S, self.request_timeout_s))
+            return client.get(path, timeout=self.startup_timeout_s)
         except httpx.ConnectError:
             raise EngineFailure(
                 f"Nothing answers at {self.url}: start the server first, or check --url."
@@ -222,7 +243,7 @@ class OpenAIEngine:
         except httpx.TimeoutException:
             raise EngineFailure(
                 f"The server at {self.url} did not answer GET {path} within "
-                f"{min(STARTUP_CHECK_TIMEOUT_S, self.request_timeout_s):g} s; is it still starting, or stuck?"
+                f"{self.startup_timeout_s:g} s; is it still starting, or stuck?"
             ) from None
         except httpx.HTTPError as exc:
             raise EngineFailure(f"The server at {self.url} cannot be reached: {_clean(exc)}.") from None
@@ -265,8 +286,9 @@ class OpenAIEngine:
     async def _probe(self) -> None:
         import httpx
 
-        async with httpx.AsyncClient(**self._client_kwargs(1)) as client:
-            await self._timed(client, filler_text(8, "probe"), PROBE_OUTPUT_TOKENS)
+        async with httpx.AsyncClient(**self._client_kwargs(1, self.probe_timeout_s)) as client:
+            await self._timed(client, filler_text(8, "probe"), PROBE_OUTPUT_TOKENS,
+                              timeout_s=self.probe_timeout_s, during="the first request (the probe)")
 
     # ---- one point -------------------------------------------------------------------------
 
@@ -275,81 +297,35 @@ class OpenAIEngine:
             return prompt.text
         return filler_text(prompt.input_tokens, f"{self.spec.seed}:{prompt.prompt_id}")
 
-    async def _run_point(self, batch_size: int, prompts: list[Prompt], texts: list[str]) -> EngineRun:
+    async def _run_point(self, plan: PointPlan) -> tuple[EngineRun, bool]:
+        """The point's EngineRun, and whether its steady-state window opened."""
         import httpx
 
-        n = len(prompts)
-        async with httpx.AsyncClient(**self._client_kwargs(batch_size)) as client:
+        texts: dict[str, str] = {}
+
+        def text_of(prompt: Prompt) -> str:
+            if prompt.prompt_id not in texts:
+                texts[prompt.prompt_id] = self._prompt_text(prompt)
+            return texts[prompt.prompt_id]
+
+        async with httpx.AsyncClient(**self._client_kwargs(plan.batch_size)) as client:
             self._emit(PhaseUpdate(Phase.WARMUP, "one short request before the window"))
             await self._timed(client, filler_text(16, f"{self.spec.seed}:warmup"), WARMUP_OUTPUT_TOKENS)
 
-            self._emit(PhaseUpdate(Phase.MEASURING, f"{n} requests, {batch_size} in flight"))
-            replies: list[_Reply | None] = [None] * n
-            order = iter(range(n))
-            in_flight = max_in_flight = done = 0
-            progress_step = max(1, n // 10)
-            # One clock pair so that request start times in Unix seconds share perf_counter's precision.
-            unix0, perf0 = time.time(), time.perf_counter()
+            async def send(request: StreamedRequest, on_chunk: OnChunk) -> None:
+                # cancelled at the window's close: leaving the stream closes the connection, which
+                # vLLM, SGLang and trtllm-serve take as an abort
+                assert request.prompt is not None
+                await self._timed(client, text_of(request.prompt), request.prompt.output_tokens,
+                                  request, on_chunk)
 
-            async def worker() -> None:
-                nonlocal in_flight, max_in_flight, done
-                for i in order:  # a shared iterator: each index goes to exactly one worker
-                    in_flight += 1
-                    max_in_flight = max(max_in_flight, in_flight)
-                    try:
-                        replies[i] = await self._timed(client, texts[i], prompts[i].output_tokens)
-                    finally:
-                        in_flight -= 1
-                    done += 1
-                    if done % progress_step == 0 or done == n:
-                        self._emit(Progress(done=done, total=n))
+            point = StreamPoint(plan, self._emit, send)
+            await point.run()
+        if not point.started:
+            raise EngineFailure(f"The server at {self.url} streamed no token during the point.")
+        return point.result(self._notes(point.started))
 
-            await _run_until_first_failure([worker() for _ in range(min(batch_size, n))])
-
-        finished = [r for r in replies if r is not None]
-        return self._engine_run(batch_size, prompts, finished, max_in_flight, unix0, perf0)
-
-    def _engine_run(
-        self,
-        batch_size: int,
-        prompts: list[Prompt],
-        replies: list[_Reply],
-        max_in_flight: int,
-        unix0: float,
-        perf0: float,
-    ) -> EngineRun:
-        def unix(perf: float) -> float:
-            return unix0 + (perf - perf0)
-
-        records = []
-        for i, (prompt, reply) in enumerate(zip(prompts, replies, strict=True)):
-            first = reply.first_text_perf if reply.first_text_perf is not None else reply.end_perf
-            last = reply.last_text_perf if reply.last_text_perf is not None else reply.end_perf
-            out_tokens = (
-                reply.usage_completion_tokens if reply.usage_completion_tokens is not None else reply.text_chunks
-            )
-            records.append(
-                RequestRecord(
-                    batch_size=batch_size,
-                    request_index=i,
-                    batch_index=-1,  # the server batches continuously
-                    input_tokens=reply.usage_prompt_tokens or prompt.input_tokens,
-                    output_tokens=out_tokens,
-                    start_s=unix(reply.start_perf),
-                    ttft_s=first - reply.start_perf,
-                    e2e_s=last - reply.start_perf,
-                )
-            )
-        return EngineRun(
-            batch_size=batch_size,
-            window_start_s=unix(min(r.start_perf for r in replies)),
-            window_end_s=unix(max(r.end_perf for r in replies)),
-            records=tuple(records),
-            concurrency_reached=max_in_flight,
-            notes=tuple(self._notes(prompts, replies, records)),
-        )
-
-    def _notes(self, prompts: list[Prompt], replies: list[_Reply], records: list[RequestRecord]) -> list[str]:
+    def _notes(self, replies: list[StreamedRequest]) -> list[str]:
         notes = list(self._load_notes)
         notes.append(f"requests streamed from {self.url}{self._path}")
         if self._path == CHAT_PATH:
@@ -363,21 +339,30 @@ class OpenAIEngine:
                 f"the server rejected {', '.join(sorted(forcing))}, so an answer may end early at "
                 "end-of-sequence instead of at its reference length"
             )
-        with_usage = sum(r.usage_completion_tokens is not None for r in replies)
-        if with_usage == len(replies):
+        finished = [r for r in replies if r.finished]
+        with_usage = sum(r.reported_output_tokens is not None for r in finished)
+        if finished and with_usage == len(finished):
             notes.append("output tokens are the server's usage figures")
-        elif with_usage == 0:
+        elif finished and with_usage == 0:
             notes.append(
                 "output tokens were counted from stream chunks (the server sent no usage figures); "
                 "a chunk carrying several tokens counts once"
             )
+        elif finished:
+            notes.append(
+                f"output tokens are the server's usage figures for {with_usage} of {len(finished)} "
+                "requests and a count of stream chunks for the others"
+            )
+        if any(r.exact_chunks for r in replies):
+            notes.append("each stream chunk's tokens come from the server's running usage figures")
         else:
             notes.append(
-                f"output tokens are the server's usage figures for {with_usage} of {len(replies)} "
-                "requests and a count of stream chunks for the others"
+                "the server sent no running usage figures, so each stream chunk counts as one token "
+                "in the step timeline (finished answers are corrected to their final usage figure)"
             )
         if any(not r.streamed for r in replies):
             notes.append("the server answered without streaming, so TTFT equals end-to-end time")
+        prompts = [r.prompt for r in replies if r.prompt is not None]
         synthetic = sum(p.text is None for p in prompts)
         if synthetic:
             notes.append(
@@ -385,18 +370,21 @@ class OpenAIEngine:
                 "input token; input lengths are approximate (the server's own counts are recorded where "
                 "it reports them)"
             )
-        short = sum(rec.output_tokens < p.output_tokens for rec, p in zip(records, prompts, strict=True))
+        short = sum(r.output_tokens() < r.prompt.output_tokens for r in finished if r.prompt is not None)
         if short:
-            notes.append(f"{short} of {len(records)} answers were shorter than their reference length")
+            notes.append(f"{short} of {len(finished)} answers were shorter than their reference length")
         return notes
 
     # ---- one request -----------------------------------------------------------------------
 
     def _body(self, text: str, max_tokens: int) -> dict[str, Any]:
+        stream_options: dict[str, Any] = {"include_usage": True}
+        if CONTINUOUS_USAGE not in self._dropped:
+            stream_options[CONTINUOUS_USAGE] = True
         body: dict[str, Any] = {
             "model": self.spec.model,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream_options": stream_options,
             "temperature": 0,
             "ignore_eos": True,
             "min_tokens": max_tokens,
@@ -411,24 +399,47 @@ class OpenAIEngine:
             body.pop(name, None)
         return body
 
-    async def _timed(self, client: Any, text: str, max_tokens: int) -> _Reply:
-        """One request with its total time bounded by request_timeout_s."""
+    async def _timed(
+        self,
+        client: Any,
+        text: str,
+        max_tokens: int,
+        reply: StreamedRequest | None = None,
+        on_chunk: OnChunk | None = None,
+        *,
+        timeout_s: float | None = None,
+        during: str = "a request",
+    ) -> StreamedRequest:
+        """One request with its total time bounded (request_timeout_s unless given)."""
+        limit_s = self.request_timeout_s if timeout_s is None else timeout_s
         try:
-            return await asyncio.wait_for(self._request(client, text, max_tokens), self.request_timeout_s)
+            return await asyncio.wait_for(self._request(client, text, max_tokens, reply, on_chunk), limit_s)
         except asyncio.TimeoutError:
+            if timeout_s is not None:
+                raise EngineFailure(
+                    f"The server at {self.url} gave no complete answer to {during} within {limit_s:g} s; "
+                    "is it still loading the model, or stuck?"
+                ) from None
             raise EngineFailure(
-                f"A request to {self.url} got no complete answer within {self.request_timeout_s:g} s "
+                f"A request to {self.url} got no complete answer within {limit_s:g} s "
                 "(raise request_timeout_s if the server is only slow)."
             ) from None
 
-    async def _request(self, client: Any, text: str, max_tokens: int) -> _Reply:
+    async def _request(
+        self, client: Any, text: str, max_tokens: int, reply: StreamedRequest | None, on_chunk: OnChunk | None
+    ) -> StreamedRequest:
         import httpx
 
         # Each pass may switch the endpoint or drop one rejected field, so a few passes suffice.
-        for _ in range(len(DROPPABLE_FIELDS) + 2):
+        for _ in range(len(DROPPABLE_FIELDS) + 3):
             path = self._path
             body = self._body(text, max_tokens)
             start = time.perf_counter()
+            if reply is None:
+                current = StreamedRequest(start_perf=start)
+            else:
+                current = reply  # a retry after a refusal starts the clock again
+                current.start_perf = start
             try:
                 async with client.stream("POST", path, json=body) as resp:
                     if resp.status_code >= 400:
@@ -437,8 +448,11 @@ class OpenAIEngine:
                             continue
                         raise self._http_failure(resp.status_code, error_message(raw), path)
                     if "text/event-stream" not in resp.headers.get("content-type", ""):
-                        return await self._read_whole(resp, start)
-                    return await self._read_stream(resp, start)
+                        await self._read_whole(resp, current, on_chunk)
+                    else:
+                        await self._read_stream(resp, current, on_chunk)
+                    current.finished = True
+                    return current
             except httpx.ConnectError:
                 raise EngineFailure(
                     f"Nothing answers at {self.url} any more: the server may have stopped."
@@ -460,6 +474,9 @@ class OpenAIEngine:
             self._path = CHAT_PATH
             return True
         if status in (400, 422):
+            if CONTINUOUS_USAGE in raw and CONTINUOUS_USAGE not in self._dropped:
+                self._dropped.add(CONTINUOUS_USAGE)  # before stream_options, which the message names too
+                return True
             named = {f for f in DROPPABLE_FIELDS if f in body and f in raw and f not in self._dropped}
             if named:
                 self._dropped |= named
@@ -486,10 +503,8 @@ class OpenAIEngine:
         status = code if isinstance(code, int) and code >= 400 else 500
         return self._http_failure(status, _clean(_find_message(error)), path)
 
-    async def _read_stream(self, resp: Any, start: float) -> _Reply:
-        first = last = None
-        chunks = 0
-        usage: dict[str, Any] = {}
+    async def _read_stream(self, resp: Any, reply: StreamedRequest, on_chunk: OnChunk | None) -> None:
+        running = 0  # completion tokens so far by the server's running usage figures
         async for line in resp.aiter_lines():
             line = line.strip()
             if not line.startswith("data:"):
@@ -508,23 +523,25 @@ class OpenAIEngine:
             if chunk.get("error") or chunk.get("object") == "error":
                 raise self._stream_failure(chunk, self._path)
             now = time.perf_counter()
+            usage = chunk.get("usage") if isinstance(chunk.get("usage"), dict) else None
+            completion = _int_or_none(usage.get("completion_tokens")) if usage else None
             if _chunk_text(chunk):
-                chunks += 1
-                first = now if first is None else first
-                last = now
-            if isinstance(chunk.get("usage"), dict):
-                usage = chunk["usage"]
-        return _Reply(
-            start_perf=start,
-            first_text_perf=first,
-            last_text_perf=last,
-            end_perf=time.perf_counter(),
-            text_chunks=chunks,
-            usage_prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-            usage_completion_tokens=_int_or_none(usage.get("completion_tokens")),
-        )
+                if completion is not None:
+                    reply.exact_chunks = True
+                    tokens = max(0, completion - running)
+                else:
+                    tokens = 1
+                reply.add_chunk(now, tokens)
+                if on_chunk is not None:
+                    on_chunk(reply, now, tokens)
+            if completion is not None:
+                running = max(running, completion)
+            if usage:
+                reply.reported_input_tokens = _int_or_none(usage.get("prompt_tokens"))
+                reply.reported_output_tokens = completion
+        reply.end_perf = time.perf_counter()
 
-    async def _read_whole(self, resp: Any, start: float) -> _Reply:
+    async def _read_whole(self, resp: Any, reply: StreamedRequest, on_chunk: OnChunk | None) -> None:
         """A server that ignored stream=true and sent one JSON answer."""
         raw = (await resp.aread()).decode("utf-8", "replace")
         end = time.perf_counter()
@@ -542,29 +559,16 @@ class OpenAIEngine:
             for c in data.get("choices") or ()
             if isinstance(c, dict)
         )
-        return _Reply(
-            start_perf=start,
-            first_text_perf=end,
-            last_text_perf=end,
-            end_perf=end,
-            text_chunks=1 if text else 0,
-            usage_prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-            usage_completion_tokens=_int_or_none(usage.get("completion_tokens")),
-            streamed=False,
-        )
+        reply.streamed = False
+        reply.reported_input_tokens = _int_or_none(usage.get("prompt_tokens"))
+        reply.reported_output_tokens = _int_or_none(usage.get("completion_tokens"))
+        if text:
+            tokens = reply.reported_output_tokens or 1
+            reply.add_chunk(end, tokens)
+            if on_chunk is not None:
+                on_chunk(reply, end, tokens)
+        reply.end_perf = end
 
 
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-async def _run_until_first_failure(coroutines: list[Any]) -> None:
-    """Run the workers; at the first failure cancel the rest and raise it (an OOM before others)."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
-    if errors:
-        raise next((e for e in errors if isinstance(e, EngineOOM)), errors[0])

@@ -5,22 +5,29 @@ Written against TensorRT-LLM 1.2 (the 1.x LLM API: `tensorrt_llm.LLM`, `Sampling
 `RequestOutput.outputs[0].request_perf_metrics`); any 1.x release has these.
 
 How a sweep point maps onto it:
-- batch size -> the executor's `max_batch_size`, fixed when the executor is created, so the LLM is
-  built again (before the window) whenever the batch size changes. All prompts are submitted at
-  once and the executor's scheduler keeps at most `max_batch_size` of them in flight.
+- batch size b -> the executor's `max_batch_size`, fixed when the executor is created, so the LLM is
+  built again (before the window) whenever the batch size changes; it is the in-flight limit.
+- the point's PointPlan is driven by engines/stream_point.py: in flight, b requests are kept
+  submitted (`generate_async(..., streaming=True)`), the next one as soon as one ends; admission
+  stops per `keep_admitting` and requests still running at the window's close are aborted
+  (`RequestOutput.abort()`) and recorded unfinished with the tokens they made. Static: batches of
+  b submitted together, the next only once the whole batch has ended.
+- every streamed step is a timeline entry: the tokens it added to the request (exact: the length
+  of its token ids), the requests in flight then.
 - `kv_cache_fraction` -> `KvCacheConfig(free_gpu_memory_fraction=...)`. Block reuse is off, so a
   prompt's prefill is never skipped because an earlier prompt shared its prefix.
 - output lengths are forced: `ignore_eos=True`, `max_tokens` = the prompt's reference length, and
   `end_id=-1` as trtllm-bench does, which also frees the run from needing a tokenizer.
 - weights "dummy" -> `load_format="dummy"` (random weights); a preset without a folder gets a
   config.json written to a temporary folder and runs on token ids, without a tokenizer.
-- TTFT and end-to-end time come from the engine's own per-request timing metrics (arrival, first
-  token, last token); where a build returns none, from streaming timestamps taken here.
+- TTFT and end-to-end time are streaming timestamps taken here, the same clock as the window and
+  the timeline (the engine's own per-request timing metrics are on its steady clock).
 - out of memory, in every form TensorRT-LLM shows it (executor creation failing for lack of GPU
   memory, a torch OutOfMemoryError from the worker, "CUDA runtime error in cudaMallocAsync ... out
-  of memory") -> EngineOOM. A point whose requests never reached `batch_size` in flight at once
-  (the KV cache pre-allocated at start-up could not hold more) -> EngineKVBound with the
-  concurrency reached, computed from each request's first and last scheduler iteration.
+  of memory") -> EngineOOM. An in-flight point whose window never opened because fewer than b
+  requests ran at once (the KV cache pre-allocated at start-up could not hold more) ->
+  EngineKVBound with the concurrency reached, from each request's first and last scheduler
+  iteration where the engine reports them, else from the streaming timestamps.
 
 `tensorrt_llm` is imported inside load(): choosing this engine costs nothing until it runs.
 """
@@ -28,6 +35,7 @@ How a sweep point maps onto it:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import random
@@ -39,7 +47,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from carbontop.core.records import EngineRun, Prompt, RequestRecord
+from carbontop.core.records import Batching, EngineRun, PointPlan, Prompt
 from carbontop.engines.base import (
     Emit,
     EngineFailure,
@@ -48,9 +56,9 @@ from carbontop.engines.base import (
     EngineSpec,
     Phase,
     PhaseUpdate,
-    Progress,
     says_oom,
 )
+from carbontop.engines.stream_point import OnChunk, StreamedRequest, StreamPoint
 from carbontop.errors import EngineUnavailable
 
 INSTALL_SENTENCE = (
@@ -173,10 +181,6 @@ class TRTLLMEngine:
         self._has_tokenizer = False
         self._vocab_size: int | None = None
         self._max_seq_len = spec.max_input_len + spec.max_output_len
-        # Engine-side timing metrics where the build returns them (no per-token overhead in
-        # Python); streaming timestamps only where it does not (found in the warm-up).
-        self._streaming = False
-        self._streaming_reason = ""
 
     # ---- the contract ----------------------------------------------------------------------
 
@@ -206,29 +210,27 @@ class TRTLLMEngine:
             "kv_block_reuse": False,
         }
 
-    def run_point(self, batch_size: int, prompts: Sequence[Prompt]) -> EngineRun:
+    def run_point(self, plan: PointPlan) -> EngineRun:
         if self._trt is None:
             raise EngineFailure("The TensorRT-LLM engine was asked to run before it was loaded.")
-        if batch_size < 1 or not prompts:
+        if plan.batch_size < 1 or not plan.prompts:
             raise EngineFailure("A point needs a batch size of at least 1 and at least one prompt.")
-        prompts = list(prompts)
+        batch_size = plan.batch_size
         rebuilt = self._ensure_llm(batch_size)
-        inputs = [self._prompt_input(p) for p in prompts]
         try:
-            timed = asyncio.run(self._point(batch_size, prompts, inputs))
+            run, steady = asyncio.run(self._point(plan, rebuilt))
         except (EngineOOM, EngineFailure, EngineKVBound):
             raise
         except Exception as exc:  # noqa: BLE001 - TensorRT-LLM's errors have no common type: classified here
             error = self._classify(exc, batch_size, "generating")
             self._shutdown_llm()  # its state after a failure is unknown: the next point builds afresh
             raise error from None
-        run = self._engine_run(batch_size, prompts, inputs, timed, rebuilt)
-        expected = min(batch_size, len(prompts))
-        if run.concurrency_reached is not None and run.concurrency_reached < expected:
+        reached = run.concurrency_reached
+        if plan.batching is Batching.INFLIGHT and not steady and reached is not None and reached < batch_size:
             bound = EngineKVBound(
-                f"TensorRT-LLM kept at most {run.concurrency_reached} requests in flight of the {expected} "
-                "asked, because its KV cache (or token budget) could not hold more at once.",
-                run.concurrency_reached,
+                f"TensorRT-LLM kept at most {reached} requests in flight of the {batch_size} asked, because "
+                "its KV cache (or token budget) could not hold more at once.",
+                reached,
             )
             bound.run = run  # type: ignore[attr-defined]  # the measurements, for a host that wants them
             raise bound
@@ -313,7 +315,7 @@ class TRTLLMEngine:
             "max_seq_len": self._max_seq_len,
             "kv_cache_config": self._kv_cache_config_cls(
                 free_gpu_memory_fraction=self.spec.kv_cache_fraction,
-                # off: a point's prompts repeat across its batches, and reused blocks would
+                # off: a point's prompts repeat within its stream, and reused blocks would
                 # skip their prefill, measuring a cache instead of the model
                 enable_block_reuse=False,
             ),
@@ -383,68 +385,88 @@ class TRTLLMEngine:
             detokenize=False,  # text is not needed, and detokenizing would add host work to the window
         )
 
-    async def _point(self, batch_size: int, prompts: list[Prompt], inputs: list[Any]) -> dict[str, Any]:
+    async def _point(self, plan: PointPlan, rebuilt: bool) -> tuple[EngineRun, bool]:
         self._emit(PhaseUpdate(Phase.WARMUP, "one short request before the window"))
         warm = self._llm.generate_async(
             synthetic_token_ids(16, self._vocab_size, f"{self.spec.seed}:warmup"),
             sampling_params=self._params(WARMUP_OUTPUT_TOKENS),
-            streaming=self._streaming,
+            streaming=True,
         )
-        warm_out, _, _ = await self._wait(warm)
-        if not self._streaming and self._engine_times(warm_out) is None:
-            self._streaming = True
-            self._streaming_reason = "this TensorRT-LLM returned no per-request timing metrics"
+        async for _ in warm:
+            pass
+        inputs: dict[str, Any] = {}
+        outputs: dict[int, Any] = {}  # request index -> its finished output (perf metrics)
+        aborts = 0
 
-        n = len(prompts)
-        self._emit(PhaseUpdate(Phase.MEASURING, f"{n} requests, at most {batch_size} in flight"))
-        done = 0
-        progress_step = max(1, n // 10)
+        async def send(request: StreamedRequest, on_chunk: OnChunk) -> None:
+            nonlocal aborts
+            prompt = request.prompt
+            assert prompt is not None
+            if prompt.prompt_id not in inputs:
+                inputs[prompt.prompt_id] = self._prompt_input(prompt)
+            x = inputs[prompt.prompt_id]
+            result = self._llm.generate_async(x, sampling_params=self._params(prompt.output_tokens), streaming=True)
+            request.exact_chunks = True  # a step's tokens are the growth of the request's token ids
+            seen = 0
+            try:
+                async for partial in result:
+                    n = len(partial.outputs[0].token_ids) if partial.outputs else 0
+                    if n > seen:
+                        now = time.perf_counter()
+                        request.add_chunk(now, n - seen)
+                        seen = n
+                        on_chunk(request, now, request.chunk_tokens[-1])
+            except asyncio.CancelledError:
+                # the window closed: free the slot in the executor too
+                abort = getattr(result, "abort", None)
+                if abort is not None:
+                    abort()
+                    aborts += 1
+                raise
+            request.end_perf = time.perf_counter()
+            prompt_ids = getattr(result, "prompt_token_ids", None)
+            request.reported_input_tokens = len(prompt_ids) if prompt_ids else (len(x) if isinstance(x, list) else None)
+            request.finished = True
+            outputs[request.index] = result
 
-        async def wait_and_count(result: Any) -> tuple[Any, float | None, float]:
-            nonlocal done
-            outcome = await self._wait(result)
-            done += 1
-            if done % progress_step == 0 or done == n:
-                self._emit(Progress(done=done, total=n))
-            return outcome
+        point = StreamPoint(plan, self._emit, send)
+        await point.run()
+        if not point.started:
+            raise EngineFailure("TensorRT-LLM made no token during the point.")
+        finished = [outputs[r.index] for r in point.started if r.index in outputs]
+        concurrency, how = self._concurrency(finished) if finished else (None, "")
+        notes = self._notes(plan, point, inputs, rebuilt, how if concurrency is not None else "", aborts)
+        steady_run, steady = point.result(notes)
+        if concurrency is None:
+            return steady_run, steady
+        # the scheduler's own count where the engine reports it; requests cut off at the close
+        # carry no metrics, so the streaming count (which sees them) is a floor for it
+        reached = max(concurrency, steady_run.concurrency_reached or 0)
+        return dataclasses.replace(steady_run, concurrency_reached=reached), steady
 
-        unix0, perf0 = time.time(), time.perf_counter()
-        submits: list[float] = []
-        results = []
-        for x, prompt in zip(inputs, prompts, strict=True):  # all at once: the scheduler admits max_batch_size
-            submits.append(time.perf_counter())
-            results.append(
-                self._llm.generate_async(x, sampling_params=self._params(prompt.output_tokens), streaming=self._streaming)
-            )
-        outcomes = await asyncio.gather(*(wait_and_count(r) for r in results))
-        return {"unix0": unix0, "perf0": perf0, "submits": submits, "outcomes": outcomes}
-
-    async def _wait(self, result: Any) -> tuple[Any, float | None, float]:
-        """The finished output, the time its first token arrived (streaming only), and now."""
-        first: float | None = None
-        if self._streaming:
-            async for partial in result:
-                if first is None and partial.outputs and len(partial.outputs[0].token_ids) > 0:
-                    first = time.perf_counter()
-            output = result
+    def _notes(self, plan: PointPlan, point: StreamPoint, inputs: dict[str, Any], rebuilt: bool,
+               how: str, aborts: int) -> list[str]:
+        notes = []
+        if rebuilt:
+            notes.append(f"the executor was created with max_batch_size={plan.batch_size} before the window")
+        notes.append("TTFT and end-to-end times are streaming timestamps taken by carbontop")
+        if how:
+            notes.append(f"concurrency reached is counted from {how}")
         else:
-            output = await result.aresult()
-        return output, first, time.perf_counter()
-
-    @staticmethod
-    def _engine_times(output: Any) -> tuple[float, float] | None:
-        """(TTFT, end-to-end) from the request's own timing metrics, or None if it has none."""
-        completion = output.outputs[0] if output.outputs else None
-        metrics = getattr(completion, "request_perf_metrics", None)
-        timing = getattr(metrics, "timing_metrics", None)
-        if timing is None:
-            return None
-        arrival = _seconds(getattr(timing, "arrival_time", None))
-        first = _seconds(getattr(timing, "first_token_time", None))
-        last = _seconds(getattr(timing, "last_token_time", None))
-        if arrival is None or first is None or last is None or not arrival < first <= last:
-            return None
-        return first - arrival, last - arrival
+            notes.append("the requests carried no scheduling metrics, so the concurrency reached is "
+                         "counted from the streaming timestamps")
+        cut = sum(not r.finished for r in point.started)
+        if cut and not aborts:
+            notes.append("this TensorRT-LLM has no RequestOutput.abort(): requests cut off at the window's "
+                         "close ran on in the executor, outside the window")
+        synthetic = sum(1 for p in plan.prompts if isinstance(inputs.get(p.prompt_id), list) and not p.token_ids)
+        if synthetic:
+            notes.append(f"{synthetic} prompts were sent as deterministic token ids of their exact input length")
+        finished = [r for r in point.started if r.finished and r.prompt is not None]
+        short = sum(r.output_tokens() < r.prompt.output_tokens for r in finished)  # type: ignore[union-attr]
+        if short:
+            notes.append(f"{short} of {len(finished)} answers were shorter than their reference length")
+        return notes
 
     @staticmethod
     def _concurrency(outputs: list[Any]) -> tuple[int | None, str]:
@@ -462,69 +484,3 @@ class TRTLLMEngine:
                 return None, ""
             spans.append((start, end))
         return max_overlap(spans, inclusive=False), "each request's first-scheduled and last-token times"
-
-    def _engine_run(
-        self, batch_size: int, prompts: list[Prompt], inputs: list[Any], timed: dict[str, Any], rebuilt: bool
-    ) -> EngineRun:
-        unix0, perf0, submits = timed["unix0"], timed["perf0"], timed["submits"]
-
-        def unix(perf: float) -> float:
-            return unix0 + (perf - perf0)
-
-        records = []
-        engine_timed = 0
-        outputs = [o for o, _, _ in timed["outcomes"]]
-        for i, (prompt, x, (output, first, finished), submitted) in enumerate(
-            zip(prompts, inputs, timed["outcomes"], submits, strict=True)
-        ):
-            completion = output.outputs[0]
-            prompt_ids = getattr(output, "prompt_token_ids", None)
-            times = self._engine_times(output)
-            if times is not None:
-                ttft, e2e = times
-                engine_timed += 1
-            else:
-                ttft = (first if first is not None else finished) - submitted
-                e2e = finished - submitted
-            records.append(
-                RequestRecord(
-                    batch_size=batch_size,
-                    request_index=i,
-                    batch_index=-1,  # in-flight batching: no static batches
-                    input_tokens=len(prompt_ids) if prompt_ids else (len(x) if isinstance(x, list) else prompt.input_tokens),
-                    output_tokens=len(completion.token_ids),
-                    start_s=unix(submitted),
-                    ttft_s=ttft,
-                    e2e_s=e2e,
-                )
-            )
-        concurrency, how = self._concurrency(outputs)
-        notes = []
-        if rebuilt:
-            notes.append(f"the executor was created with max_batch_size={batch_size} before the window")
-        if engine_timed == len(records):
-            notes.append("TTFT and end-to-end times are TensorRT-LLM's per-request timing metrics")
-        else:
-            reason = f" ({self._streaming_reason})" if self._streaming_reason else ""
-            notes.append(
-                f"TTFT and end-to-end times of {len(records) - engine_timed} requests are streaming timestamps "
-                f"taken by carbontop{reason}"
-            )
-        if concurrency is None:
-            notes.append("the requests carried no scheduling metrics, so the concurrency reached is unknown")
-        else:
-            notes.append(f"concurrency reached is counted from {how}")
-        synthetic = sum(1 for p, x in zip(prompts, inputs, strict=True) if isinstance(x, list) and not p.token_ids)
-        if synthetic:
-            notes.append(f"{synthetic} prompts were sent as deterministic token ids of their exact input length")
-        short = sum(rec.output_tokens < p.output_tokens for rec, p in zip(records, prompts, strict=True))
-        if short:
-            notes.append(f"{short} of {len(records)} answers were shorter than their reference length")
-        return EngineRun(
-            batch_size=batch_size,
-            window_start_s=unix(submits[0]),
-            window_end_s=unix(max(f for _, _, f in timed["outcomes"])),
-            records=tuple(records),
-            concurrency_reached=concurrency,
-            notes=tuple(notes),
-        )

@@ -481,7 +481,11 @@ class TelemetrySampler:
         return self.energy_between(t0, t1).energy_j / (t1 - t0)
 
     def measure_idle_power_w(self, duration_s: float = 3.0) -> float | None:
-        """Mean power over the next duration_s (blocks). Starts the thread for it if stopped."""
+        """Mean power over the next duration_s (blocks). Starts the thread for it if stopped.
+
+        None where the reading that closes the span never came (a counter that stopped
+        answering): an idle figure from part of the span would be silently wrong.
+        """
         was_running = self.running
         if not was_running:
             self.start()
@@ -489,7 +493,8 @@ class TelemetrySampler:
             t0 = time.time()
             time.sleep(duration_s)
             t1 = time.time()
-            self.wait_for(t1, timeout_s=max(2.0, 3 * self.interval_s))
+            if not self.wait_for(t1, timeout_s=max(2.0, 3 * self.interval_s)):
+                return None
             return self.mean_power_w(t0, t1)
         finally:
             if not was_running:

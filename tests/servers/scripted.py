@@ -28,6 +28,13 @@ class Behaviour:
     fail_message: str = "Internal Server Error"
     fail_in_stream: bool = False  # send the failure as an error chunk in a 200 stream instead
     health_status: int = 200
+    # vLLM's stream_options.continuous_usage_stats: usage with every chunk when asked; False makes
+    # the server refuse the option with a 422 naming it, as a strict schema does
+    running_usage: bool = True
+    tokens_per_chunk: int = 1  # tokens bundled into one text chunk
+    max_running: int | None = None  # generate at most this many at once; the rest wait in a queue
+    hang: bool = False  # accept every connection and never answer
+    tail_delay_s: float = 0.0  # between the last token and the end of the stream (usage, [DONE])
 
 
 @dataclass
@@ -36,6 +43,7 @@ class Log:
     in_flight: int = 0
     max_in_flight: int = 0
     succeeded: int = 0
+    disconnected: int = 0  # streams the client closed before the end
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -45,7 +53,8 @@ class ScriptedServer:
     def __init__(self, behaviour: Behaviour | None = None) -> None:
         self.behaviour = behaviour or Behaviour()
         self.log = Log()
-        handler = _make_handler(self.behaviour, self.log)
+        self._release = threading.Event()  # lets hanging handlers go when the server stops
+        handler = _make_handler(self.behaviour, self.log, self._release)
         self._httpd = _QuietServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -60,6 +69,7 @@ class ScriptedServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._release.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -74,7 +84,9 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-def _make_handler(b: Behaviour, log: Log) -> type[BaseHTTPRequestHandler]:
+def _make_handler(b: Behaviour, log: Log, release: threading.Event) -> type[BaseHTTPRequestHandler]:
+    running = threading.BoundedSemaphore(b.max_running) if b.max_running else None
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive and chunked bodies, as uvicorn does
 
@@ -102,6 +114,9 @@ def _make_handler(b: Behaviour, log: Log) -> type[BaseHTTPRequestHandler]:
         # ---- routes ----------------------------------------------------------------------
 
         def do_GET(self) -> None:
+            if b.hang:
+                release.wait(60)
+                return
             if self.path == "/v1/models":
                 self._json(200, {"object": "list", "data": [{"id": b.model, "object": "model"}]})
             elif self.path == "/health":
@@ -110,6 +125,9 @@ def _make_handler(b: Behaviour, log: Log) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"detail": "Not Found"})
 
         def do_POST(self) -> None:
+            if b.hang:
+                release.wait(60)
+                return
             length = int(self.headers.get("Content-Length", "0"))
             body = json.loads(self.rfile.read(length) or b"{}")
             with log.lock:
@@ -119,6 +137,11 @@ def _make_handler(b: Behaviour, log: Log) -> type[BaseHTTPRequestHandler]:
             chat = self.path == "/v1/chat/completions"
             if b.chat_only and not chat:
                 return self._json(404, {"detail": "Not Found"})
+            options = body.get("stream_options") or {}
+            if not b.running_usage and "continuous_usage_stats" in options:
+                return self._json(422, {"detail": [{"type": "extra_forbidden",
+                                                    "loc": ["body", "stream_options", "continuous_usage_stats"],
+                                                    "msg": "Extra inputs are not permitted"}]})
             for name in b.reject_fields:
                 if name in body:
                     return self._json(
@@ -135,9 +158,16 @@ def _make_handler(b: Behaviour, log: Log) -> type[BaseHTTPRequestHandler]:
             with log.lock:
                 log.in_flight += 1
                 log.max_in_flight = max(log.max_in_flight, log.in_flight)
+            if running is not None:
+                running.acquire()  # queued: no token until a running request ends
             try:
                 self._stream(body, chat, failing)
+            except ConnectionError:  # the client closed the stream: an abort, as vLLM takes it
+                with log.lock:
+                    log.disconnected += 1
             finally:
+                if running is not None:
+                    running.release()
                 with log.lock:
                     log.in_flight -= 1
 
@@ -152,18 +182,28 @@ def _make_handler(b: Behaviour, log: Log) -> type[BaseHTTPRequestHandler]:
             if chat:  # vLLM opens a chat stream with a role-only chunk that carries no text
                 self._event({"object": "chat.completion.chunk",
                              "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
-            for k in range(n_out):
-                if failing and k == 1:
+            running_usage = b.running_usage and bool(
+                (body.get("stream_options") or {}).get("continuous_usage_stats"))
+            made = 0
+            while made < n_out:
+                if failing and made >= 1:
                     self._event({"error": {"message": b.fail_message, "code": b.fail_status}})
                     self._chunk(b"")
                     return
-                time.sleep(b.token_delay_s)
-                word = f" w{k}"
+                step = min(b.tokens_per_chunk, n_out - made)
+                time.sleep(b.token_delay_s * step)
+                word = "".join(f" w{made + j}" for j in range(step))
+                made += step
                 if chat:
-                    self._event({"object": "chat.completion.chunk",
-                                 "choices": [{"index": 0, "delta": {"content": word}}]})
+                    event: dict[str, Any] = {"object": "chat.completion.chunk",
+                                             "choices": [{"index": 0, "delta": {"content": word}}]}
                 else:
-                    self._event({"object": "text_completion", "choices": [{"index": 0, "text": word}]})
+                    event = {"object": "text_completion", "choices": [{"index": 0, "text": word}]}
+                if running_usage:
+                    event["usage"] = {"prompt_tokens": n_in, "completion_tokens": made,
+                                      "total_tokens": n_in + made}
+                self._event(event)
+            time.sleep(b.tail_delay_s)
             if b.send_usage:
                 self._event({"choices": [], "usage": {"prompt_tokens": n_in, "completion_tokens": n_out,
                                                       "total_tokens": n_in + n_out}})

@@ -6,7 +6,9 @@ Run as a script (the tests do, in a subprocess):
 
 It writes MODEL_DIR if it is missing (a 2-layer Llama with random weights from a small LlamaConfig,
 and a word-level tokenizer built with the `tokenizers` package, wrapped as PreTrainedTokenizerFast),
-then serves it pinned to that folder. Building and serving in one process pays for importing torch
+then serves it pinned to that folder, with continuous batching (`--continuous-batching`): without
+it, `transformers serve` generates one request at a time however many are sent, and an in-flight
+point beyond batch 1 never reaches a steady state. Building and serving in one process pays for importing torch
 and transformers once. Uvicorn logs "Uvicorn running on http://HOST:PORT", which is how a caller
 learns the port when it asked for port 0. Nothing is downloaded: the hub is forced offline.
 
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [
         "transformers", "serve", str(args.model_dir),
         "--host", args.host, "--port", str(args.port),
-        "--device", "cpu", "--log-level", "info",
+        "--device", "cpu", "--log-level", "info", "--continuous-batching",
     ]
     transformers_cli()
 
