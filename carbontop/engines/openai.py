@@ -23,7 +23,7 @@ shared out over its chunks (a server that sends several tokens in one chunk). Ou
 the server's usage figures where it sends them, else the count of text-carrying chunks.
 
 A server that accepts connections and never answers must not hold a sweep for the request
-timeout: the start-up checks have their own short limits (STARTUP_TIMEOUT_S, PROBE_TIMEOUT_S).
+timeout: the start-up checks have their own short limits (STARTUP_CHECK_TIMEOUT_S, PROBE_TIMEOUT_S).
 
 httpx is imported inside the methods: this module is imported only in the engine's child process.
 """
