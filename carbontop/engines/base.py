@@ -144,8 +144,7 @@ class Engine(Protocol):
         """Run one point (warm-up first, outside the window): admit requests from the plan's
         stream, cycling it, at most `plan.batch_size` in flight (or in static batches), until
         core/window.py's `keep_admitting` says stop; return the records, the window and, where
-        the engine has steps, their timeline. (The host still hands an engine whose run_point
-        takes (batch_size, prompts) one pass over the stream.)"""
+        the engine has steps, their timeline."""
         ...
 
     def close(self) -> None: ...

@@ -10,8 +10,6 @@ the step: `Loaded` or `LoadFailed` after loading, and after a point `PointDone`,
 
 from __future__ import annotations
 
-import inspect
-import math
 import multiprocessing as mp
 import os
 import signal
@@ -170,7 +168,7 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
         if not isinstance(command, RunPoint):
             break
         try:
-            conn.send(PointDone(_run_plan(engine, command.plan)))
+            conn.send(PointDone(engine.run_point(command.plan)))
         except EngineOOM as exc:
             conn.send(PointOOM(str(exc), exc.recovered))
         except EngineKVBound as exc:
@@ -189,16 +187,6 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
         engine.close()
     except Exception:  # noqa: BLE001 - closing must not hide the result already sent
         traceback.print_exc()
-
-
-def _run_plan(engine: Any, plan: PointPlan) -> EngineRun:
-    """`engine.run_point(plan)`. An engine that still takes (batch_size, prompts) gets the plan's
-    stream cycled into whole batches of b, one pass over it (what every engine ran before
-    points became windows), until it speaks plans."""
-    if len(inspect.signature(engine.run_point).parameters) == 1:
-        return engine.run_point(plan)
-    n = math.ceil(len(plan.prompts) / plan.batch_size) * plan.batch_size
-    return engine.run_point(plan.batch_size, [plan.prompts[i % len(plan.prompts)] for i in range(n)])
 
 
 # ---- parent side --------------------------------------------------------------------------
