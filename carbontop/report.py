@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -13,37 +13,56 @@ from carbontop.core.carbon import gco2e_per_token_at
 from carbontop.core.repeats import combine
 from carbontop.core.store import SavedRun
 from carbontop.figures.compare import RunSummary, like_for_like_warnings, table_rows
+from carbontop.figures.numbers import FORMATS
 
-# (column in points.csv, header, format, multiplier, its 95% half-width column or None);
-# multipliers turn SI units into what people read
-COLUMNS: list[tuple[str, str, str, float, str | None]] = [
-    ("tokens_per_s", "tok/s", "{:.1f}", 1.0, "tokens_per_s_ci95"),
-    ("s_per_token", "s/tok", "{:.4f}", 1.0, None),
-    ("ttft_p50_s", "TTFT s", "{:.3f}", 1.0, None),
-    ("tpot_p50_s", "TPOT ms", "{:.2f}", 1000.0, None),
-    ("j_per_token", "J/tok", "{:.3g}", 1.0, "j_per_token_ci95"),
-    ("gco2e_per_token", "op g/tok", "{:.3g}", 1.0, "gco2e_per_token_ci95"),
-    ("embodied_gco2e_per_token", "emb g/tok", "{:.3g}", 1.0, None),
-    ("total_gco2e_per_token", "gCO2e/tok", "{:.3g}", 1.0, None),
-    ("slot_occupancy", "occ %", "{:.0f}", 100.0, None),
-    ("mfu", "MFU %", "{:.2f}", 100.0, None),
-    ("mbu", "MBU %", "{:.1f}", 100.0, None),
-    ("duration_s", "W s", "{:.1f}", 1.0, None),
-    ("peak_mem_gb", "peak GB", "{:.1f}", 1.0, None),
-    ("avg_power_w", "W", "{:.0f}", 1.0, None),
+# (column in points.csv, header, its 95% half-width column or None); how each figure prints
+# (decimals, or one notation per column, and the unit's multiplier) is figures/numbers.FORMATS,
+# which the app's table reads too
+COLUMNS: list[tuple[str, str, str | None]] = [
+    ("tokens_per_s", "tok/s", "tokens_per_s_ci95"),
+    ("s_per_token", "s/tok", None),
+    ("ttft_p50_s", "TTFT s", None),
+    ("tpot_p50_s", "TPOT ms", None),
+    ("j_per_token", "J/tok", "j_per_token_ci95"),
+    ("gco2e_per_token", "op g/tok", "gco2e_per_token_ci95"),
+    ("embodied_gco2e_per_token", "emb g/tok", None),
+    ("total_gco2e_per_token", "gCO2e/tok", None),
+    ("slot_occupancy", "occ %", None),
+    ("mfu", "MFU %", None),
+    ("mbu", "MBU %", None),
+    ("duration_s", "W s", None),
+    ("peak_mem_gb", "peak GB", None),
+    ("avg_power_w", "W", None),
 ]
 
 
-def fmt(value: Any, pattern: str, scale: float = 1.0) -> str:
+def fmt(value: Any, pattern: str | Callable[[float | None], str], scale: float = 1.0) -> str:
     if value is None or value == "":
         return "–"
     try:
-        return pattern.format(float(value) * scale)
+        number = float(value) * scale
     except (TypeError, ValueError):
         return str(value)
+    return pattern(number) if callable(pattern) else pattern.format(number)
 
 
-def with_interval(value: Any, half_width: Any, pattern: str, scale: float = 1.0) -> str:
+def _number(value: Any, scale: float) -> float | None:
+    try:
+        return None if value is None or value == "" else float(value) * scale
+    except (TypeError, ValueError):
+        return None
+
+
+def column_patterns(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str | None]]
+                    ) -> dict[str, Callable[[float | None], str]]:
+    """Each column's formatter, chosen once from all the column's values (figures/numbers.py)."""
+    return {key: FORMATS[key].for_column([_number(row.get(key), FORMATS[key].scale) for row in rows],
+                                         missing="–")
+            for key, _, _ in columns}
+
+
+def with_interval(value: Any, half_width: Any, pattern: str | Callable[[float | None], str],
+                  scale: float = 1.0) -> str:
     """'value ±h%' where the figure has a 95% half-width, the value alone where not."""
     text = fmt(value, pattern, scale)
     try:
@@ -70,15 +89,16 @@ def points_table(run: SavedRun) -> Table:
     repeated = any((row.get("repeats") or 1) > 1 for row in rows)
     table.add_column("batch", justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
-    for _, header, _, _, ci in shown:
+    for _, header, ci in shown:
         table.add_column(f"{header} ±95%" if ci else header, justify="right", no_wrap=True)
     if repeated:
         table.add_column("n", justify="right", no_wrap=True)
+    patterns = column_patterns(rows, shown)
     for row in rows:
         mark = " *" if recommended is not None and row.get("batch_size") == recommended else ""
         status = str(row.get("status", ""))
-        cells = [with_interval(row.get(key), row.get(ci), pattern, scale) if ci
-                 else fmt(row.get(key), pattern, scale) for key, _, pattern, scale, ci in shown]
+        cells = [with_interval(row.get(key), row.get(ci), patterns[key], FORMATS[key].scale) if ci
+                 else fmt(row.get(key), patterns[key], FORMATS[key].scale) for key, _, ci in shown]
         if repeated:
             cells.append(str(row.get("repeats") or 1))
         table.add_row(f"{row.get('batch_size')}{mark}", status, *cells,

@@ -83,10 +83,11 @@ async def test_start_rows_appear_with_units_and_marks(tmp_path: Path) -> None:
         await pilot.pause()
         rows = table_cells(app)
         assert [r[0] for r in rows] == ["1", "✓2", "★4"]  # ★ lowest gCO2e/token, ✓ recommended
-        assert rows[2][:11] == ["★4", "ok", "965.2", "0.0123", "0.123", "45.6", "0.301",
-                                "3.45e-5", "2.1", "45.6", "34.1"]
+        # one format per column, as `carbontop show` prints it (figures/numbers.FORMATS)
+        assert rows[2][:11] == ["★4", "ok", "965.2", "0.0123", "0.123", "45.60", "0.301",
+                                "3.45e-5", "2.10", "45.6", "34.1"]
         # batch 1 from point(): 160 tok/s, 0.011 s/tok, 0.05 s TTFT, 12 ms TPOT, 1.875 J/tok
-        assert rows[0][2:8] == ["160.0", "0.0110", "0.0500", "12.0", "1.88", "2.15e-4"]
+        assert rows[0][2:8] == ["160.0", "0.0110", "0.050", "12.00", "1.875", "2.15e-4"]
         headers = [str(c.label).replace("\n", " ") for c in app.results.table.columns.values()]
         assert headers[:11] == ["batch", "status", "tok/s", "s/tok", "TTFT p50 s", "TPOT p50 ms",
                                 "J/tok", "gCO2e /tok", "MFU %", "MBU %", "peak GB"]

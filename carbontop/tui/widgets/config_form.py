@@ -190,9 +190,9 @@ class ConfigForm(VerticalScroll):
         if self.built or not self.is_attached or self.app._exit:
             return  # built, or the app is closing already
         self.built = True
-        grid = Grid(id="form-grid")
-        self.mount(grid)
-        grid.mount_all(self._fields())
+        # the fields go in with the grid, in one mount: a grid mounted first and filled after can
+        # be caught half-way when the app closes right after its first frame
+        self.mount(Grid(*self._fields(), id="form-grid"))
         self.query_one("#form-loading").remove()
 
     def _fields(self) -> list[Widget]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Static
 
 from carbontop.core.carbon import lowest_carbon_batch
 from carbontop.core.records import PointResult, PointStatus
-from carbontop.tui import format as fmt
+from carbontop.figures.numbers import FORMATS, NumberFormat
 from carbontop.tui.widgets.sweep import status_name
 
 BEST_MARK = "★"
@@ -24,9 +24,17 @@ RECOMMENDED_MARK = "✓"
 
 @dataclass(frozen=True)
 class Column:
-    key: str  # PointResult field (points.csv column)
+    key: str  # PointResult field (points.csv column); its format is figures/numbers.FORMATS[key]
     header: str  # two lines at most: units always in the header
-    render: Callable[[Any], str]
+
+    @property
+    def number(self) -> NumberFormat:
+        return FORMATS[self.key]
+
+
+def _scaled(row: Mapping[str, Any], column: Column) -> float | None:
+    value = _num(row, column.key)
+    return None if value is None else value * column.number.scale
 
 
 def _num(row: Mapping[str, Any], key: str) -> float | None:
@@ -42,23 +50,23 @@ def _num(row: Mapping[str, Any], key: str) -> float | None:
 
 # The first eleven fit 80 columns; the rest are there on a wide terminal (or by scrolling right).
 COLUMNS: tuple[Column, ...] = (
-    Column("tokens_per_s", "tok/s", lambda v: fmt.throughput(v)),
-    Column("s_per_token", "s/tok", fmt.seconds),
-    Column("ttft_p50_s", "TTFT\np50 s", fmt.seconds),
-    Column("tpot_p50_s", "TPOT\np50 ms", lambda v: fmt.sig(None if v is None else v * 1000, 3)),
-    Column("j_per_token", "J/tok", lambda v: fmt.sig(v, 3)),
-    Column("gco2e_per_token", "gCO2e\n/tok", fmt.carbon),
-    Column("mfu", "MFU\n%", lambda v: fmt.fixed(v, 1, 100.0)),
-    Column("mbu", "MBU\n%", lambda v: fmt.fixed(v, 1, 100.0)),
-    Column("peak_mem_gb", "peak\nGB", lambda v: fmt.fixed(v, 1)),
-    Column("ttft_p90_s", "TTFT\np90 s", fmt.seconds),
-    Column("tpot_p90_s", "TPOT\np90 ms", lambda v: fmt.sig(None if v is None else v * 1000, 3)),
-    Column("energy_j", "energy\nJ", lambda v: fmt.sig(v, 4)),
-    Column("avg_power_w", "power\nW", lambda v: fmt.fixed(v, 0)),
-    Column("embodied_gco2e_per_token", "embodied\ngCO2e/tok", fmt.carbon),
-    Column("total_gco2e_per_token", "total\ngCO2e/tok", fmt.carbon),
-    Column("intensity_gco2e_per_kwh", "grid\ngCO2e/kWh", lambda v: fmt.fixed(v, 0)),
-    Column("duration_s", "time\ns", lambda v: fmt.sig(v, 3)),
+    Column("tokens_per_s", "tok/s"),
+    Column("s_per_token", "s/tok"),
+    Column("ttft_p50_s", "TTFT\np50 s"),
+    Column("tpot_p50_s", "TPOT\np50 ms"),
+    Column("j_per_token", "J/tok"),
+    Column("gco2e_per_token", "gCO2e\n/tok"),
+    Column("mfu", "MFU\n%"),
+    Column("mbu", "MBU\n%"),
+    Column("peak_mem_gb", "peak\nGB"),
+    Column("ttft_p90_s", "TTFT\np90 s"),
+    Column("tpot_p90_s", "TPOT\np90 ms"),
+    Column("energy_j", "energy\nJ"),
+    Column("avg_power_w", "power\nW"),
+    Column("embodied_gco2e_per_token", "embodied\ngCO2e/tok"),
+    Column("total_gco2e_per_token", "total\ngCO2e/tok"),
+    Column("intensity_gco2e_per_kwh", "grid\ngCO2e/kWh"),
+    Column("duration_s", "time\ns"),
 )
 STATUS_WORDS = {"ok": "ok", "kv_bound": "KV", "oom": "OOM", "crashed": "crash", "hung": "hung",
                 "cancelled": "cancel", "error": "error"}
@@ -167,6 +175,9 @@ class ResultsPane(Vertical):
         cursor = table.cursor_row
         table.clear()
         best = best_batch(self.rows)
+        # one format per column, from all its rows: 3.08e-4 above 1.85e-5, never 0.000308 above it
+        formats = [column.number.for_column([_scaled(row, column) for row in self.rows.values()])
+                   for column in COLUMNS]
         for b in sorted(self.rows):
             row = self.rows[b]
             marks = (BEST_MARK if b == best else "") + (RECOMMENDED_MARK if b == self.recommended else "")
@@ -175,8 +186,8 @@ class ResultsPane(Vertical):
                 Text(f"{marks}{b}".rjust(5), style="bold" if marks else ""),
                 Text(STATUS_WORDS.get(status, status), style="" if status == "ok" else "italic"),
             ]
-            for column in COLUMNS:
-                cells.append(Text(column.render(_num(row, column.key)), justify="right"))
+            for column, render in zip(COLUMNS, formats, strict=True):
+                cells.append(Text(render(_scaled(row, column)), justify="right"))
             table.add_row(*cells, key=str(b))
         if self.rows:
             table.move_cursor(row=min(cursor, len(self.rows) - 1))
