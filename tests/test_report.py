@@ -83,7 +83,7 @@ def test_table_shows_intervals_combined_repeats_and_the_reason(tmp_path) -> None
     text = out.getvalue()
     # batch 2's re-measures 0.31 and 0.29 combine to 0.3 +- t(0.975, 1) x s / sqrt(2):
     # s = 0.01414, half-width 12.706 x 0.01 = 0.127, 42.4% of 0.3
-    assert "0.3 ±42.4%" in text
+    assert "0.300 ±42.4%" in text  # J/tok: one format for the column, 3 figures of its smallest
     assert "J/tok ±95%" in text and "occ %" in text and "97" in text
     assert f"recommended {reason} *" in text
     assert "idle power: 120.0 W with the model loaded" in text and "70.0 W before loading" in text
