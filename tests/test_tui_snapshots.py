@@ -59,8 +59,13 @@ async def sweep_in_progress(pilot) -> None:
         app.post_message(SweepEventMessage(event))
     app.sweep_running = True  # as while a runner works: start dimmed, cancel live
     app.refresh_bindings()
-    await pilot.pause()
-    await pilot.pause()
+    # every scripted event shown before the frame is taken, however slow the machine
+    await wait_until(pilot, lambda: app.sweep.points.get(6) == "running"
+                     and app.sweep.points.get(8) not in (None, "pending", "running"),
+                     what="the scripted sweep")
+    await pilot.wait_for_scheduled_animations()
+    for _ in range(3):
+        await pilot.pause()
 
 
 def test_main_screen_80x24(snap_compare) -> None:

@@ -179,7 +179,7 @@ class ConfigForm(VerticalScroll):
         self.error_field: str | None = None
         self.error_message = ""
         self._loading = False
-        self.built = False
+        self._build_started = False
 
     def compose(self) -> ComposeResult:
         yield Static("[$text-muted]Loading the form…[/]", id="form-loading")
@@ -187,9 +187,9 @@ class ConfigForm(VerticalScroll):
     def build(self) -> None:
         """Mount the fields. The app calls this right after its first frame: the form is the
         largest part of the screen, and building it first would delay that frame by half a second."""
-        if self.built or not self.is_attached or self.app._exit:
+        if self._build_started or not self.is_attached or self.app._exit:
             return  # built, or the app is closing already
-        self.built = True
+        self._build_started = True
         # the fields go in with the grid, in one mount: a grid mounted first and filled after can
         # be caught half-way when the app closes right after its first frame
         self.mount(Grid(*self._fields(), id="form-grid"))
@@ -216,6 +216,12 @@ class ConfigForm(VerticalScroll):
         widgets.append(Static("", id="field-error"))
         widgets.append(Static("", id="field-help"))
         return widgets
+
+    @property
+    def built(self) -> bool:
+        """True once the fields are in the DOM. Mounting is asynchronous: until the grid's
+        mount is processed, the fields cannot be queried, though build() has run."""
+        return self._build_started and bool(self.query("#f-model"))
 
     def on_mount(self) -> None:
         self.border_title = "Run configuration"
