@@ -1,4 +1,7 @@
-"""The built-in engine: stock transformers modules driven by a lean static-batch decode loop.
+"""The built-in engine: stock transformers modules driven by lean decode loops of our own.
+
+A point runs in flight by default (engines/hf_slots.py: b slots, a freed slot refilled at once,
+attention over each row's live length); `--batching static` runs the static batches below.
 
 Why not `model.generate`? Its per-step Python (logits processors, stopping criteria, a host sync
 to check for finished rows) costs more than a whole decode step of a 7B model on a modern GPU, so
@@ -11,7 +14,7 @@ the GPU idles while still drawing power, and carbon per token is overstated. Her
   capture happens in the warm-up, outside the measured window;
 * per-step timestamps come from CUDA events, so the loop never waits for the GPU mid-batch.
 
-Static batching as in the paper: each batch of b requests is left-padded to its longest prompt and
+Static batching as in the paper (this module): each batch of b requests is left-padded to its longest prompt and
 runs until its longest output is done; every request is timed to its own last token.
 """
 
