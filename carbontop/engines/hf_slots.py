@@ -282,8 +282,6 @@ class SlotRunner:
                 print(f"carbontop: CUDA graph capture failed, decoding eagerly: {exc}", flush=True)
         compiled = step is not _decode_step
         self.decode_mode = ("compiled+" if compiled else "") + ("cuda-graph" if graph is not None else "eager")
-        if not compiled and graph is None:
-            self.decode_mode = "eager"
         cache.reset()
         self._sync()
 
@@ -350,7 +348,7 @@ class SlotRunner:
         times = steps.resolve()
         records: list[RequestRecord] = []
         for r in requests:
-            start = times.start_of(r.start_step)
+            start = times.at(r.start_step)
             first = times.at(r.first_step)
             finished = r.end_step >= 0
             end = times.at(r.end_step) if finished else times.at(len(times.end_s) - 1)
@@ -363,7 +361,7 @@ class SlotRunner:
             torch.cuda.empty_cache()
         return EngineRun(
             batch_size=b,
-            window_start_s=window.start_s if window else times.start_of(-1),
+            window_start_s=window.start_s if window else times.at(-1),
             window_end_s=window.end_s if window else times.at(len(times.end_s) - 1),
             records=tuple(records),
             notes=(f"decode: {self.decode_mode}", f"attention: {self.attention}"),
@@ -446,10 +444,8 @@ class _Times:
     end_s: list[float]
 
     def at(self, step: int) -> float:
+        """When step `step` ended; step -1 is the point's start."""
         return self.end_s[step] if step >= 0 else self.base_s
-
-    def start_of(self, step: int) -> float:
-        return self.at(step)
 
 
 class _StepLog:
