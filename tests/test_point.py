@@ -10,6 +10,7 @@ from carbontop.core.point import (
     PointEnergy,
     RunConditions,
     SubWindow,
+    batch_sub_window_bounds,
     point_figures,
     sub_window_bounds,
 )
@@ -31,6 +32,20 @@ def test_sub_windows_span_consecutive_readings_inside_the_window() -> None:
     # 25 intervals into 10 runs of 2 or 3, none empty, covering all of them
     many = sub_window_bounds([2.0 + 0.4 * k for k in range(26)], w)
     assert len(many) == 10 and many[0][0] == 2.0 and many[-1][1] == pytest.approx(12.0)
+
+
+def test_static_sub_windows_are_runs_of_whole_batches() -> None:
+    # five static batches of two requests, starting at 0, 4, 9, 13 and 18 s; W = [0, 22]
+    starts = [0.0, 4.0, 9.0, 13.0, 18.0]
+    records = [RequestRecord(2, 2 * k + j, k, 10, 5, t, 0.5, 3.5 + j * 0.4)
+               for k, t in enumerate(starts) for j in range(2)]
+    w = Window(0.0, 22.0)
+    assert batch_sub_window_bounds(records, w) == [
+        (0.0, 4.0), (4.0, 9.0), (9.0, 13.0), (13.0, 18.0), (18.0, 22.0)]
+    # two runs: cut at round(5 / 2) = 2 (half to even), so batches {0, 1} and {2, 3, 4}
+    assert batch_sub_window_bounds(records, w, target=2) == [(0.0, 9.0), (9.0, 22.0)]
+    # one batch has nothing to compare it with
+    assert batch_sub_window_bounds(records[:2], Window(0.0, 3.9)) == []
 
 
 def _run() -> EngineRun:

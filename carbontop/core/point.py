@@ -9,6 +9,11 @@ inside W are split into about `TARGET_SUB_WINDOWS` runs of consecutive readings,
 one batch of the batch-means interval (core/stats.py). The slivers between W's edges and the
 first and last reading inside it count toward the point's figures but not toward the interval,
 since their energy rests on an interpolated edge.
+
+Static batches are not exchangeable within a batch (a batch starts full and ends with one long
+request decoding alone), so there the unit is whole batches: W is cut at batch starts into about
+`TARGET_SUB_WINDOWS` runs of consecutive batches, and each run's energy is the sampler's over its
+span (edges between counter readings split by power, as for W itself).
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from dataclasses import dataclass
 from carbontop.core import carbon, metrics
 from carbontop.core.hardware import GpuSpec
 from carbontop.core.modelspec import ModelSpec
-from carbontop.core.records import EnergyReading, EngineRun, PointResult, PointStatus
+from carbontop.core.records import (
+    Batching,
+    EnergyReading,
+    EngineRun,
+    PointResult,
+    PointStatus,
+    RequestRecord,
+)
 from carbontop.core.stats import Estimate, ratio_ci
 from carbontop.core.window import Window, tokens_between
 
@@ -46,9 +58,32 @@ def sub_window_bounds(reading_times_s: Sequence[float], window: Window,
     return [(inside[a], inside[b]) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
+def batch_sub_window_bounds(records: Sequence[RequestRecord], window: Window,
+                            target: int = TARGET_SUB_WINDOWS) -> list[tuple[float, float]]:
+    """Sub-windows of W for static batches: runs of consecutive whole batches.
+
+    W is cut at each batch's start (the first batch's start is W's); the n batches are grouped,
+    in order, into min(target, n) runs of as equal a count as integers allow, the last run ending
+    at W's end. Empty where W holds fewer than two batches.
+    """
+    starts: dict[int, float] = {}
+    for r in records:
+        if window.start_s <= r.start_s < window.end_s:
+            starts[r.batch_index] = min(starts.get(r.batch_index, r.start_s), r.start_s)
+    edges = sorted(starts.values())
+    n = len(edges)
+    if n < 2:
+        return []
+    edges = [window.start_s, *edges[1:], window.end_s]
+    k = min(target, n)
+    cuts = [round(i * n / k) for i in range(k + 1)]
+    return [(edges[a], edges[b]) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
 @dataclass(frozen=True)
 class SubWindow:
-    """What the meter saw over one sub-window: two counter readings apart."""
+    """What the meter saw over one sub-window: two counter readings apart (in flight), or a run
+    of whole static batches."""
 
     start_s: float
     end_s: float
@@ -136,7 +171,9 @@ def point_figures(run: EngineRun, window: Window, energy: PointEnergy, cond: Run
         notes.append("no energy-counter reading came after the window's end: the energy stops "
                      "at the last reading, so J/token and carbon are low")
     if ci.j_per_token is None or ci.j_per_token.half_width is None:
-        notes.append("fewer than three energy-counter readings inside the window: no interval")
+        notes.append("fewer than two whole batches inside the window: no interval"
+                     if run.batching is Batching.STATIC else
+                     "fewer than three energy-counter readings inside the window: no interval")
     finished = metrics.finished_inside(records, window)
     first = min((r.start_s for r in records), default=window.start_s)
     last = max((r.start_s + r.e2e_s for r in records), default=window.end_s)

@@ -19,7 +19,11 @@ How the model is driven:
   same result, but it reads the whole slot cache; the run records which one ran);
 * new requests are prefilled together, packed into one sequence with a block-diagonal causal
   mask, in chunks of at most PREFILL_CHUNK_TOKENS; logits are computed only at each prompt's
-  last token;
+  last token. A packed sequence is padded up to a power of two (PREFILL_BUCKETS) and every
+  bucket the point can reach is run once during warm-up: on an H200 the first prefill of each new
+  length cost 0.07-1.1 s (kernel selection per shape), which at batch 1 stalled the window on
+  every admission. Padding tokens attend only to each other and write their keys and values to
+  a scratch position past every row's reach;
 * on CUDA the decode step is compiled once with a dynamic batch dimension (torch.compile), and a
   CUDA graph is captured per batch size and replayed every step; the host knows every request's
   output length in advance (the workload fixes it), so scheduling needs no device sync, and
@@ -50,6 +54,7 @@ from carbontop.engines.base import Phase
 ATTENTION_NAME = "carbontop_slots"
 KV_BLOCK = 128  # FlexAttention's KV block: the granularity at which attention skips dead cache
 PREFILL_CHUNK_TOKENS = 4096  # prompt tokens per packed prefill (its mask is chunk^2 booleans)
+PREFILL_MIN_BUCKET = 16  # the smallest padded prefill length; buckets double up to the chunk size
 HOST_LEAD_STEPS = 4  # how far the host may queue work ahead of the GPU
 WARMUP_DECODE_STEPS = 3
 
@@ -116,7 +121,9 @@ class _SlotCache:
         heads = cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-        self.max_len = -(-max_len // KV_BLOCK) * KV_BLOCK
+        # one position more than the longest request needs: the scratch where padding writes
+        self.max_len = -(-(max_len + 1) // KV_BLOCK) * KV_BLOCK
+        self.scratch_pos = self.max_len - 1
         shape = (batch_size, kv_heads, self.max_len, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
@@ -195,6 +202,7 @@ class SlotRunner:
         self._graph_failed = engine.spec.device != "cuda" or not engine.spec.cuda_graphs
         self.attention = "flex" if not self._flex_failed else "dense-masked"
         self.decode_mode = "eager"
+        self._warm_buckets: set[int] = set()  # prefill lengths this process has run once
 
     # ---- the decode step, compiled once, captured per batch size ----------------------------
 
@@ -260,6 +268,7 @@ class SlotRunner:
         step = self._step_fn()
         warm = list(itertools.islice(itertools.cycle(plan.prompts), b))
         self._prefill(cache, [(i, p) for i, p in enumerate(warm)])
+        self._warm_prefill_buckets(cache, plan.prompts, b)
         cache.live.fill_(1)
         try:
             for _ in range(WARMUP_DECODE_STEPS):
@@ -389,40 +398,87 @@ class SlotRunner:
         each prompt's first output token into its slot's decode input."""
         torch = self.torch
         dev = self.engine.device
+        rows = [self.engine.prompt_ids(prompt) for _, prompt in items]
+        first_tokens = self._forward_packed(cache, rows, [slot for slot, _ in items])
+        slots_t = torch.tensor([s for s, _ in items], dtype=torch.long, device=dev)
+        cache.tokens[slots_t, 0] = first_tokens
+        cache.lengths[slots_t] = torch.tensor([len(r) for r in rows], dtype=torch.long, device=dev)
+
+    def _warm_prefill_buckets(self, cache: _SlotCache, prompts: tuple[Prompt, ...], b: int) -> None:
+        """Run every prefill length the point can reach once, all padding, outside the window."""
+        longest = sorted((p.input_tokens for p in prompts), reverse=True)
+        reach = prefill_bucket(max(longest[0], min(PREFILL_CHUNK_TOKENS, sum(longest[:b]))))
+        for n in prefill_buckets(reach):
+            if n not in self._warm_buckets:
+                self._forward_packed(cache, [], [], length=n)
+                self._warm_buckets.add(n)
+
+    def _forward_packed(self, cache: _SlotCache, rows: list[list[int]], slots: list[int],
+                        length: int | None = None) -> Any:
+        """One forward over `rows` packed and padded to their bucket (or to `length`); each row's
+        keys and values land in its slot. Returns each row's greedy next token."""
+        torch = self.torch
+        dev = self.engine.device
         ids: list[int] = []
         slot_of: list[int] = []
-        pos: list[int] = []
-        ends: list[int] = []
+        write_pos: list[int] = []
+        rope_pos: list[int] = []
         seg: list[int] = []
-        for k, (slot, prompt) in enumerate(items):
-            row = self.engine.prompt_ids(prompt)
+        ends: list[int] = []
+        for k, (row, slot) in enumerate(zip(rows, slots, strict=True)):
             ids.extend(row)
             slot_of.extend([slot] * len(row))
-            pos.extend(range(len(row)))
+            write_pos.extend(range(len(row)))
             seg.extend([k] * len(row))
             ends.append(len(ids) - 1)
+        rope_pos.extend(write_pos)
+        pad = (length if length is not None else prefill_bucket(len(ids))) - len(ids)
+        # padding: its own segment at position 0, cached at the scratch position of slot 0
+        ids.extend([0] * pad)
+        slot_of.extend([0] * pad)
+        write_pos.extend([cache.scratch_pos] * pad)
+        rope_pos.extend([0] * pad)
+        seg.extend([-1] * pad)
         n = len(ids)
         seg_t = torch.tensor(seg, device=dev)
-        pos_t = torch.tensor(pos, dtype=torch.long, device=dev)
-        causal = pos_t.view(-1, 1) >= pos_t.view(1, -1)
+        rope_t = torch.tensor(rope_pos, dtype=torch.long, device=dev)
+        causal = rope_t.view(-1, 1) >= rope_t.view(1, -1)
         mask = (seg_t.view(-1, 1) == seg_t.view(1, -1)) & causal
-        cache.prefill = _Prefill(slot=torch.tensor(slot_of, dtype=torch.long, device=dev), pos=pos_t,
+        cache.prefill = _Prefill(slot=torch.tensor(slot_of, dtype=torch.long, device=dev),
+                                 pos=torch.tensor(write_pos, dtype=torch.long, device=dev),
                                  mask=mask.view(1, 1, n, n))
         try:
-            hidden = self.base(input_ids=torch.tensor([ids], device=dev), position_ids=pos_t.view(1, -1),
+            hidden = self.base(input_ids=torch.tensor([ids], device=dev), position_ids=rope_t.view(1, -1),
                                use_cache=False).last_hidden_state
         finally:
             cache.prefill = None
-        last = hidden[0, torch.tensor(ends, device=dev)]
-        first_tokens = self.head(last).argmax(dim=-1)
-        slots_t = torch.tensor([s for s, _ in items], dtype=torch.long, device=dev)
-        cache.tokens[slots_t, 0] = first_tokens
-        cache.lengths[slots_t] = torch.tensor([p.input_tokens for _, p in items], dtype=torch.long,
-                                              device=dev)
+        last = hidden[0, torch.tensor(ends, dtype=torch.long, device=dev)]
+        return self.head(last).argmax(dim=-1)
 
     def _sync(self) -> None:
         if self.engine.spec.device == "cuda":
             self.torch.cuda.synchronize()
+
+
+def prefill_bucket(n_tokens: int) -> int:
+    """The padded length of a packed prefill of n_tokens: a power of two from PREFILL_MIN_BUCKET
+    up to PREFILL_CHUNK_TOKENS; a single prompt longer than that rounds up to a whole chunk."""
+    if n_tokens > PREFILL_CHUNK_TOKENS:
+        return -(-n_tokens // PREFILL_CHUNK_TOKENS) * PREFILL_CHUNK_TOKENS
+    n = PREFILL_MIN_BUCKET
+    while n < n_tokens:
+        n *= 2
+    return n
+
+
+def prefill_buckets(up_to: int) -> list[int]:
+    """Every bucket from the smallest to `up_to` (itself a bucket)."""
+    out = [PREFILL_MIN_BUCKET]
+    while out[-1] < min(up_to, PREFILL_CHUNK_TOKENS):
+        out.append(out[-1] * 2)
+    if up_to > out[-1]:
+        out.append(up_to)
+    return out
 
 
 def _chunks(requests: list[_Request]) -> Iterator[list[_Request]]:

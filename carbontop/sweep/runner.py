@@ -26,6 +26,7 @@ from carbontop.core.point import (
     PointEnergy,
     RunConditions,
     SubWindow,
+    batch_sub_window_bounds,
     point_figures,
     sub_window_bounds,
 )
@@ -702,12 +703,21 @@ class SweepRunner:
         reading = self.sampler.energy_between(t0, t1)
         chunks = self.sampler.energy_chunks(t0, t1)
         self.intensity.refresh(t0, t1)
-        counter = self.sampler.counter_readings(t0, t1)
-        cumulative = dict(counter)
-        subs = tuple(
-            SubWindow(a, b, cumulative[b] - cumulative[a],
-                      carbon.operational_gco2e(self.sampler.energy_chunks(a, b), self.intensity, cfg.pue))
-            for a, b in sub_window_bounds([t for t, _ in counter], window))
+        if batching is Batching.STATIC:
+            # whole batches are the unit (core/point.py); their edges fall between readings
+            subs = tuple(
+                SubWindow(a, b, self.sampler.energy_between(a, b).energy_j,
+                          carbon.operational_gco2e(self.sampler.energy_chunks(a, b), self.intensity,
+                                                   cfg.pue))
+                for a, b in batch_sub_window_bounds(run.records, window))
+        else:
+            counter = self.sampler.counter_readings(t0, t1)
+            cumulative = dict(counter)
+            subs = tuple(
+                SubWindow(a, b, cumulative[b] - cumulative[a],
+                          carbon.operational_gco2e(self.sampler.energy_chunks(a, b), self.intensity,
+                                                   cfg.pue))
+                for a, b in sub_window_bounds([t for t, _ in counter], window))
         energy = PointEnergy(
             reading=reading,
             gco2e=carbon.operational_gco2e(chunks, self.intensity, cfg.pue),
