@@ -428,11 +428,11 @@ def _runs() -> int:
         except CarbontopError as exc:  # one damaged run must not hide the others
             table.add_row(path.name, "", "", f"unreadable: {exc}", "", "")
             continue
-        started = run.meta.get("status", {}).get("started")
-        date = started.strftime("%Y-%m-%d %H:%M") if hasattr(started, "strftime") else ""
-        devices = [_short_device(str(d)) for d in run.environment.get("devices", [])]
-        table.add_row(path.name, date, str(run.config.get("model", "")), ", ".join(devices),
-                      run.status, str(len(run.points)))
+        started = run.meta.status.started
+        date = started.strftime("%Y-%m-%d %H:%M") if started is not None else ""
+        devices = [_short_device(d) for d in run.meta.environment.devices]
+        table.add_row(path.name, date, run.meta.settings.model, ", ".join(devices),
+                      run.state, str(len(run.points)))
     Console().print(table)
     return EXIT_OK
 

@@ -9,7 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from carbontop.core.carbon import gco2e_per_token_at
+from carbontop.core.carbon import DEFAULT_SLO_S_PER_TOKEN, gco2e_per_token_at
+from carbontop.core.records import PointStatus
 from carbontop.core.repeats import combine
 from carbontop.core.store import SavedRun
 from carbontop.figures.compare import RunSummary, like_for_like_warnings, table_rows
@@ -75,13 +76,13 @@ def with_interval(value: Any, half_width: Any, pattern: str | Callable[[float | 
 def point_rows(run: SavedRun) -> list[dict[str, Any]]:
     """One row per batch size: re-measures combined (mean +- interval over them), else the one
     measurement (core/repeats.py)."""
-    return [dataclasses.asdict(p) | {"status": p.status.value} for p in combine(run.point_results())]
+    return [dataclasses.asdict(p) | {"status": p.status.value} for p in combine(run.points)]
 
 
 def points_table(run: SavedRun) -> Table:
-    recommended = run.meta.get("status", {}).get("recommended_batch")
+    recommended = run.meta.status.recommended_batch
     rows = point_rows(run)
-    table = Table(title=f"{run.config.get('model', '?')} on {', '.join(run.environment.get('devices', [])) or '?'}",
+    table = Table(title=f"{run.meta.settings.model or '?'} on {', '.join(run.meta.environment.devices) or '?'}",
                   header_style="bold", title_justify="left")
     # TTFT/TPOT p90, intensity and the rest stay in points.csv; a column that no point could
     # measure here (MFU on a CPU, say) is left out rather than printed as dashes
@@ -108,93 +109,84 @@ def points_table(run: SavedRun) -> Table:
 
 def print_summary(run: SavedRun, console: Console) -> None:
     console.print(points_table(run))
-    status = run.meta.get("status", {})
-    carbon = run.meta.get("carbon", {})
-    workload = run.meta.get("workload", {})
-    lines = [f"run: {run.path} ({run.status})"]
-    if status.get("largest_ok_batch") is not None:
-        bound = f"largest batch that ran: {status['largest_ok_batch']}"
-        if status.get("smallest_failed_batch") is not None:
-            failed = status["smallest_failed_batch"]
-            how = {"crashed": "crashed (twice)", "hung": "hung (twice)",
-                   "kv_bound": "ran fewer requests at once than asked"}
-            row = next((p for p in run.points if p.get("batch_size") == failed), {})
-            bound += f"; {failed} {how.get(str(row.get('status')), 'did not fit')}"
+    status = run.meta.status
+    carbon = run.meta.carbon
+    workload = run.meta.workload
+    settings = run.meta.settings
+    lines = [f"run: {run.path} ({run.state})"]
+    if status.largest_ok_batch is not None:
+        bound = f"largest batch that ran: {status.largest_ok_batch}"
+        if status.smallest_failed_batch is not None:
+            failed = status.smallest_failed_batch
+            how = {PointStatus.CRASHED: "crashed (twice)", PointStatus.HUNG: "hung (twice)",
+                   PointStatus.KV_BOUND: "ran fewer requests at once than asked"}
+            ended = next((p.status for p in run.points if p.batch_size == failed), None)
+            bound += f"; {failed} {how.get(ended, 'did not fit') if ended else 'did not fit'}"
         lines.append(bound)
-    if status.get("recommendation"):
-        lines.append(f"recommended {status['recommendation']} *")
-    elif status.get("recommended_batch") is not None:  # a run made before reasons were kept
-        slo = run.config.get("slo_s_per_token", 0.2)
-        lines.append(f"recommended batch (lowest total gCO2e/token within {slo} s/token): {status['recommended_batch']} *")
+    if status.recommendation:
+        lines.append(f"recommended {status.recommendation} *")
+    elif status.recommended_batch is not None:  # a run made before reasons were kept
+        slo = settings.slo_s_per_token if settings.slo_s_per_token is not None else DEFAULT_SLO_S_PER_TOKEN
+        lines.append(f"recommended batch (lowest total gCO2e/token within {slo} s/token): {status.recommended_batch} *")
     elif run.points:
         lines.append("no batch met the latency target: none recommended")
-    if carbon.get("description"):
-        lines.append(f"carbon: {carbon['description']}; PUE {carbon.get('pue', 1.0)}")
-    if carbon.get("cleanest_gco2e_per_kwh") is not None:
+    if carbon.description:
+        lines.append(f"carbon: {carbon.description}; PUE {carbon.pue if carbon.pue is not None else 1.0}")
+    if carbon.cleanest_gco2e_per_kwh is not None and carbon.dirtiest_gco2e_per_kwh is not None:
         lines.append(extremes_line(run))
-    cfg = run.config
-    if cfg.get("resolved_min_window_s") is not None:
+    if settings.min_window_s is not None:
         # the batching the engine really ran (an engine that predates plans runs static batches)
-        ran = sorted({str(p["batching"]) for p in run.points if p.get("batching")})
-        batching = " and ".join(ran) or str(cfg.get("batching", "inflight"))
+        ran = sorted({p.batching for p in run.points if p.batching})
+        batching = " and ".join(ran) or settings.batching or "inflight"
         lines.append(f"method: {batching} batching; each point's steady-state "
-                     f"window at least {cfg['resolved_min_window_s']:g} s; 95% intervals from "
+                     f"window at least {settings.min_window_s:g} s; 95% intervals from "
                      "sub-windows between energy-counter readings"
-                     + (f", and over {cfg['repeats']} shuffled re-measures" if cfg.get("repeats") else ""))
-    env = run.environment
-    if env.get("idle_power_loaded_w") is not None:
-        before = env.get("idle_power_w")
-        lines.append(f"idle power: {env['idle_power_loaded_w']:.1f} W with the model loaded (the "
+                     + (f", and over {settings.repeats} shuffled re-measures" if settings.repeats else ""))
+    env = run.meta.environment
+    if env.idle_power_loaded_w is not None:
+        before = env.idle_power_w
+        lines.append(f"idle power: {env.idle_power_loaded_w:.1f} W with the model loaded (the "
                      "idle-corrected energy subtracts it)"
                      + (f", {before:.1f} W before loading" if before is not None else ""))
     for p in run.points:
-        if p.get("energy_incomplete") in (True, "True"):
-            lines.append(f"batch {p.get('batch_size')}: no energy-counter reading came after its "
+        if p.energy_incomplete:
+            lines.append(f"batch {p.batch_size}: no energy-counter reading came after its "
                          "window's end, twice: its energy is cut short")
-    energy_sources = {str(p.get("energy_source")) for p in run.points if p.get("energy_source")}
+    energy_sources = {p.energy_source for p in run.points if p.energy_source}
     if energy_sources:
         lines.append("energy: " + ", ".join(sorted(energy_sources)))
-    if run.environment.get("energy_estimated"):
+    if env.energy_estimated:
         lines.append("energy is estimated from the CPU's TDP and load: no hardware counter was readable")
-    if workload and not workload.get("lengths_exact", True):
+    if not workload.lengths_exact:
         # the counter's name ends in why there was no tokenizer ("no model folder given", ...)
-        reason = str(workload.get("tokenizer") or "").rpartition("; ")[2] or "no tokenizer found"
+        reason = workload.tokenizer.rpartition("; ")[2] or "no tokenizer found"
         lines.append(f"token counts are estimated, not tokenized ({reason})")
-    if run.status_note:
-        lines.append(f"interrupted: {run.status_note}")
-    elif status.get("message") and run.status != "done":
-        lines.append(f"stopped: {status['message']}")
-    for note in run_notes(run):
+    if run.state_note:
+        lines.append(f"interrupted: {run.state_note}")
+    elif status.message and run.state != "done":
+        lines.append(f"stopped: {status.message}")
+    for note in run.meta.notes:
         lines.append(f"note: {note}")
-    for warning in run.meta.get("warnings", {}).get("messages", []):
+    for warning in run.meta.warnings:
         lines.append(f"warning: {warning}")
     for line in lines:
         console.print(line, highlight=False)
 
 
-def run_notes(run: SavedRun) -> list[str]:
-    """What the workload and the carbon source noted while the run was prepared and measured
-    (records skipped, a trace that does not cover the run, ...): shown, never only stored."""
-    notes: list[str] = []
-    for table in ("workload", "carbon"):
-        section = run.meta.get(table, {})
-        found = section.get("notes", []) if isinstance(section, dict) else []
-        notes.extend(str(n) for n in (found if isinstance(found, list) else [found]) if n)
-    return notes
-
-
 def extremes_line(run: SavedRun) -> str:
     """Carbon per token of the recommended (or best) point at the trace's cleanest and dirtiest hour."""
-    carbon = run.meta.get("carbon", {})
-    clean, dirty = carbon["cleanest_gco2e_per_kwh"], carbon["dirtiest_gco2e_per_kwh"]
-    pue = float(carbon.get("pue", 1.0))
+    carbon = run.meta.carbon
+    clean, dirty = carbon.cleanest_gco2e_per_kwh, carbon.dirtiest_gco2e_per_kwh
+    if clean is None or dirty is None:
+        return ""
+    pue = carbon.pue if carbon.pue is not None else 1.0
     parts = []
-    for row in run.points:
-        if row.get("status") != "ok" or row.get("j_per_token") is None:
+    for point in run.points:
+        if point.status is not PointStatus.OK or point.j_per_token is None:
             continue
-        at = [gco2e_per_token_at(float(row["j_per_token"]), g, pue, row.get("embodied_gco2e_per_token"))
+        at = [gco2e_per_token_at(point.j_per_token, g, pue, point.embodied_gco2e_per_token)
               for g in (clean, dirty)]
-        parts.append(f"b{row['batch_size']}: {at[0]:.3g}–{at[1]:.3g}")
+        parts.append(f"b{point.batch_size}: {at[0]:.3g}–{at[1]:.3g}")
     return (f"at the trace's cleanest ({clean:.0f} g/kWh) and dirtiest ({dirty:.0f} g/kWh) hour, "
             "total gCO2e/tok would be " + ", ".join(parts))
 

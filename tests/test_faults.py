@@ -23,7 +23,13 @@ from carbontop.cli import main
 from carbontop.config import RunConfig
 from carbontop.core.records import PointResult, PointStatus, Sample
 from carbontop.core.store import RESERVE_NAME, RunWriter, load_run, new_run_dir
+from carbontop.core.tomlcompat import tomllib
 from carbontop.errors import CarbontopError
+
+
+def run_toml(run_dir: Path) -> dict:
+    """run.toml's tables as written, for what the views do not read (the engine's own record)."""
+    return tomllib.loads((Path(run_dir) / "run.toml").read_text())
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = Path(__file__).with_name("sweep_hook.py")
@@ -114,12 +120,12 @@ def test_a_signal_to_the_sweep_records_its_end(tmp_path, signum, code, state, re
     sweep.signal_group(signum)
     assert sweep.finish() == code, sweep.stderr
     run = load_run(run_dir)
-    assert run.status == state
-    status = run.meta["status"]
-    assert status["message"] == reason and "finished" in status
-    assert status["recommended_batch"] == 1
-    assert [(p["batch_size"], p["status"]) for p in run.points] == [(1, "ok"), (2, "cancelled")]
-    assert run.points[1]["message"] == reason
+    assert run.state == state
+    status = run.meta.status
+    assert status.message == reason and status.finished is not None
+    assert status.recommended_batch == 1
+    assert [(p.batch_size, p.status) for p in run.points] == [(1, "ok"), (2, "cancelled")]
+    assert run.points[1].message == reason
     assert "Traceback" not in sweep.stderr
     assert not (run_dir / RESERVE_NAME).exists()
     if signum != signal.SIGHUP:  # after a hang-up there is no terminal to print to
@@ -134,9 +140,9 @@ def test_ctrl_c_in_a_real_tiny_model_sweep(tmp_path) -> None:
     sweep.signal_group(signal.SIGINT)
     assert sweep.finish() == 130, sweep.stderr
     run = load_run(run_dir)
-    assert run.status == "cancelled"
-    assert run.points[0]["status"] == "ok"
-    assert run.meta["status"]["recommended_batch"] == 1 or run.points[-1]["status"] == "ok"
+    assert run.state == "cancelled"
+    assert run.points[0].status == "ok"
+    assert run.meta.status.recommended_batch == 1 or run.points[-1].status == "ok"
     assert "no batch met the latency target" not in sweep.out
 
 
@@ -161,7 +167,7 @@ def _gone(pid: int, timeout_s: float = 10) -> bool:
 
 def test_a_second_signal_quits_at_once_and_the_run_reads_interrupted(tmp_path) -> None:
     sweep, run_dir = interrupted_at_batch_2(tmp_path)
-    engine_pid = load_run(run_dir).meta["engine"]["pid"]
+    engine_pid = run_toml(run_dir)["engine"]["pid"]
     # both signals arrive before the process runs again, so the second lands in the shutdown
     os.kill(sweep.proc.pid, signal.SIGSTOP)
     sweep.signal_group(signal.SIGINT)
@@ -170,22 +176,22 @@ def test_a_second_signal_quits_at_once_and_the_run_reads_interrupted(tmp_path) -
     # the exit code is the second signal's; the kernel may hand the two over in either order
     assert sweep.finish() in (130, 143)
     run = load_run(run_dir)
-    assert run.meta["status"]["state"] == "running"  # it had no time to record its end
-    assert run.status == "interrupted" and "ended without recording" in run.status_note
-    assert [p["status"] for p in run.points] == ["ok"]
+    assert run.meta.status.state == "running"  # it had no time to record its end
+    assert run.state == "interrupted" and "ended without recording" in run.state_note
+    assert [p.status for p in run.points] == ["ok"]
     assert _gone(engine_pid), "the engine child outlived its parent"
 
 
 def test_a_killed_sweep_reads_interrupted_and_its_engine_dies_with_it(tmp_path) -> None:
     sweep, run_dir = interrupted_at_batch_2(tmp_path)
-    assert load_run(run_dir).status == "running"
-    engine_pid = load_run(run_dir).meta["engine"]["pid"]
+    assert load_run(run_dir).state == "running"
+    engine_pid = run_toml(run_dir)["engine"]["pid"]
     os.kill(sweep.proc.pid, signal.SIGKILL)
     sweep.finish()
     run = load_run(run_dir)
-    assert run.status == "interrupted"
-    assert f"PID {sweep.proc.pid}" in run.status_note
-    assert [p["status"] for p in run.points] == ["ok"]
+    assert run.state == "interrupted"
+    assert f"PID {sweep.proc.pid}" in run.state_note
+    assert [p.status for p in run.points] == ["ok"]
     assert main(["show", str(run_dir)]) == 0
     assert _gone(engine_pid), "the engine child outlived its parent"
 
@@ -199,18 +205,18 @@ def test_a_parent_killed_while_the_model_loads_takes_the_engine_with_it(tmp_path
     os.kill(sweep.proc.pid, signal.SIGKILL)
     sweep.finish()
     assert _gone(engine_pid, timeout_s=5), "the engine child outlived its parent"
-    assert load_run(run_dir).status == "interrupted"
+    assert load_run(run_dir).state == "interrupted"
 
 
 def test_a_silent_owner_on_another_host_reads_interrupted(tmp_path) -> None:
     writer = RunWriter(tmp_path / "r", {"run": {}})
     writer.meta["status"]["host"] = "elsewhere"
     writer.update_meta("status", {})
-    assert load_run(tmp_path / "r").status == "running"
+    assert load_run(tmp_path / "r").state == "running"
     old = time.time() - 3600
     os.utime(tmp_path / "r" / "run.toml", (old, old))
     run = load_run(tmp_path / "r")
-    assert run.status == "interrupted" and "elsewhere" in run.status_note
+    assert run.state == "interrupted" and "elsewhere" in run.state_note
 
 
 # ---- a full disk --------------------------------------------------------------------------
@@ -246,8 +252,8 @@ def test_a_full_disk_keeps_whole_rows_and_records_the_end(tmp_path, monkeypatch)
     writer.finish("error", message="the disk is full")
     assert len(calls) == 2  # the second try, after the reserve was given back
     run = load_run(tmp_path / "r")
-    assert run.status == "error"
-    assert [p["batch_size"] for p in run.points] == [1]
+    assert run.state == "error"
+    assert [p.batch_size for p in run.points] == [1]
     assert (tmp_path / "r" / "power.csv").read_text().endswith("\n")
 
 
@@ -279,9 +285,9 @@ def test_a_sweep_on_a_disk_that_fills_up_ends_recorded(tmp_path) -> None:
         assert sweep.finish() == 1  # power.csv's next flush fails: the sweep ends as an error
         assert "the disk is full" in sweep.stderr and "Traceback" not in sweep.stderr
         run = load_run(run_dir, with_power=True)
-        assert run.status == "error" and "disk is full" in run.meta["status"]["message"]
-        assert run.meta["status"]["recommended_batch"] == 1
-        assert run.points[0]["status"] == "ok"
+        assert run.state == "error" and "disk is full" in run.meta.status.message
+        assert run.meta.status.recommended_batch == 1
+        assert run.points[0].status == "ok"
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
@@ -414,16 +420,16 @@ def test_resume_after_each_interruption(tmp_path, signum) -> None:
     sweep.signal_group(signum) if signum != signal.SIGKILL else os.kill(sweep.proc.pid, signum)
     sweep.finish()
     before = load_run(run_dir)
-    assert before.status in ("cancelled", "interrupted")
+    assert before.state in ("cancelled", "interrupted")
     resumed = _resume(run_dir)
     assert resumed.proc.returncode == 0, resumed.stderr
     run = load_run(run_dir)
-    assert run.status == "done" and run.meta["status"]["resumes"] == 1
-    assert run.meta["status"]["started"] == before.meta["status"]["started"]
+    assert run.state == "done" and run.meta.status.resumes == 1
+    assert run.meta.status.started == before.meta.status.started
     # batch 1 is the row measured before the interruption; batch 2 is measured again
-    assert [(p["batch_size"], p["status"]) for p in run.points] == [(1, "ok"), (2, "ok")]
+    assert [(p.batch_size, p.status) for p in run.points] == [(1, "ok"), (2, "ok")]
     assert run.points[0] == before.points[0]
-    assert run.meta["status"]["recommended_batch"] in (1, 2)
+    assert run.meta.status.recommended_batch in (1, 2)
     assert "recommended batch" in resumed.out and "(done)" in resumed.out
 
 
@@ -435,15 +441,15 @@ def test_resume_picks_the_search_up_where_it_stopped(tmp_path) -> None:
     time.sleep(0.3)
     sweep.signal_group(signal.SIGINT)
     assert sweep.finish() == 130
-    assert [p["batch_size"] for p in load_run(run_dir).points] == [1, 2, 4, 8]
+    assert [p.batch_size for p in load_run(run_dir).points] == [1, 2, 4, 8]
     resumed = _resume(run_dir)
     assert resumed.proc.returncode == 0, resumed.stderr
     run = load_run(run_dir)
     # the kept 1, 2, 4; then 8 measured again (it does not fit), and the bisection to 5
-    assert [(p["batch_size"], p["status"]) for p in run.points] == [
+    assert [(p.batch_size, p.status) for p in run.points] == [
         (1, "ok"), (2, "ok"), (4, "ok"), (8, "oom"), (6, "oom"), (5, "ok")]
-    assert run.meta["status"]["largest_ok_batch"] == 5
-    assert run.meta["status"]["smallest_failed_batch"] == 6
+    assert run.meta.status.largest_ok_batch == 5
+    assert run.meta.status.smallest_failed_batch == 6
 
 
 def test_resume_refuses_what_cannot_be_carried_on(tmp_path, capsys) -> None:
@@ -497,7 +503,7 @@ async def test_cancel_while_the_app_prepares_still_records_the_end(tmp_path) -> 
         release.set()
         await wait_until(pilot, lambda: not app.sweep_running, timeout_s=60, what="the end")
     run = load_run(tmp_path / "run")
-    assert run.status == "cancelled" and run.points == []
+    assert run.state == "cancelled" and run.points == ()
     assert not runners[0].sampler.running
 
 
@@ -534,8 +540,8 @@ async def test_the_app_offers_to_resume_an_interrupted_run(tmp_path, monkeypatch
         await wait_until(pilot, lambda: not app.sweep_running, timeout_s=60, what="its end")
         assert app.check_action("resume", ()) is False
     run = load_run(run_dir)
-    assert run.status == "done" and run.meta["status"]["resumes"] == 1
-    assert [(p["batch_size"], p["status"]) for p in run.points] == [(1, "ok"), (2, "ok")]
+    assert run.state == "done" and run.meta.status.resumes == 1
+    assert [(p.batch_size, p.status) for p in run.points] == [(1, "ok"), (2, "ok")]
 
 
 # ---- the engine child: hangs, kills, out of memory -----------------------------------------
@@ -557,7 +563,7 @@ def _runner(tmp_path, engine: str, **kw):
 
 
 def _statuses(tmp_path) -> list[tuple[int, str]]:
-    return [(p["batch_size"], p["status"]) for p in load_run(tmp_path / "run").points]
+    return [(p.batch_size, p.status) for p in load_run(tmp_path / "run").points]
 
 
 def test_a_stopped_engine_is_killed_by_the_watchdog_and_its_point_tried_again(tmp_path) -> None:
@@ -578,7 +584,7 @@ def test_a_stopped_engine_is_killed_by_the_watchdog_and_its_point_tried_again(tm
     assert _gone(first_engine)
     run = load_run(tmp_path / "run")
     assert _statuses(tmp_path) == [(1, "ok"), (2, "ok")]
-    message = run.points[1]["message"]
+    message = run.points[1].message
     assert "measured on the second try, in a fresh engine process" in message
     assert "sent nothing for 1.5 s (its process was stopped)" in message
 
@@ -587,10 +593,10 @@ def test_an_engine_that_hangs_twice_is_recorded_hung_and_the_sweep_goes_on(tmp_p
     runner, _ = _runner(tmp_path, "engines_for_tests:HangsAbove1", stall_timeout_s=1.0)
     runner.run()
     run = load_run(tmp_path / "run")
-    assert run.status == "done"
+    assert run.state == "done"
     assert _statuses(tmp_path) == [(1, "ok"), (2, "hung")]  # 4 is above the boundary
-    assert "tried twice, in two engine processes" in run.points[1]["message"]
-    assert run.meta["status"]["smallest_failed_batch"] == 2
+    assert "tried twice, in two engine processes" in run.points[1].message
+    assert run.meta.status.smallest_failed_batch == 2
 
 
 def test_a_kill_that_is_not_an_oom_is_tried_again(tmp_path, monkeypatch) -> None:
@@ -599,7 +605,7 @@ def test_a_kill_that_is_not_an_oom_is_tried_again(tmp_path, monkeypatch) -> None
     runner.run()
     run = load_run(tmp_path / "run")
     assert _statuses(tmp_path) == [(1, "ok"), (2, "ok"), (4, "ok")]
-    message = run.points[1]["message"]
+    message = run.points[1].message
     assert "measured on the second try" in message and "killed by signal 9" in message
     assert "out-of-memory" in message  # says whether the cgroup counted an OOM kill
 
@@ -609,8 +615,8 @@ def test_a_cpu_allocation_failure_is_an_oom(tmp_path) -> None:
     runner.run()
     run = load_run(tmp_path / "run")
     assert _statuses(tmp_path) == [(1, "ok"), (2, "oom")]
-    assert "MemoryError" in run.points[1]["message"]
-    assert "second try" not in run.points[1]["message"]  # a proven OOM is not tried again
+    assert "MemoryError" in run.points[1].message
+    assert "second try" not in run.points[1].message  # a proven OOM is not tried again
 
 
 def _memory_cgroup(tmp_name: str, limit_bytes: int) -> Path | None:
@@ -646,8 +652,8 @@ def test_a_kernel_oom_kill_in_the_cgroup_is_an_oom(tmp_path, monkeypatch) -> Non
         runner.run()
         run = load_run(tmp_path / "run")
         assert _statuses(tmp_path) == [(1, "ok"), (2, "oom")]
-        assert "out-of-memory killer ended the engine process" in run.points[1]["message"]
-        assert "second try" not in run.points[1]["message"]
+        assert "out-of-memory killer ended the engine process" in run.points[1].message
+        assert "second try" not in run.points[1].message
     finally:
         for _ in range(50):
             try:

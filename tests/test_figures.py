@@ -41,7 +41,7 @@ def csv_rows(run_dir: Path) -> list[dict[str, str]]:
 def test_batch_series_holds_the_ok_points_in_batch_order() -> None:
     rows = csv_rows(H100)
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: int(r["batch_size"]))
-    s = fs.batch_series(load_run(H100).point_results(), fs.Metric.J_PER_TOKEN)
+    s = fs.batch_series(load_run(H100).points, fs.Metric.J_PER_TOKEN)
     assert s.batch_sizes == tuple(int(r["batch_size"]) for r in ok)
     assert s.y == tuple(float(r["j_per_token"]) for r in ok)
     assert 205 not in s.batch_sizes and 256 not in s.batch_sizes  # OOM points have no figures
@@ -92,7 +92,7 @@ def test_repeated_batch_sizes_are_drawn_once_as_their_combination() -> None:
 
 def test_tradeoff_marks_the_recommended_and_lowest_carbon_points() -> None:
     run = load_run(H100)
-    chart = fs.tradeoff(run.point_results(), target=0.2, recommended=204)
+    chart = fs.tradeoff(run.points, target=0.2, recommended=204)
     assert chart.carbon is fs.Metric.TOTAL_GCO2E_PER_TOKEN  # the H100 has a published footprint
     assert chart.target == 0.2
     kinds = {m.kind: m.batch_size for m in chart.marks}
@@ -106,8 +106,8 @@ def test_tradeoff_marks_the_recommended_and_lowest_carbon_points() -> None:
 
 def test_power_trace_starts_at_the_first_sample_with_every_window_on_that_clock() -> None:
     run = load_run(H100)
-    trace = fs.power_trace(run.power, run.point_results())
-    first_t = min(float(r["t_s"]) for r in run.power)
+    trace = fs.power_trace(run.samples, run.points)
+    first_t = min(s.t_s for s in run.samples)
     assert trace.t0_s == first_t
     assert [g.label for g in trace.gpus] == ["GPU 0"]
     assert trace.gpus[0].x[0] == 0.0

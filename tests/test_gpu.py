@@ -84,11 +84,11 @@ def test_tiny_sweep_on_gpu(tmp_path) -> None:
     runner.prepare()
     runner.run()
     run = load_run(tmp_path / "run")
-    assert [p["status"] for p in run.points] == ["ok", "ok"]
+    assert [p.status for p in run.points] == ["ok", "ok"]
     for p in run.points:
-        assert p["energy_source"] == "nvml-counter"
-        assert p["energy_j"] > 0 and p["mfu"] > 0 and p["mbu"] > 0
-    assert run.power and all(row["gpu_index"] >= 0 for row in run.power)
+        assert p.energy_source == "nvml-counter"
+        assert p.energy_j > 0 and p.mfu > 0 and p.mbu > 0
+    assert run.samples and all(row.gpu_index >= 0 for row in run.samples)
     assert runner.points[0].status is PointStatus.OK
 
 

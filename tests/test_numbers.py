@@ -55,6 +55,7 @@ def test_the_cli_table_never_mixes_fixed_and_scientific_in_a_column() -> None:
 
 @pytest.mark.skipif(not SAMPLE_RUN.is_dir(), reason="the recorded sample run is not in this checkout")
 def test_the_app_table_prints_each_figure_as_the_cli_does(tmp_path: Path) -> None:
+    from carbontop.core.repeats import combine
     from carbontop.core.store import load_run
     from carbontop.report import COLUMNS as CLI_COLUMNS
     from carbontop.report import column_patterns, point_rows
@@ -62,13 +63,13 @@ def test_the_app_table_prints_each_figure_as_the_cli_does(tmp_path: Path) -> Non
     from carbontop.tui.widgets.results import _scaled
 
     run = load_run(SAMPLE_RUN)
-    rows = point_rows(run)
-    cli = column_patterns(rows, CLI_COLUMNS)
+    cli = column_patterns(point_rows(run), CLI_COLUMNS)
+    points = combine(run.points)  # the points the CLI's rows are made of
     for column in APP_COLUMNS:
         if column.key not in cli:
             continue
-        app_render = column.number.for_column([_scaled(r, column) for r in rows])
-        for row in rows:
-            value = _scaled(row, column)
+        app_render = column.number.for_column([_scaled(p, column) for p in points])
+        for point in points:
+            value = _scaled(point, column)
             if value is not None:
                 assert app_render(value) == cli[column.key](value), column.key

@@ -38,17 +38,17 @@ def test_sweep_with_a_day_long_trace_reports_cleanest_and_dirtiest_hour(tmp_path
     runner.prepare()
     runner.run()
     run = load_run(tmp_path / "run")
-    carbon = run.meta["carbon"]
-    assert carbon["source"] == "trace"
-    assert (carbon["cleanest_gco2e_per_kwh"], carbon["dirtiest_gco2e_per_kwh"]) == (50.0, 900.0)
+    carbon = run.meta.carbon
+    assert carbon.source == "trace"
+    assert (carbon.cleanest_gco2e_per_kwh, carbon.dirtiest_gco2e_per_kwh) == (50.0, 900.0)
     for p in run.points:
         # the whole point ran inside hour 12: 420 g/kWh (life cycle), times PUE
-        assert p["intensity_gco2e_per_kwh"] == pytest.approx(420.0)
-        assert p["gco2e_per_token"] == pytest.approx(p["j_per_token"] / 3.6e6 * 420.0 * 1.1)
+        assert p.intensity_gco2e_per_kwh == pytest.approx(420.0)
+        assert p.gco2e_per_token == pytest.approx(p.j_per_token / 3.6e6 * 420.0 * 1.1)
     line = extremes_line(run)
     best = run.points[0]
-    low = best["j_per_token"] / 3.6e6 * 50.0 * 1.1
-    assert f"b{best['batch_size']}: {low:.3g}" in line
+    low = best.j_per_token / 3.6e6 * 50.0 * 1.1
+    assert f"b{best.batch_size}: {low:.3g}" in line
     out = io.StringIO()
     print_summary(run, Console(file=out, width=200))
     text = out.getvalue()

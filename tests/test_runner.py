@@ -5,15 +5,22 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from carbontop.config import RunConfig
 from carbontop.core.store import load_run
+from carbontop.core.tomlcompat import tomllib
 from carbontop.engines.base import Phase, Progress
 from carbontop.errors import CarbontopError
 from carbontop.sweep import events
 from carbontop.sweep.runner import SweepRunner
+
+
+def run_toml(run_dir: Path) -> dict:
+    """run.toml's tables as written, for what the views do not read (the engine's own record)."""
+    return tomllib.loads((Path(run_dir) / "run.toml").read_text())
 
 
 def small(tmp_path, **kw) -> RunConfig:
@@ -36,21 +43,21 @@ def test_tiny_model_sweep_in_a_child_process(tmp_path) -> None:
     runner.prepare()
     runner.run()
     run = load_run(tmp_path / "run")
-    assert run.status == "done"
-    assert [p["batch_size"] for p in run.points] == [1, 4]
+    assert run.state == "done"
+    assert [p.batch_size for p in run.points] == [1, 4]
     for p in run.points:
-        b = p["batch_size"]
-        assert p["status"] == "ok"
-        assert p["n_requests"] == b and p["output_tokens"] == 16 * b
-        assert p["tokens_per_s"] > 0 and p["energy_j"] > 0
-        assert p["energy_source"] in ("rapl", "estimate")
-        assert p["j_per_token"] == pytest.approx(p["energy_j"] / (16 * b))
-        assert p["gco2e_per_token"] == pytest.approx(p["energy_j"] / 3.6e6 * 413 / (16 * b), rel=1e-6)
-        assert p["ttft_p50_s"] < p["duration_s"]
+        b = p.batch_size
+        assert p.status == "ok"
+        assert p.n_requests == b and p.output_tokens == 16 * b
+        assert p.tokens_per_s > 0 and p.energy_j > 0
+        assert p.energy_source in ("rapl", "estimate")
+        assert p.j_per_token == pytest.approx(p.energy_j / (16 * b))
+        assert p.gco2e_per_token == pytest.approx(p.energy_j / 3.6e6 * 413 / (16 * b), rel=1e-6)
+        assert p.ttft_p50_s < p.duration_s
     assert run.requests_count == 5
-    assert run.power, "power.csv holds the samples"
-    assert run.meta["engine"]["model_class"] == "LlamaForCausalLM"
-    assert run.meta["status"]["recommended_batch"] in (1, 4)
+    assert run.samples, "power.csv holds the samples"
+    assert run_toml(run.path)["engine"]["model_class"] == "LlamaForCausalLM"
+    assert run.meta.status.recommended_batch in (1, 4)
     kinds = [type(e) for e in seen]
     assert kinds[0] is events.SweepStarted and kinds[-1] is events.SweepFinished
     assert kinds.count(events.PointFinished) == 2
@@ -72,10 +79,10 @@ def test_auto_search_survives_oom_and_finds_the_boundary(tmp_path, engine: str, 
     with_engine(runner, engine)
     runner.run()
     run = load_run(tmp_path / "run")
-    statuses = {p["batch_size"]: p["status"] for p in run.points}
+    statuses = {p.batch_size: p.status for p in run.points}
     assert statuses == {1: "ok", 2: "ok", 4: "ok", 8: failed, 6: failed, 5: "ok"}
-    assert run.meta["status"]["largest_ok_batch"] == 5
-    assert run.meta["status"]["smallest_failed_batch"] == 6
+    assert run.meta.status.largest_ok_batch == 5
+    assert run.meta.status.smallest_failed_batch == 6
 
 
 def test_a_crash_is_recorded_and_the_sweep_goes_on_in_a_fresh_child(tmp_path) -> None:
@@ -83,9 +90,9 @@ def test_a_crash_is_recorded_and_the_sweep_goes_on_in_a_fresh_child(tmp_path) ->
     with_engine(runner, "engines_for_tests:CrashesAt")
     runner.run()
     run = load_run(tmp_path / "run")
-    assert [(p["batch_size"], p["status"]) for p in run.points] == [(1, "ok"), (2, "ok"), (4, "crashed")]
-    assert "exited with code 3" in run.points[2]["message"]
-    assert "tried twice, in two engine processes" in run.points[2]["message"]
+    assert [(p.batch_size, p.status) for p in run.points] == [(1, "ok"), (2, "ok"), (4, "crashed")]
+    assert "exited with code 3" in run.points[2].message
+    assert "tried twice, in two engine processes" in run.points[2].message
 
 
 def test_cancel_keeps_finished_points(tmp_path) -> None:
@@ -101,8 +108,8 @@ def test_cancel_keeps_finished_points(tmp_path) -> None:
     thread.join(30)
     assert not thread.is_alive()
     run = load_run(tmp_path / "run")
-    assert run.status == "cancelled"
-    assert run.points[-1]["status"] == "cancelled"
+    assert run.state == "cancelled"
+    assert run.points[-1].status == "cancelled"
     assert isinstance(seen[-1], events.SweepFinished) and seen[-1].status == "cancelled"
 
 
@@ -123,13 +130,13 @@ def test_inflight_point_through_the_runner(tmp_path) -> None:
     runner.run()
     run = load_run(tmp_path / "run")
     (p,) = run.points
-    assert p["status"] == "ok" and p["batching"] == "inflight"
-    assert p["duration_s"] >= 1.0 and p["window_target_s"] == 1.0 and p["point_s"] > p["duration_s"]
-    assert p["slot_occupancy"] >= 0.95
-    assert p["ci_batches"] >= 2 and p["j_per_token_ci95"] is not None
-    assert p["j_per_token"] == pytest.approx(p["energy_j"] / p["output_tokens"], rel=0.05)
-    assert run.environment["idle_power_loaded_w"] is not None
-    assert run.meta["status"]["recommendation"].startswith("batch 2: lowest")
+    assert p.status == "ok" and p.batching == "inflight"
+    assert p.duration_s >= 1.0 and p.window_target_s == 1.0 and p.point_s > p.duration_s
+    assert p.slot_occupancy >= 0.95
+    assert p.ci_batches >= 2 and p.j_per_token_ci95 is not None
+    assert p.j_per_token == pytest.approx(p.energy_j / p.output_tokens, rel=0.05)
+    assert run.meta.environment.idle_power_loaded_w is not None
+    assert run.meta.status.recommendation.startswith("batch 2: lowest")
 
 
 def test_repeats_run_in_shuffled_order_and_combine(tmp_path) -> None:
@@ -138,15 +145,15 @@ def test_repeats_run_in_shuffled_order_and_combine(tmp_path) -> None:
     with_engine(runner, "engines_for_tests:Scheduler")
     runner.run()
     run = load_run(tmp_path / "run")
-    order = run.meta["repeats"]["order"]
+    order = run_toml(run.path)["repeats"]["order"]
     assert sorted(order) == sorted(f"{b}:{k}" for b in (1, 2, 4) for k in (1, 2))
     assert order != sorted(order, key=lambda s: (int(s.split(":")[1]), int(s.split(":")[0])))
-    measured = [(p["batch_size"], p["repeat"]) for p in run.points]
+    measured = [(p.batch_size, p.repeat) for p in run.points]
     assert measured[:3] == [(1, 0), (2, 0), (4, 0)]
     assert [f"{b}:{k}" for b, k in measured[3:]] == order
     from carbontop.core.repeats import combine
 
-    combined = combine(run.point_results())
+    combined = combine(run.points)
     assert [p.repeats for p in combined] == [2, 2, 2]
 
 
@@ -186,6 +193,6 @@ def test_a_missing_closing_counter_reading_re_measures_once_then_flags(tmp_path,
     runner.run()
     (p,) = load_run(tmp_path / "run").points  # one row: the first attempt is not kept
     assert len(calls) == 2  # measured twice either way
-    assert (p["energy_incomplete"] == "True") is (misses == 2)
-    assert ("no energy-counter reading came after the window's end" in (p["message"] or "")) is (
+    assert p.energy_incomplete is (misses == 2)
+    assert ("no energy-counter reading came after the window's end" in (p.message or "")) is (
         misses == 2)

@@ -39,15 +39,15 @@ def test_rows_are_on_disk_as_soon_as_written(tmp_path) -> None:
         rows = list(csv.DictReader(fh))
     assert rows[0]["batch_size"] == "4" and rows[0]["status"] == "ok"
     run = load_run(run_dir)
-    assert run.status == "running"
-    assert run.requests_count == 2 and run.power[0]["power_w"] == 10.0
+    assert run.state == "running"
+    assert run.requests_count == 2 and run.samples[0].power_w == 10.0
     writer.write_point(PointResult(batch_size=8, status=PointStatus.OOM, message="out of memory"))
     writer.finish("done", recommended_batch=4)
     run = load_run(run_dir)
-    assert run.status == "done" and run.meta["status"]["recommended_batch"] == 4
-    assert [p["status"] for p in run.points] == ["ok", "oom"]
-    assert run.points[1]["tokens_per_s"] is None
-    results = run.point_results()
+    assert run.state == "done" and run.meta.status.recommended_batch == 4
+    assert [p.status for p in run.points] == ["ok", "oom"]
+    assert run.points[1].tokens_per_s is None
+    results = run.points
     assert results[0].status is PointStatus.OK and results[0].tokens_per_s == 12.5
 
 

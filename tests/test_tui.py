@@ -680,8 +680,8 @@ async def test_real_sweep_started_with_s_and_cancelled_with_c(tmp_path: Path) ->
     from carbontop.core.store import load_run
 
     saved = load_run(app.run_dir)
-    assert saved.status == "cancelled"
-    assert saved.points[0]["batch_size"] == 1 and saved.points[0]["status"] == "ok"
+    assert saved.state == "cancelled"
+    assert saved.points[0].batch_size == 1 and saved.points[0].status == "ok"
 
 
 def test_point_status_words_cover_every_status() -> None:

@@ -177,7 +177,7 @@ class TelemetryHost(App[None]):
 
     def on_mount(self) -> None:
         run = load_run(H100)
-        self.query_one(TelemetryPane).show_trace(run.power, {0: "NVIDIA H100 80GB HBM3"})
+        self.query_one(TelemetryPane).show_trace(run.samples, {0: "NVIDIA H100 80GB HBM3"})
 
 
 async def test_telemetry_shows_memory_of_the_total_temperature_utilisation_and_clock() -> None:
@@ -185,12 +185,12 @@ async def test_telemetry_shows_memory_of_the_total_temperature_utilisation_and_c
     async with app.run_test(size=(120, 20)) as pilot:
         await pilot.pause()
         text = screen_text(app)
-        last = load_run(H100).power[-1]
-        used, total = last["mem_used_bytes"] / 1e9, last["mem_total_bytes"] / 1e9
+        last = load_run(H100).samples[-1]
+        used, total = last.mem_used_bytes / 1e9, last.mem_total_bytes / 1e9
         # 0.50 of 85.5 GB at the end of the sweep: the model unloaded
         assert f"{used:5.1f}/{total:.0f} GB {used / total * 100:3.0f}%" in text
-        assert f"util {last['util_pct']:3.0f}%" in text
-        assert f"{last['temp_c']:3.0f} °C" in text and f"SM {last['sm_clock_mhz']:4.0f} MHz" in text
+        assert f"util {last.util_pct:3.0f}%" in text
+        assert f"{last.temp_c:3.0f} °C" in text and f"SM {last.sm_clock_mhz:4.0f} MHz" in text
 
 
 # ---- in the app ---------------------------------------------------------------------------

@@ -4,10 +4,11 @@ buckets and bar heights, the best-point rule, the form's text of a config."""
 from __future__ import annotations
 
 from carbontop.config import RunConfig
+from carbontop.core.records import PointResult, PointStatus, Sample
 from carbontop.tui import format as fmt
 from carbontop.tui.screens import recent_runs
 from carbontop.tui.widgets.config_form import to_text
-from carbontop.tui.widgets.results import best_batch, point_row
+from carbontop.tui.widgets.results import best_batch
 from carbontop.tui.widgets.sparkline import BARS, bar_rows, bucket_max
 from carbontop.tui.widgets.telemetry import DeviceSeries
 
@@ -49,31 +50,34 @@ def test_bar_heights_scale_from_zero_to_the_ceiling() -> None:
     assert bar_rows([2.0], v_max=0.0, height=1) == [[0]]
 
 
+def point(batch_size: int, status: str, gco2e_per_token: float | None,
+          total_gco2e_per_token: float | None = None) -> PointResult:
+    return PointResult(batch_size, PointStatus(status), gco2e_per_token=gco2e_per_token,
+                       total_gco2e_per_token=total_gco2e_per_token)
+
+
 def test_best_point_is_the_lowest_carbon_among_ok_points_as_the_recommendation_counts_it() -> None:
     rows = {
-        1: point_row({"batch_size": 1, "status": "ok", "gco2e_per_token": 2e-4}),
-        8: point_row({"batch_size": 8, "status": "ok", "gco2e_per_token": 4e-5}),
-        16: point_row({"batch_size": 16, "status": "oom", "gco2e_per_token": None}),
-        12: point_row({"batch_size": 12.0, "status": "kv_bound", "gco2e_per_token": 1e-6}),
+        1: point(1, "ok", 2e-4),
+        8: point(8, "ok", 4e-5),
+        16: point(16, "oom", None),
+        12: point(12, "kv_bound", 1e-6),
     }
     assert best_batch(rows) == 8
-    rows[4] = point_row({"batch_size": 4, "status": "ok", "gco2e_per_token": 4e-5})
+    rows[4] = point(4, "ok", 4e-5)
     assert best_batch(rows) == 8  # a tie goes to the larger batch, as carbon.recommend breaks it
     # with embodied carbon on every ok point, the total decides (here against the operational)
-    rows[1] = point_row({"batch_size": 1, "status": "ok", "gco2e_per_token": 2e-4,
-                         "total_gco2e_per_token": 2.1e-4})
-    rows[4] = point_row({"batch_size": 4, "status": "ok", "gco2e_per_token": 4e-5,
-                         "total_gco2e_per_token": 5e-5})
-    rows[8] = point_row({"batch_size": 8, "status": "ok", "gco2e_per_token": 4e-5,
-                         "total_gco2e_per_token": 6e-5})
+    rows[1] = point(1, "ok", 2e-4, 2.1e-4)
+    rows[4] = point(4, "ok", 4e-5, 5e-5)
+    rows[8] = point(8, "ok", 4e-5, 6e-5)
     assert best_batch(rows) == 4
     assert best_batch({}) is None
 
 
-def test_device_series_from_saved_rows_and_samples() -> None:
-    rows = [{"t_s": 1.0, "power_w": 100, "mem_used_bytes": 2_000_000_000, "mem_total_bytes": 8e9},
-            {"t_s": 2.0, "power_w": None, "mem_used_bytes": None}]
-    series = DeviceSeries.from_samples(0, "GPU", rows)
+def test_device_series_from_samples() -> None:
+    samples = [Sample(1.0, 0, 100.0, None, mem_used_bytes=2_000_000_000, mem_total_bytes=8_000_000_000),
+               Sample(2.0, 0, None, None)]
+    series = DeviceSeries.from_samples(0, "GPU", samples)
     assert series.times == [1.0, 2.0] and series.power_w == [100.0, None]
     assert series.mem_gb == [2.0, None] and series.mem_total_gb == 8.0
 

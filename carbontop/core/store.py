@@ -32,6 +32,7 @@ import tomli_w
 
 from carbontop.core.liveness import Heartbeat, effective_state, owner_record
 from carbontop.core.records import PointResult, PointStatus, RequestRecord, Sample
+from carbontop.core.run_meta import RunMeta
 from carbontop.core.tomlcompat import tomllib
 from carbontop.errors import CarbontopError
 
@@ -344,24 +345,24 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
         return rows
 
 
-@dataclass
+@dataclass(frozen=True)
 class SavedRun:
-    path: Path
-    config: dict[str, Any]
-    environment: dict[str, Any]
-    meta: dict[str, Any]
-    status: str
-    points: list[dict[str, Any]]
-    requests_count: int
-    power: list[dict[str, Any]] = field(default_factory=list)
-    status_note: str = ""  # why a run recorded as running is shown as interrupted
+    """A run directory read back: the same records a live sweep hands the views."""
 
-    def point_results(self) -> list[PointResult]:
-        return [point_from_row(row) for row in self.points]
+    path: Path
+    meta: RunMeta
+    state: str  # the recorded state, or `interrupted` where the process that ran it is gone
+    points: tuple[PointResult, ...]
+    requests_count: int
+    samples: tuple[Sample, ...] = ()
+    state_note: str = ""  # why a run recorded as running is shown as interrupted
+    # run.toml's [run] table as written: carbontop.config reads it back into a RunConfig (to run
+    # the sweep again or carry it on); views read meta.settings
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def point_from_row(row: dict[str, Any]) -> PointResult:
-    """A points.csv row (as read by load_run) back as a PointResult."""
+    """A points.csv row (as _read_csv reads it) back as a PointResult."""
     names = set(POINT_COLUMNS)
     kw = {k: v for k, v in row.items() if k in names}
     kw["status"] = PointStatus(str(kw.get("status", "ok")))
@@ -372,6 +373,26 @@ def point_from_row(row: dict[str, Any]) -> PointResult:
         if name in kw:
             kw[name] = kw[name] in (True, "True", "true", 1)
     return PointResult(**kw)
+
+
+_SAMPLE_INTS = ("gpu_index", "mem_used_bytes", "mem_total_bytes")  # the rest are floats
+
+
+def sample_from_row(row: dict[str, Any]) -> Sample | None:
+    """A power.csv row back as a Sample; None for a row with no time or device."""
+    if row.get("t_s") is None or row.get("gpu_index") is None:
+        return None
+    names = set(POWER_COLUMNS)
+    kw: dict[str, Any] = {}
+    for k, v in row.items():
+        if k not in names:
+            continue
+        if isinstance(v, str):  # a number column holding text: not a reading
+            v = None
+        kw[k] = int(v) if v is not None and k in _SAMPLE_INTS else (None if v is None else float(v))
+    kw.setdefault("power_w", None)
+    kw.setdefault("energy_j", None)
+    return Sample(**kw)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -408,14 +429,13 @@ def load_run(path: Path, *, with_power: bool = True) -> SavedRun:
     live = effective_state(meta.get("status", {}), path / "run.toml")
     return SavedRun(
         path=path,
-        config=meta.get("run", {}),
-        environment=meta.get("environment", {}),
-        meta=meta,
-        status=live.state,
-        points=points,
+        meta=RunMeta.from_toml(meta),
+        state=live.state,
+        points=tuple(point_from_row(row) for row in points),
         requests_count=n_requests,
-        power=power,
-        status_note=live.note,
+        samples=tuple(s for s in map(sample_from_row, power) if s is not None),
+        state_note=live.note,
+        config=dict(meta.get("run", {})),
     )
 
 
@@ -433,10 +453,11 @@ def export_points_csv(run_dir: Path, dest: Path) -> Path:
     dest = Path(dest).expanduser()
     if dest.is_dir():
         dest = dest / f"{run.path.name}-points.csv"
-    frame = pd.DataFrame(run.points, columns=POINT_COLUMNS)
+    rows = [dataclasses.asdict(p) | {"status": p.status.value} for p in run.points]
+    frame = pd.DataFrame(rows, columns=POINT_COLUMNS)
     frame.insert(0, "run", run.path.name)
-    frame.insert(1, "model", run.config.get("model", ""))
-    frame.insert(2, "gpu", ", ".join(run.environment.get("devices", [])))
+    frame.insert(1, "model", run.meta.settings.model)
+    frame.insert(2, "gpu", ", ".join(run.meta.environment.devices))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(dest, index=False)

@@ -13,10 +13,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carbontop.core.records import PointResult
+from carbontop.core.run_meta import RunSettings, WorkloadRecord
 from carbontop.figures.series import Metric, carbon_metric, measured
+
+if TYPE_CHECKING:
+    from carbontop.core.store import SavedRun
 
 
 @dataclass(frozen=True)
@@ -78,54 +82,48 @@ def _batching(run_dir: Path) -> str:
     return "in-flight" if row[header.index("batch_index")] == "-1" else "static"
 
 
-def _workload(config: dict[str, Any], workload: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-    source = str(workload.get("source") or config.get("dataset") or "?")
-    prompts = workload.get("prompts") or config.get("resolved_num_prompts") or config.get("num_prompts")
-    max_in = config.get("resolved_max_input_len") or config.get("max_input_len")
-    max_out = config.get("resolved_max_output_len") or config.get("max_output_len")
+def _workload(settings: RunSettings, workload: WorkloadRecord) -> tuple[str, tuple[Any, ...]]:
+    source = workload.source or settings.dataset or "?"
+    prompts = workload.prompts or settings.num_prompts
+    max_in, max_out = settings.max_input_len, settings.max_output_len
     name = Path(source).name if ("/" in source or source.endswith((".json", ".gz", ".jsonl"))) else source
     text = f"{name}, {prompts} prompts, ≤{max_in} in / ≤{max_out} out tokens"
-    mean_in, mean_out = workload.get("mean_input_tokens"), workload.get("mean_output_tokens")
+    mean_in, mean_out = workload.mean_input_tokens, workload.mean_output_tokens
     if mean_in is not None and mean_out is not None:
-        text += f" (mean {float(mean_in):.0f} / {float(mean_out):.0f})"
-    key = (name, prompts, max_in, max_out, config.get("min_len"), config.get("seed"))
+        text += f" (mean {mean_in:.0f} / {mean_out:.0f})"
+    key = (name, prompts, max_in, max_out, settings.min_len, settings.seed)
     return text, key
 
 
-def summarize(run: Any) -> RunSummary:
-    """One saved run (store.SavedRun) summed up for comparison."""
-    meta: dict[str, Any] = run.meta or {}
-    config: dict[str, Any] = run.config or {}
-    env: dict[str, Any] = run.environment or {}
-    status: dict[str, Any] = meta.get("status") or {}
-    carbon_meta: dict[str, Any] = meta.get("carbon") or {}
-    points = run.point_results()
+def summarize(run: SavedRun) -> RunSummary:
+    """One saved run summed up for comparison."""
+    settings, status, carbon_meta = run.meta.settings, run.meta.status, run.meta.carbon
+    points = run.points
     ok = measured(points)
     carbon = carbon_metric(points)
     by_batch = {int(p.batch_size): p for p in ok}
-    recommended = status.get("recommended_batch")
-    workload_text, workload_key = _workload(config, meta.get("workload") or {})
-    smallest_failed = status.get("smallest_failed_batch")
+    recommended = status.recommended_batch
+    workload_text, workload_key = _workload(settings, run.meta.workload)
     return RunSummary(
         name=Path(run.path).name,
         path=Path(run.path),
-        model=str(config.get("model") or (meta.get("model") or {}).get("name") or "?"),
-        gpu=", ".join(str(d) for d in env.get("devices") or []) or "?",
-        engine=str(config.get("engine") or "?"),
+        model=settings.model or run.meta.model_name or "?",
+        gpu=", ".join(run.meta.environment.devices) or "?",
+        engine=settings.engine or "?",
         batching=_batching(Path(run.path)),
         workload=workload_text,
-        carbon_source=str(carbon_meta.get("description") or carbon_meta.get("source") or "?"),
+        carbon_source=carbon_meta.description or carbon_meta.source or "?",
         carbon=carbon,
-        slo_s_per_token=config.get("slo_s_per_token"),
+        slo_s_per_token=settings.slo_s_per_token,
         largest_ok_batch=ok[-1].batch_size if ok else None,
-        smallest_failed_batch=None if smallest_failed is None else int(smallest_failed),
+        smallest_failed_batch=status.smallest_failed_batch,
         batch1=_at(by_batch.get(1), carbon),
-        recommended=_at(by_batch.get(int(recommended)) if recommended is not None else None, carbon),
+        recommended=_at(by_batch.get(recommended) if recommended is not None else None, carbon),
         largest=_at(ok[-1] if ok else None, carbon),
         workload_key=workload_key,
-        carbon_key=(carbon_meta.get("source"), carbon_meta.get("description"),
-                    carbon_meta.get("pue"), carbon_meta.get("lifetime_years"),
-                    config.get("trace_shift_h") if carbon_meta.get("source") == "trace" else None),
+        carbon_key=(carbon_meta.source or None, carbon_meta.description or None,
+                    carbon_meta.pue, carbon_meta.lifetime_years,
+                    settings.trace_shift_h if carbon_meta.source == "trace" else None),
         energy_sources=tuple(sorted({p.energy_source for p in ok if p.energy_source})),
     )
 

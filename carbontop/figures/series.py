@@ -15,15 +15,18 @@ no figures, and a KV-bound point ran fewer requests at once than its batch size 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from carbontop.core.carbon import lowest_carbon_batch
 from carbontop.core.records import PointResult, PointStatus, Sample
 from carbontop.core.repeats import combine
+
+if TYPE_CHECKING:
+    from carbontop.core.store import SavedRun
 
 
 class Metric(Enum):
@@ -119,22 +122,20 @@ class ChartRun:
 
     label: str
     points: tuple[PointResult, ...] = ()
-    samples: Sequence[Sample | Mapping[str, Any]] = ()
+    samples: Sequence[Sample] = ()
     recommended: int | None = None
     slo_s_per_token: float | None = None
     t0_s: float | None = None  # where the power trace's clock starts (default: first sample)
 
 
-def chart_run(saved: Any, label: str = "") -> ChartRun:
-    """A saved run (store.SavedRun) as the charts read it."""
-    status = (saved.meta or {}).get("status") or {}
-    recommended = status.get("recommended_batch")
+def chart_run(saved: SavedRun, label: str = "") -> ChartRun:
+    """A saved run as the charts read it."""
     return ChartRun(
         label=label or Path(saved.path).name,
-        points=tuple(saved.point_results()),
-        samples=saved.power,
-        recommended=None if recommended is None else int(recommended),
-        slo_s_per_token=(saved.config or {}).get("slo_s_per_token"),
+        points=saved.points,
+        samples=saved.samples,
+        recommended=saved.meta.status.recommended_batch,
+        slo_s_per_token=saved.meta.settings.slo_s_per_token,
     )
 
 
@@ -225,18 +226,12 @@ def tradeoff(
 # ---- telemetry ----------------------------------------------------------------------------
 
 
-def _get(sample: Sample | Mapping[str, Any], name: str) -> Any:
-    if isinstance(sample, Mapping):
-        return sample.get(name)
-    return getattr(sample, name, None)
-
-
 def device_label(index: int) -> str:
     return "CPU" if index < 0 else f"GPU {index}"
 
 
 def power_trace(
-    samples: Iterable[Sample | Mapping[str, Any]],
+    samples: Iterable[Sample],
     points: Sequence[PointResult] = (),
     *,
     t0_s: float | None = None,
@@ -246,16 +241,9 @@ def power_trace(
     by_device: dict[int, list[tuple[float, float]]] = {}
     first: float | None = None
     for s in samples:
-        t = _get(s, "t_s")
-        if t is None:
-            continue
-        t = float(t)
-        first = t if first is None else min(first, t)
-        power = _get(s, "power_w")
-        index = _get(s, "gpu_index")
-        if power is None or index is None:
-            continue
-        by_device.setdefault(int(index), []).append((t, float(power)))
+        first = s.t_s if first is None else min(first, s.t_s)
+        if s.power_w is not None:
+            by_device.setdefault(s.gpu_index, []).append((s.t_s, s.power_w))
     windows_abs = [
         (int(p.batch_size), float(p.window_start_s), float(p.window_end_s), p.status.value)
         for p in points

@@ -20,15 +20,15 @@ KEPT_STATUSES = (PointStatus.OK, PointStatus.OOM, PointStatus.KV_BOUND, PointSta
 
 
 def check_resumable(saved: SavedRun) -> None:
-    if saved.status == "running":
-        owner = saved.meta.get("status", {})
+    if saved.state == "running":
+        owner = saved.meta.status
         raise CarbontopError(
-            f"{saved.path} is still being written by PID {owner.get('pid', '?')} on "
-            f"{owner.get('host', '?')}; stop that sweep first.")
-    if saved.status == "done":
+            f"{saved.path} is still being written by PID {owner.pid or '?'} on "
+            f"{owner.host or '?'}; stop that sweep first.")
+    if saved.state == "done":
         raise CarbontopError(f"{saved.path} ran to its end; there is nothing to carry on.")
-    if saved.status not in RESUMABLE_STATES:
-        raise CarbontopError(f"{saved.path} ended as '{saved.status}', which cannot be carried on.")
+    if saved.state not in RESUMABLE_STATES:
+        raise CarbontopError(f"{saved.path} ended as '{saved.state}', which cannot be carried on.")
 
 
 def config_for_resume(saved: SavedRun) -> RunConfig:
@@ -38,7 +38,7 @@ def config_for_resume(saved: SavedRun) -> RunConfig:
 
 def check_same_devices(saved: SavedRun, device_names: list[str]) -> None:
     """A sweep carried on elsewhere would mix two machines' figures in one table."""
-    before = [str(d) for d in saved.environment.get("devices", [])]
+    before = list(saved.meta.environment.devices)
     if before and before != list(device_names):
         raise CarbontopError(
             f"{saved.path} was measured on {', '.join(before)}, and this sweep would run on "

@@ -266,14 +266,13 @@ class SweepRunner:
         """Reopen a stopped run: keep its finished points, and let the search learn from them."""
         check_same_devices(saved, self.device_names)
         meta = self._meta(source)
-        before = saved.meta.get("status", {})
-        meta["status"] = {"started": before.get("started"),
-                          "resumes": int(before.get("resumes", 0)) + 1}
+        before = saved.meta.status
+        meta["status"] = {"started": before.started, "resumes": before.resumes + 1}
         kept = {s.value for s in KEPT_STATUSES}
         self.run_dir = saved.path
         self._writer = RunWriter(saved.path, meta, resume=True,
                                  keep_point=lambda row: row.get("status") in kept)
-        for point in saved.point_results():
+        for point in saved.points:
             if point.status in KEPT_STATUSES:
                 self.points.append(point)
                 self.planner.report(point.batch_size, fits=point.status is PointStatus.OK)

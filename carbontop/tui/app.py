@@ -15,7 +15,7 @@ import pathlib
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from textual import events, work
@@ -54,6 +54,9 @@ from carbontop.tui.widgets.results import ResultsPane
 from carbontop.tui.widgets.sweep import SweepPane
 from carbontop.tui.widgets.telemetry import TelemetryPane
 from carbontop.tui.wording import for_app
+
+if TYPE_CHECKING:
+    from carbontop.core.store import SavedRun
 
 LAST_RUN_FILE = "last_run.toml"  # in the config dir: the form starts from the last sweep's setup
 UI_STATE_FILE = "tui.toml"  # in the config dir: the theme last chosen
@@ -96,7 +99,7 @@ def default_idle_sampler(config: cfgmod.RunConfig) -> Any:
     return sampler
 
 
-def default_run_loader(path: pathlib.Path) -> Any:
+def default_run_loader(path: pathlib.Path) -> SavedRun:
     from carbontop.core.store import load_run
 
     return load_run(path)
@@ -446,10 +449,10 @@ class CarbontopApp(App[int]):
             return
         self.call_from_thread(self._sweep_trace_loaded, saved)
 
-    def _sweep_trace_loaded(self, saved: Any) -> None:
-        if self.sweep_running or self.showing_saved or self._chart_run is None or not saved.power:
+    def _sweep_trace_loaded(self, saved: SavedRun) -> None:
+        if self.sweep_running or self.showing_saved or self._chart_run is None or not saved.samples:
             return  # a new sweep or a saved run took the charts meanwhile, or nothing was saved
-        self._chart_update(samples=saved.power, t0_s=None)  # its clock: the first sample
+        self._chart_update(samples=saved.samples, t0_s=None)  # its clock: the first sample
 
     def action_toggle_charts(self) -> None:
         main = getattr(self, "_main", self.screen)
@@ -693,7 +696,7 @@ class CarbontopApp(App[int]):
         self.push_screen(OpenScreen(self._load_run, recent_runs(self._runs_dir()), start),
                          self._opened)
 
-    def _opened(self, saved: Any) -> None:
+    def _opened(self, saved: SavedRun | None) -> None:
         if saved is None:
             return
         try:
@@ -701,40 +704,34 @@ class CarbontopApp(App[int]):
         except Exception as exc:  # noqa: BLE001 - a damaged run must not end the app
             self.show_error("Cannot show the run", f"{type(exc).__name__}: {exc}")
 
-    def show_saved(self, saved: Any) -> None:
-        """Show a saved run (store.SavedRun): its table, its points, its power trace, its setup."""
+    def show_saved(self, saved: SavedRun) -> None:
+        """Show a saved run: its table, its points, its power trace, its setup."""
         self._stop_idle_sampler()
         self.showing_saved = True
         self.run_dir = pathlib.Path(saved.path)
-        self.setup_line.show(saved_setup(saved.path, getattr(saved, "meta", {}) or {}))
-        meta = getattr(saved, "meta", {}) or {}
-        recommended = (meta.get("status") or {}).get("recommended_batch")
-        self.results.set_points(list(saved.points), recommended)
-        statuses = {int(p["batch_size"]): p.get("status") or "ok" for p in saved.points}
-        self.saved_config = saved_run_settings(saved.config or {})
-        self.sweep.show_saved(statuses, saved.status, reusable=self.saved_config is not None)
-        env = saved.environment or {}
-        devices = list(env.get("devices") or [])
-        indices = list(env.get("gpu_indices") or [])
-        names = dict(zip(indices, devices, strict=False)) if indices else ({-1: devices[0]} if devices else {})
-        self.telemetry.show_trace(saved.power, names, estimated=bool(env.get("energy_estimated")))
+        self.setup_line.show(saved_setup(saved.path, saved.meta))
+        self.results.set_points(list(saved.points), saved.meta.status.recommended_batch)
+        statuses = {p.batch_size: p.status.value for p in saved.points}
+        self.saved_config = saved_run_settings(saved.config)
+        self.sweep.show_saved(statuses, saved.state, reusable=self.saved_config is not None)
+        env = saved.meta.environment
+        self.telemetry.show_trace(saved.samples, env.device_names(), estimated=env.energy_estimated)
         self._chart_run = None
         self.charts.show_runs([chart_run(saved)])
         # The form keeps the next sweep's settings: opening a run only offers its own (u).
         self._offer_resume(saved)
         self.refresh_bindings()
 
-    def _offer_resume(self, saved: Any) -> None:
+    def _offer_resume(self, saved: SavedRun) -> None:
         """A run that stopped before its end can be carried on (R); its notes are shown too."""
-        from carbontop.report import run_notes
         from carbontop.sweep.resume import RESUMABLE_STATES
 
-        for note in run_notes(saved) if hasattr(saved, "meta") else []:
+        for note in saved.meta.notes:
             self.notify(note, title="Note")
-        self._resumable = saved if saved.status in RESUMABLE_STATES else None
+        self._resumable = saved if saved.state in RESUMABLE_STATES else None
         if self._resumable is not None:
-            why = getattr(saved, "status_note", "") or (saved.meta.get("status") or {}).get("message", "")
-            self.notify(f"This run stopped before its end ({saved.status}{': ' + why if why else ''}). "
+            why = saved.state_note or saved.meta.status.message
+            self.notify(f"This run stopped before its end ({saved.state}{': ' + why if why else ''}). "
                         "R (shift+r) carries it on: finished points are kept.", title="Resume?", timeout=15)
 
     def action_resume(self) -> None:
@@ -795,7 +792,7 @@ class CarbontopApp(App[int]):
     def energy_sources(self) -> list[str]:
         """Where the energy of the figures shown comes from: the points' own energy_source, or
         the live power source's kind before any point finished."""
-        found = [str(row.get("energy_source") or "") for row in self.results.rows.values()]
+        found = [p.energy_source for p in self.results.points.values()]
         found = [s for s in found if s]
         if found:
             return sorted(set(found))

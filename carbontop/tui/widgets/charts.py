@@ -417,7 +417,7 @@ class ChartView(Vertical):
             plot.show_runs(self._runs)
         self._note()
 
-    def update_samples(self, samples: Sequence[Sample | dict[str, Any]], t0_s: float | None = None) -> None:
+    def update_samples(self, samples: Sequence[Sample], t0_s: float | None = None) -> None:
         """New telemetry for the (single, live) run: only the power chart redraws."""
         if len(self._runs) != 1:
             return

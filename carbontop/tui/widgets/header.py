@@ -4,13 +4,15 @@ folder), so that a screenshot of the app says what it measured."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 from textual.widgets import Static
+
+from carbontop.core.run_meta import RunMeta
 
 SEPARATOR = " · "
 
@@ -76,16 +78,13 @@ def short_path(path: str | os.PathLike[str], width: int | None = None) -> str:
     return "…/" + parts[-1] if parts else text
 
 
-def saved_setup(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> Setup:
-    """The setup of a saved run, from its run.toml tables."""
-    env = meta.get("environment") or {}
-    carbon = meta.get("carbon") or {}
-    nvml = env.get("nvml") or {}
+def saved_setup(path: str | os.PathLike[str], meta: RunMeta) -> Setup:
+    """The setup of a saved run, from its run.toml."""
     return Setup(
-        host=str(env.get("host") or ""),
-        devices=tuple(str(d) for d in env.get("devices") or ()),
-        driver=str(nvml.get("driver_version") or ""),
-        carbon=carbon_text(str(carbon.get("description") or "")),
+        host=meta.environment.host,
+        devices=meta.environment.devices,
+        driver=meta.environment.driver_version,
+        carbon=carbon_text(meta.carbon.description),
         run_folder=str(path),
         saved=True,
     )

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +13,8 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from carbontop.core.carbon import lowest_carbon_batch
-from carbontop.core.records import PointResult, PointStatus
+from carbontop.core.records import PointResult
 from carbontop.figures.numbers import FORMATS, NumberFormat
-from carbontop.tui.widgets.sweep import status_name
 
 BEST_MARK = "★"
 RECOMMENDED_MARK = "✓"
@@ -32,20 +30,11 @@ class Column:
         return FORMATS[self.key]
 
 
-def _scaled(row: Mapping[str, Any], column: Column) -> float | None:
-    value = _num(row, column.key)
-    return None if value is None else value * column.number.scale
-
-
-def _num(row: Mapping[str, Any], key: str) -> float | None:
-    value = row.get(key)
-    if value is None or value == "":
+def _scaled(point: PointResult, column: Column) -> float | None:
+    value = getattr(point, column.key)
+    if value is None or math.isnan(value):
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
+    return value * column.number.scale
 
 
 # The first eleven fit 80 columns; the rest are there on a wide terminal (or by scrolling right).
@@ -72,24 +61,9 @@ STATUS_WORDS = {"ok": "ok", "kv_bound": "KV", "oom": "OOM", "crashed": "crash", 
                 "cancelled": "cancel", "error": "error"}
 
 
-def point_row(point: Any) -> dict[str, Any]:
-    """A PointResult (live) or a points.csv row (saved run) as one plain dict."""
-    if dataclasses.is_dataclass(point) and not isinstance(point, type):
-        row = dataclasses.asdict(point)
-    else:
-        row = dict(point)
-    row["status"] = status_name(row.get("status")) or "ok"
-    row["batch_size"] = int(float(row["batch_size"]))
-    return row
-
-
-def best_batch(rows: Mapping[int, Mapping[str, Any]]) -> int | None:
+def best_batch(points: Mapping[int, PointResult]) -> int | None:
     """The point marked lowest-carbon: carbon.lowest_carbon_batch over the rows shown."""
-    points = [PointResult(batch_size=b, status=PointStatus(row["status"]),
-                          gco2e_per_token=_num(row, "gco2e_per_token"),
-                          total_gco2e_per_token=_num(row, "total_gco2e_per_token"))
-              for b, row in rows.items() if row.get("status") in PointStatus._value2member_map_]
-    return lowest_carbon_batch(points)
+    return lowest_carbon_batch(list(points.values()))
 
 
 class ResultsPane(Vertical):
@@ -104,7 +78,7 @@ class ResultsPane(Vertical):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.rows: dict[int, dict[str, Any]] = {}
+        self.points: dict[int, PointResult] = {}  # the row shown for each batch size
         self.recommended: int | None = None
 
     def compose(self) -> ComposeResult:
@@ -148,20 +122,16 @@ class ResultsPane(Vertical):
         return self.query_one(DataTable)
 
     def clear(self) -> None:
-        self.rows = {}
+        self.points = {}
         self.recommended = None
         self._redraw()
 
-    def add_point(self, point: Any) -> None:
-        row = point_row(point)
-        self.rows[row["batch_size"]] = row
+    def add_point(self, point: PointResult) -> None:
+        self.points[point.batch_size] = point
         self._redraw()
 
-    def set_points(self, points: list[Any], recommended: int | None = None) -> None:
-        self.rows = {}
-        for point in points:
-            row = point_row(point)
-            self.rows[row["batch_size"]] = row
+    def set_points(self, points: Iterable[PointResult], recommended: int | None = None) -> None:
+        self.points = {p.batch_size: p for p in points}
         self.recommended = recommended
         self._redraw()
 
@@ -174,32 +144,32 @@ class ResultsPane(Vertical):
         table = self.table
         cursor = table.cursor_row
         table.clear()
-        best = best_batch(self.rows)
+        best = best_batch(self.points)
         # one format per column, from all its rows: 3.08e-4 above 1.85e-5, never 0.000308 above it
-        formats = [column.number.for_column([_scaled(row, column) for row in self.rows.values()])
+        formats = [column.number.for_column([_scaled(p, column) for p in self.points.values()])
                    for column in COLUMNS]
-        for b in sorted(self.rows):
-            row = self.rows[b]
+        for b in sorted(self.points):
+            point = self.points[b]
             marks = (BEST_MARK if b == best else "") + (RECOMMENDED_MARK if b == self.recommended else "")
-            status = row["status"]
+            status = point.status.value
             cells: list[Any] = [
                 Text(f"{marks}{b}".rjust(5), style="bold" if marks else ""),
                 Text(STATUS_WORDS.get(status, status), style="" if status == "ok" else "italic"),
             ]
             for column, render in zip(COLUMNS, formats, strict=True):
-                cells.append(Text(render(_scaled(row, column)), justify="right"))
+                cells.append(Text(render(_scaled(point, column)), justify="right"))
             table.add_row(*cells, key=str(b))
-        if self.rows:
-            table.move_cursor(row=min(cursor, len(self.rows) - 1))
+        if self.points:
+            table.move_cursor(row=min(cursor, len(self.points) - 1))
         self._caption()
 
     def _caption(self) -> None:
         caption = self.query_one("#results-caption", Static)
-        if not self.rows:
+        if not self.points:
             caption.update("Rows appear here as sweep points finish.")
             return
         notes = []
-        best = best_batch(self.rows)
+        best = best_batch(self.points)
         if best is not None:
             notes.append(f"{BEST_MARK} lowest gCO2e/tok {best}")
         if self.recommended is not None:
@@ -208,8 +178,8 @@ class ResultsPane(Vertical):
             notes.append("No point finished cleanly yet.")
         view = []
         first, last = self.rows_in_view()
-        if first > 0 or last < len(self.rows):
-            view.append(f"rows {first + 1}–{last} of {len(self.rows)}")
+        if first > 0 or last < len(self.points):
+            view.append(f"rows {first + 1}–{last} of {len(self.points)}")
         left, right = self.columns_out_of_view()
         if left:
             view.append(f"← {left} cols")
@@ -223,5 +193,5 @@ class ResultsPane(Vertical):
         """The rows the table shows now: (first index, one past the last)."""
         table = self.table
         visible = max(0, table.scrollable_content_region.height - table.header_height)
-        first = min(int(table.scroll_y), len(self.rows))
-        return first, min(len(self.rows), first + visible)
+        first = min(int(table.scroll_y), len(self.points))
+        return first, min(len(self.points), first + visible)

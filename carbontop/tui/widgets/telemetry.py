@@ -11,17 +11,11 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Label, Static
 
+from carbontop.core.records import Sample
 from carbontop.tui.widgets.sparkline import RangeSparkline
 
 WINDOW_S = 60.0
 GB = 1e9
-
-
-def _get(sample: Any, name: str) -> Any:
-    """Samples are records.Sample objects (live) or dicts (a saved run's power.csv rows)."""
-    if isinstance(sample, Mapping):
-        return sample.get(name)
-    return getattr(sample, name, None)
 
 
 @dataclass
@@ -40,24 +34,20 @@ class DeviceSeries:
     sm_clock_mhz: float | None = None
 
     @classmethod
-    def from_samples(cls, index: int, name: str, samples: Iterable[Any]) -> DeviceSeries:
+    def from_samples(cls, index: int, name: str, samples: Iterable[Sample]) -> DeviceSeries:
         series = cls(index=index, name=name)
         for s in samples:
-            t = _get(s, "t_s")
-            if t is None:
-                continue
-            series.times.append(float(t))
-            p = _get(s, "power_w")
-            series.power_w.append(None if p is None else float(p))
-            m = _get(s, "mem_used_bytes")
-            series.mem_gb.append(None if m is None else float(m) / GB)
-            total = _get(s, "mem_total_bytes")
-            if total:
-                series.mem_total_gb = float(total) / GB
-            for name in ("util_pct", "temp_c", "sm_clock_mhz"):
-                value = _get(s, name)
-                if value is not None:
-                    setattr(series, name, float(value))
+            series.times.append(s.t_s)
+            series.power_w.append(s.power_w)
+            series.mem_gb.append(None if s.mem_used_bytes is None else s.mem_used_bytes / GB)
+            if s.mem_total_bytes:
+                series.mem_total_gb = s.mem_total_bytes / GB
+            if s.util_pct is not None:
+                series.util_pct = s.util_pct
+            if s.temp_c is not None:
+                series.temp_c = s.temp_c
+            if s.sm_clock_mhz is not None:
+                series.sm_clock_mhz = s.sm_clock_mhz
         return series
 
     def state_line(self) -> str:
@@ -230,7 +220,7 @@ class TelemetryPane(VerticalScroll):
         kind = getattr(source, "kind", "") or ""
         estimated = bool(getattr(source, "estimated", False))
         self.border_title = "Telemetry" + (f" · {source_words(kind, estimated)}" if kind or estimated else "")
-        latest: dict[int, Any] = sampler.latest() or {}
+        latest: dict[int, Sample] = sampler.latest() or {}
         if not latest:
             self.note("Waiting for the first power reading…")
             return
@@ -238,33 +228,30 @@ class TelemetryPane(VerticalScroll):
         names: dict[int, str] = {}
         if source is not None and hasattr(source, "device_names"):
             names = dict(source.device_names() or {})
-        t_end = max(float(_get(s, "t_s") or 0.0) for s in latest.values())
+        t_end = max(s.t_s for s in latest.values())
         devices = [
             DeviceSeries.from_samples(index, names.get(index, ""), sampler.samples(t0=t_end - WINDOW_S, gpu=index))
             for index in latest
         ]
         self._show(devices, t_end, WINDOW_S, " · estimated" if estimated else "")
 
-    def show_trace(self, rows: list[dict[str, Any]], names: Mapping[int, str] | None = None,
+    def show_trace(self, samples: Iterable[Sample], names: Mapping[int, str] | None = None,
                    *, estimated: bool = False) -> None:
-        """A saved run's whole power trace (power.csv rows), on one screen width."""
+        """A saved run's whole power trace, on one screen width."""
         self.border_title = "Power trace · saved run" + (" · estimated" if estimated else "")
-        by_device: dict[int, list[dict[str, Any]]] = {}
-        for row in rows:
-            index = row.get("gpu_index")
-            if index is None or row.get("t_s") is None:
-                continue
-            by_device.setdefault(int(index), []).append(row)
+        by_device: dict[int, list[Sample]] = {}
+        for sample in samples:
+            by_device.setdefault(sample.gpu_index, []).append(sample)
         if not by_device:
             self.clear_devices()
             self.note("This run has no power readings.")
             return
         self.note("")
-        t_start = min(float(r["t_s"]) for rs in by_device.values() for r in rs)
-        t_end = max(float(r["t_s"]) for rs in by_device.values() for r in rs)
+        t_start = min(s.t_s for ss in by_device.values() for s in ss)
+        t_end = max(s.t_s for ss in by_device.values() for s in ss)
         names = names or {}
         devices = [
-            DeviceSeries.from_samples(i, names.get(i, ""), sorted(rs, key=lambda r: float(r["t_s"])))
-            for i, rs in by_device.items()
+            DeviceSeries.from_samples(i, names.get(i, ""), sorted(ss, key=lambda s: s.t_s))
+            for i, ss in by_device.items()
         ]
         self._show(devices, t_end, max(1.0, t_end - t_start), " · estimated" if estimated else "")
