@@ -14,6 +14,7 @@ from typing import Any
 
 from carbontop import __version__
 from carbontop import config as cfgmod  # light: platformdirs and the pure core
+from carbontop.core.modelspec import DEFAULT_MAX_LEN, PRESETS, TINY_MAX_LEN
 from carbontop.errors import CarbontopError
 
 EXIT_OK = 0
@@ -21,44 +22,52 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
 
+# Help texts quote the defaults from where they are decided (config, the model presets), never as
+# numbers typed again here.
+D = cfgmod.DEFAULTS
+MODEL_PRESETS = tuple(PRESETS)
+MAX_LEN_DEFAULTS = (", ".join(f"{n} {f}" for f, n in DEFAULT_MAX_LEN.items())
+                    + f", {TINY_MAX_LEN} tiny")
+PUE_PRESET_TEXT = ", ".join(f"{name} ({value:.2f})" for name, (value, _) in cfgmod.PUE_PRESETS.items())
+
 # flag -> RunConfig field, for the sweep and the app
 SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--model", "model", {"help": "preset (tiny, llama2-7b, llama2-13b, llama3.1-8b, gpt2, gpt2-medium, gpt2-large, gpt2-xl), a local model folder, or a hub id (meta-llama/Llama-2-7b-hf) from the local Hugging Face cache; for --engine openai the served model name"}),
-    ("--engine", "engine", {"choices": cfgmod.ENGINES, "help": "inference engine (default hf)"}),
+    ("--model", "model", {"help": f"preset ({', '.join(MODEL_PRESETS)}), a local model folder, or a hub id (meta-llama/Llama-2-7b-hf) from the local Hugging Face cache; for --engine openai the served model name"}),
+    ("--engine", "engine", {"choices": cfgmod.ENGINES, "help": f"inference engine (default {D.engine})"}),
     ("--weights", "weights", {"choices": cfgmod.WEIGHTS, "help": "dummy: random weights from the architecture config; auto: the folder's weights"}),
     ("--tokenizer", "tokenizer", {"help": "count tokens with this tokenizer (a model folder, or a hub id in the local Hugging Face cache), e.g. for a preset"}),
     ("--dtype", "dtype", {"choices": cfgmod.DTYPES, "help": "default: bf16 on a GPU, fp32 on the CPU"}),
     ("--device", "device", {"choices": cfgmod.DEVICES, "help": "default: cuda where a GPU is visible"}),
     ("--gpus", "gpus", {"help": "GPU indices to use and measure, e.g. 0 or 0,1"}),
     ("--compile", "compile", {"choices": cfgmod.COMPILE_MODES, "help": "hf engine on CUDA: auto compiles the decode step (autotuned at batch 1), on compiles without autotuning, off runs it eagerly; always in a CUDA graph"}),
-    ("--quant", "quant", {"choices": cfgmod.QUANTS, "help": "weight-only quantisation: hf through torchao (int4-wo needs a CUDA GPU), trtllm through TensorRT-LLM's W4A16/W8A16 (default none)"}),
-    ("--power-source", "power_source", {"choices": cfgmod.POWER_SOURCES, "help": "where power comes from (default auto: NVML on a GPU, tegrastats on a Jetson, RAPL or an estimate on a CPU)"}),
+    ("--quant", "quant", {"choices": cfgmod.QUANTS, "help": f"weight-only quantisation: hf through torchao (int4-wo needs a CUDA GPU), trtllm through TensorRT-LLM's W4A16/W8A16 (default {D.quant})"}),
+    ("--power-source", "power_source", {"choices": cfgmod.POWER_SOURCES, "help": f"where power comes from (default {D.power_source}: NVML on a GPU, tegrastats on a Jetson, RAPL or an estimate on a CPU)"}),
     ("--url", "url", {"help": "openai engine: server base URL, e.g. http://localhost:8000"}),
     ("--arch", "arch", {"help": "openai engine: preset or folder with the served model's architecture (for MFU/MBU)"}),
-    ("--kv-cache-fraction", "kv_cache_fraction", {"help": "trtllm: share of free GPU memory for the KV cache (default 0.9)"}),
+    ("--kv-cache-fraction", "kv_cache_fraction", {"help": f"trtllm: share of free GPU memory for the KV cache (default {D.kv_cache_fraction:g})"}),
     ("--max-num-tokens", "max_num_tokens", {"help": "trtllm: tokens one scheduler step may take (default: TensorRT-LLM's own); a KV-bound point that says 'or token budget' may need more"}),
-    ("--request-timeout-s", "request_timeout_s", {"help": "openai: longest one request may take (default 600)"}),
-    ("--stall-timeout-s", "stall_timeout_s", {"help": "kill an engine that sends no word for this long and record its point as hung (default 1800: compiles and engine builds are silent)"}),
-    ("--dataset", "dataset", {"help": "sharegpt (default), synthetic, or a ShareGPT-format JSON file"}),
-    ("--num-prompts", "num_prompts", {"help": "prompts per point (default 100 on a GPU, 16 on a CPU)"}),
-    ("--max-input-len", "max_input_len", {"help": "longest prompt in tokens (default: 1000 Llama, 500 GPT-2, 128 tiny)"}),
+    ("--request-timeout-s", "request_timeout_s", {"help": f"openai: longest one request may take (default {D.request_timeout_s:g} s)"}),
+    ("--stall-timeout-s", "stall_timeout_s", {"help": f"kill an engine that sends no word for this long and record its point as hung (default {D.stall_timeout_s:g} s: compiles and engine builds are silent)"}),
+    ("--dataset", "dataset", {"help": f"sharegpt, synthetic, or a ShareGPT-format JSON file (default {D.dataset})"}),
+    ("--num-prompts", "num_prompts", {"help": f"prompts per point (default {cfgmod.per_device(cfgmod.GPU_NUM_PROMPTS, cfgmod.CPU_NUM_PROMPTS)})"}),
+    ("--max-input-len", "max_input_len", {"help": f"longest prompt in tokens (default: {MAX_LEN_DEFAULTS})"}),
     ("--max-output-len", "max_output_len", {"help": "longest output in tokens (same defaults)"}),
     ("--batch-sizes", "batch_sizes", {"help": "auto (double until OOM, then bisect) or a list like 1,2,4,8"}),
-    ("--batching", "batching", {"choices": cfgmod.BATCHINGS, "help": "inflight (default): at most b sequences in flight, a finished one's slot refilled at once; static: the paper's batches of b, each until its longest request ends"}),
-    ("--min-window-s", "min_window_s", {"help": "each point runs until its steady-state window (b in flight) lasts this long (default 20 on a GPU, 3 on a CPU)"}),
-    ("--max-point-s", "max_point_s", {"help": "a point stops admitting requests this long after its first (default 90 on a GPU, 30 on a CPU)"}),
-    ("--repeats", "repeats", {"help": "re-measure each batch that fits N times in shuffled order, once the GPU settles (default 0)"}),
-    ("--max-batch", "max_batch", {"help": "where auto stops if nothing failed (default 1024 on a GPU, 16 on a CPU)"}),
-    ("--intensity", "intensity", {"help": "grid carbon intensity, gCO2e/kWh (default 413, the paper's Wisconsin reading)"}),
+    ("--batching", "batching", {"choices": cfgmod.BATCHINGS, "help": f"inflight: at most b sequences in flight, a finished one's slot refilled at once; static: the paper's batches of b, each until its longest request ends (default {D.batching})"}),
+    ("--min-window-s", "min_window_s", {"help": f"each point runs until its steady-state window (b in flight) lasts this long (default {cfgmod.per_device(cfgmod.GPU_MIN_WINDOW_S, cfgmod.CPU_MIN_WINDOW_S, ' s')})"}),
+    ("--max-point-s", "max_point_s", {"help": f"a point stops admitting requests this long after its first (default {cfgmod.per_device(cfgmod.GPU_MAX_POINT_S, cfgmod.CPU_MAX_POINT_S, ' s')})"}),
+    ("--repeats", "repeats", {"help": f"re-measure each batch that fits N times in shuffled order, once the GPU settles (default {D.repeats})"}),
+    ("--max-batch", "max_batch", {"help": f"where auto stops if nothing failed (default {cfgmod.per_device(cfgmod.GPU_MAX_BATCH, cfgmod.CPU_MAX_BATCH)}, {cfgmod.OPENAI_MAX_BATCH} for --engine openai)"}),
+    ("--intensity", "intensity", {"help": f"grid carbon intensity, gCO2e/kWh (default {D.intensity:g}, the paper's Wisconsin reading)"}),
     ("--zone", "zone", {"help": "Electricity Maps zone id for a built-in annual average (FR, DE, US-MIDW-MISO, ...)"}),
     ("--trace", "trace", {"help": "hourly intensity CSV in Electricity Maps' export format"}),
     ("--trace-shift-h", "trace_shift_h", {"help": "shift the trace's clock by this many hours"}),
     ("--emaps-zone", "emaps_zone", {"help": "Electricity Maps API v3 zone (token in ELECTRICITYMAPS_TOKEN)"}),
-    ("--pue", "pue", {"help": "power usage effectiveness: a number (default 1.0) or a preset: hyperscale (1.10, Google fleet 2023), meta (1.08), industry (1.58, Uptime Institute 2023)"}),
-    ("--lifetime-years", "lifetime_years", {"help": "GPU lifetime for embodied carbon (default 5)"}),
-    ("--slo-s-per-token", "slo_s_per_token", {"help": "latency target per user (default 0.2 s/token = 5 tokens/s)"}),
+    ("--pue", "pue", {"help": f"power usage effectiveness: a number (default {D.pue:.1f}) or a preset: {PUE_PRESET_TEXT}"}),
+    ("--lifetime-years", "lifetime_years", {"help": f"GPU lifetime for embodied carbon (default {D.lifetime_years:g} years)"}),
+    ("--slo-s-per-token", "slo_s_per_token", {"help": f"latency target per user (default {D.slo_s_per_token:g} s/token = {1 / D.slo_s_per_token:g} tokens/s)"}),
     ("--slo-tpot-p90-s", "slo_tpot_p90_s", {"help": "optional TPOT p90 target in seconds"}),
-    ("--seed", "seed", {"help": "seed of the prompt sample (default 0)"}),
+    ("--seed", "seed", {"help": f"seed of the prompt sample (default {D.seed})"}),
     ("--out", "out", {"help": "run directory (default: a new folder under the data dir)"}),
 ]
 

@@ -34,6 +34,34 @@ QUANTS = ("none", "int4-wo", "int8-wo")
 BATCHINGS = ("inflight", "static")
 POWER_SOURCES = ("auto", "nvml", "rapl", "estimate", "tegrastats")
 
+# ---- what a blank setting becomes --------------------------------------------------------
+# The sweep resolves these where a setting is left blank (sweep/runner.py); the CLI's help and the
+# form's texts quote them from here, so a changed default is changed everywhere at once.
+
+# A point's steady-state window: at least 20 s on a GPU, which with the NVML counter read at least
+# once a second holds about 20 readings, so 10 sub-windows of two or more for the interval. On a
+# CPU the tiny model's windows are cut to 3 s: the estimate and RAPL are read every tick (0.1 s),
+# so 3 s still holds about 30 readings, and the CPU tests and the quick start stay fast.
+GPU_MIN_WINDOW_S = 20.0
+CPU_MIN_WINDOW_S = 3.0
+# The cap on one point from its first admission: long enough for the window, ramp-up and one
+# long request at batch 1 (1,000 tokens at ~20 ms a step on an H100 is 20 s), short enough that a
+# slow point cannot eat the sweep's 10 minutes.
+GPU_MAX_POINT_S = 90.0
+CPU_MAX_POINT_S = 30.0
+# With no GPU there is no memory boundary to find: the automatic search stops here instead.
+CPU_MAX_BATCH = 16
+GPU_MAX_BATCH = 1024
+# Servers queue what they cannot hold instead of running out of memory: the search stops here.
+OPENAI_MAX_BATCH = 256
+GPU_NUM_PROMPTS = 100  # the paper's count
+CPU_NUM_PROMPTS = 16
+
+
+def per_device(gpu: float, cpu: float, unit: str = "") -> str:
+    """A default that depends on the device, as help texts quote it: '20 s on a GPU, 3 s on a CPU'."""
+    return f"{gpu:g}{unit} on a GPU, {cpu:g}{unit} on a CPU"
+
 
 def config_dir() -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME))
@@ -152,6 +180,7 @@ class RunConfig:
 
 
 FIELD_NAMES = {f.name for f in fields(RunConfig)}
+DEFAULTS = RunConfig()  # every setting's default, for help texts to quote
 
 
 def parse_batch_sizes(text: str) -> list[int] | None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from carbontop.core.records import Batching, EngineRun, PointPlan, Prompt
+from carbontop.core.synthetic import filler_text
 from carbontop.core.window import steady_window, tokens_between
 from carbontop.engines.base import (
     EngineFailure,
@@ -30,7 +31,6 @@ from carbontop.engines.openai import (
     COMPLETIONS_PATH,
     OpenAIEngine,
     base_url,
-    filler_text,
 )
 
 try:

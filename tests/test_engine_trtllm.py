@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from carbontop.core.records import Batching, EngineRun, PointPlan, Prompt
+from carbontop.core.synthetic import synthetic_token_ids
 from carbontop.core.window import steady_window, tokens_between
 from carbontop.engines.base import EngineFailure, EngineKVBound, EngineNote, EngineOOM, EngineSpec
 from carbontop.engines.trtllm import (
@@ -35,7 +36,6 @@ from carbontop.engines.trtllm import (
     TRTLLMEngine,
     is_oom,
     max_overlap,
-    synthetic_token_ids,
 )
 from carbontop.errors import CarbontopError, EngineUnavailable
 

@@ -85,3 +85,18 @@ def test_export_and_listing(tmp_path) -> None:
     folder = tmp_path / "exports"
     folder.mkdir()
     assert export_points_csv(d, folder).parent == folder
+
+
+def test_saved_runs_are_listed_newest_first(tmp_path) -> None:
+    import os
+
+    for n, name in enumerate(["b-old", "a-new"]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.toml").write_text("")
+        (tmp_path / name / "points.csv").write_text("")
+        os.utime(tmp_path / name / "run.toml", (1000 + n, 1000 + n))
+    (tmp_path / "only-a-config").mkdir()  # a run.toml alone is not a run: it cannot be opened
+    (tmp_path / "only-a-config" / "run.toml").write_text("")
+    assert list_runs(tmp_path) == [tmp_path / "a-new", tmp_path / "b-old"]
+    assert list_runs(tmp_path, limit=1) == [tmp_path / "a-new"]
+    assert list_runs(tmp_path / "missing") == [] and list_runs(None) == []

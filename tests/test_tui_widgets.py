@@ -6,7 +6,6 @@ from __future__ import annotations
 from carbontop.config import RunConfig
 from carbontop.core.records import PointResult, PointStatus, Sample
 from carbontop.tui import format as fmt
-from carbontop.tui.screens import recent_runs
 from carbontop.tui.widgets.config_form import to_text
 from carbontop.tui.widgets.results import best_batch
 from carbontop.tui.widgets.sparkline import BARS, bar_rows, bucket_max
@@ -87,15 +86,3 @@ def test_form_text_of_config_values() -> None:
     assert to_text(cfg.batch_sizes) == "1,2,4" and to_text(cfg.gpus) == "0,1"
     assert to_text(cfg.pue) == "1.1" and to_text(cfg.intensity) == "413"
     assert to_text(cfg.max_input_len) == ""
-
-
-def test_recent_runs_are_run_dirs_newest_first(tmp_path) -> None:
-    import os
-
-    for n, name in enumerate(["old", "new"]):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "run.toml").write_text("")
-        os.utime(tmp_path / name / "run.toml", (1000 + n, 1000 + n))
-    (tmp_path / "not-a-run").mkdir()
-    assert recent_runs(tmp_path) == [tmp_path / "new", tmp_path / "old"]
-    assert recent_runs(tmp_path / "missing") == [] and recent_runs(None) == []

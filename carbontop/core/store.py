@@ -439,10 +439,20 @@ def load_run(path: Path, *, with_power: bool = True) -> SavedRun:
     )
 
 
-def list_runs(base: Path) -> list[Path]:
-    if not base.is_dir():
+def list_runs(base: Path | None, limit: int | None = None) -> list[Path]:
+    """The run directories under `base`, newest first: the one whose run.toml was written last
+    first (a run named by --out sorts by when it ran too), the name breaking ties."""
+    if base is None or not base.is_dir():
         return []
-    return sorted((p for p in base.iterdir() if is_run_dir(p)), reverse=True)
+    found: list[tuple[float, str, Path]] = []
+    for child in base.iterdir():
+        try:
+            if is_run_dir(child):
+                found.append(((child / "run.toml").stat().st_mtime, child.name, child))
+        except OSError:  # removed while listed, or unreadable: not a run to offer
+            continue
+    found.sort(reverse=True)
+    return [p for _, _, p in found[:limit]]
 
 
 def export_points_csv(run_dir: Path, dest: Path) -> Path:

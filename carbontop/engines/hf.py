@@ -32,10 +32,11 @@ from carbontop.core.records import (
     RequestRecord,
     StepTimeline,
 )
+from carbontop.core.synthetic import prompt_seed, synthetic_token_ids
 from carbontop.core.window import keep_admitting, steady_window
 from carbontop.engines.base import Emit, EngineOOM, EngineSpec, Phase, PhaseUpdate, Progress
 from carbontop.engines.quant import apply_weight_only
-from carbontop.errors import EngineUnavailable
+from carbontop.errors import EngineUnavailable, first_line
 
 WARMUP_DECODE_STEPS = 3
 # Up to this batch size, `--compile auto` lets inductor autotune the matrix products. At batch 1
@@ -171,7 +172,7 @@ class HFEngine:
                 else:
                     run = self._run_static(plan)
         except torch.cuda.OutOfMemoryError as exc:
-            oom_message = _first_line(exc)
+            oom_message = first_line(exc)
         if oom_message:
             # checked outside the except block: the exception's traceback holds the frames,
             # and their tensors, of the failed batch until the block ends
@@ -290,9 +291,7 @@ class HFEngine:
         the right count (ids do not change the cost, only the count does)."""
         if prompt.token_ids is not None and len(prompt.token_ids) == prompt.input_tokens:
             return [t % self.vocab_size for t in prompt.token_ids]
-        from carbontop.engines.hf_slots import synthetic_ids
-
-        return synthetic_ids(prompt, self.vocab_size, self.spec.seed, self.torch)
+        return synthetic_token_ids(prompt.input_tokens, self.vocab_size, prompt_seed(self.spec.seed, prompt))
 
     def _input_ids(self, batch: list[Prompt], batch_size: int) -> list[list[int]]:
         rows = [self.prompt_ids(p) for p in batch]
@@ -503,8 +502,3 @@ class _PointState:
         events[-1].synchronize()
         # events[0] ran as soon as it was queued (the stream was idle after the batch's sync)
         return [host_t0 + events[0].elapsed_time(ev) / 1000.0 for ev in events[1:]]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

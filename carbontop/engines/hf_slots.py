@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import itertools
 import time
-import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -551,10 +550,3 @@ class _StepLog:
             self._events[-1].synchronize()
         base = self._base_event
         return _Times(self.base_s, [self.base_s + base.elapsed_time(e) / 1000.0 for e in self._events])
-
-
-def synthetic_ids(prompt: Prompt, vocab_size: int, seed: int, torch: Any) -> list[int]:
-    """Token ids for a prompt without a tokenizer: ids do not change the cost, only the count does.
-    crc32, not hash(): str hashes change from one process to the next."""
-    gen = torch.Generator().manual_seed(zlib.crc32(prompt.prompt_id.encode()) ^ seed)
-    return torch.randint(3, vocab_size, (prompt.input_tokens,), generator=gen).tolist()

@@ -41,7 +41,7 @@ from carbontop.engines.procgroup import (
     reap_group,
     signal_group,
 )
-from carbontop.errors import CarbontopError, EngineUnavailable
+from carbontop.errors import CarbontopError, EngineUnavailable, one_line
 
 # Called with each PhaseUpdate or Progress the engine sends, and with None every POLL_S that
 # nothing arrives (the sweep flushes telemetry then).
@@ -340,15 +340,15 @@ class EngineHost:
             return PointOutcome(PointStatus.OK, run=msg.run,
                                 concurrency_reached=msg.run.concurrency_reached)
         if isinstance(msg, PointOOM):
-            return PointOutcome(PointStatus.OOM, message=_one_line(msg.message),
+            return PointOutcome(PointStatus.OOM, message=one_line(msg.message),
                                 needs_restart=not msg.recovered)
         if isinstance(msg, PointKVBound):
-            return PointOutcome(PointStatus.KV_BOUND, run=msg.run, message=_one_line(msg.message),
+            return PointOutcome(PointStatus.KV_BOUND, run=msg.run, message=one_line(msg.message),
                                 concurrency_reached=msg.concurrency_reached)
         if isinstance(msg, PointFailed):
-            return PointOutcome(PointStatus.ERROR, message=_one_line(msg.message))
+            return PointOutcome(PointStatus.ERROR, message=one_line(msg.message))
         message = msg.message if isinstance(msg, PointCrashed) else f"unexpected reply {msg!r}"
-        return PointOutcome(PointStatus.CRASHED, message=_one_line(message) + self._log_hint(),
+        return PointOutcome(PointStatus.CRASHED, message=one_line(message) + self._log_hint(),
                             needs_restart=True, retry=True)
 
     def _wait(self, on_message: OnMessage, should_stop: ShouldStop) -> ChildReply | _Stalled | None:
@@ -425,9 +425,4 @@ class EngineHost:
         self._proc = None
         self._conn = None
         self._busy = False
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 

@@ -33,11 +33,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import time
 from typing import Any
 
 from carbontop.core.records import Batching, EngineRun, PointPlan, Prompt
+from carbontop.core.synthetic import filler_text, prompt_seed
 from carbontop.engines.base import (
     Emit,
     EngineFailure,
@@ -49,6 +49,7 @@ from carbontop.engines.base import (
     says_oom,
 )
 from carbontop.engines.stream_point import OnChunk, StreamedRequest, StreamPoint
+from carbontop.errors import quoted
 
 COMPLETIONS_PATH = "/v1/completions"
 CHAT_PATH = "/v1/chat/completions"
@@ -65,20 +66,6 @@ DROPPABLE_FIELDS = ("ignore_eos", "min_tokens", "stream_options", "max_completio
 CONTINUOUS_USAGE = "continuous_usage_stats"
 
 
-# Common English words that are a single token (with their leading space) in the GPT-2 and Llama
-# BPE vocabularies, so a filler of N of them is close to N tokens for most tokenizers.
-FILLER_WORDS = (
-    "the of and to in is you that it he was for on are as with his they at be this have from "
-    "or one had by word but not what all were we when your can said there use an each which she "
-    "do how their if will up other about out many then them these so some her would make like "
-    "him into time has look two more write go see number no way could people my than first water "
-    "been call who its now find long down day did get come made may part over new sound take only "
-    "little work know place year live me back give most very after thing our just name good man "
-    "think say great where help through much before line right too mean old any same tell boy "
-    "follow came want show also around form three small set put end does another well large must "
-    "big even such because turn here why ask went men read need land different home us move try"
-).split()
-
 WARMUP_OUTPUT_TOKENS = 4
 PROBE_OUTPUT_TOKENS = 2
 # Start-up limits, far below the request timeout: a server that accepts and never answers is
@@ -86,17 +73,6 @@ PROBE_OUTPUT_TOKENS = 2
 # the first generation, which some servers (transformers serve) answer only after loading the
 # model, so it gets longer.
 PROBE_TIMEOUT_S = 120.0
-_MESSAGE_MAX_CHARS = 300
-
-
-def filler_text(n_tokens: int, seed: str) -> str:
-    """A deterministic text of `n_tokens` common words, different for every seed.
-
-    Each prompt gets its own word sequence so that a server's prefix cache cannot turn identical
-    prompts into free prefills.
-    """
-    rng = random.Random(seed)
-    return " ".join(rng.choice(FILLER_WORDS) for _ in range(max(1, n_tokens)))
 
 
 def base_url(url: str) -> str:
@@ -107,12 +83,9 @@ def base_url(url: str) -> str:
     return root
 
 
-def _clean(text: str) -> str:
-    """One line, no trailing full stop, short enough to sit inside a sentence."""
-    line = " ".join(str(text).split()).rstrip(".")
-    if len(line) > _MESSAGE_MAX_CHARS:
-        line = line[: _MESSAGE_MAX_CHARS - 1] + "…"
-    return line or "no message"
+def _clean(text: object) -> str:
+    """A server's message inside one of our sentences (errors.quoted), or "no message"."""
+    return quoted(text) or "no message"
 
 
 def _find_message(data: Any) -> str:
@@ -295,7 +268,7 @@ class OpenAIEngine:
     def _prompt_text(self, prompt: Prompt) -> str:
         if prompt.text is not None:
             return prompt.text
-        return filler_text(prompt.input_tokens, f"{self.spec.seed}:{prompt.prompt_id}")
+        return filler_text(prompt.input_tokens, prompt_seed(self.spec.seed, prompt))
 
     async def _run_point(self, plan: PointPlan) -> tuple[EngineRun, bool]:
         """The point's EngineRun, and whether its steady-state window opened."""

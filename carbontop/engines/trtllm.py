@@ -38,7 +38,6 @@ import asyncio
 import dataclasses
 import gc
 import json
-import random
 import shutil
 import tempfile
 import time
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from carbontop.core.records import Batching, EngineRun, PointPlan, Prompt
+from carbontop.core.synthetic import prompt_seed, synthetic_token_ids
 from carbontop.engines.base import (
     Emit,
     EngineFailure,
@@ -59,7 +59,7 @@ from carbontop.engines.base import (
     says_oom,
 )
 from carbontop.engines.stream_point import OnChunk, StreamedRequest, StreamPoint
-from carbontop.errors import EngineUnavailable
+from carbontop.errors import EngineUnavailable, first_line
 
 INSTALL_SENTENCE = (
     "TensorRT-LLM is not installed; install it with pip install 'carbontop[trtllm]' on a Linux machine "
@@ -104,25 +104,6 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first line of an error (TensorRT-LLM appends C++ stack traces), shortened."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = " ".join(text.split()).rstrip(".")
-    return text if len(text) <= 240 else text[:239] + "…"
-
-
-def synthetic_token_ids(n_tokens: int, vocab_size: int | None, seed: str) -> list[int]:
-    """Deterministic token ids for a prompt that has no text, different for every seed.
-
-    Ids come from the middle of the vocabulary: special tokens sit at its two ends in the common
-    tokenizers (Llama's <unk>/<s>/</s> at 0-2, GPT-2's <|endoftext|> and Llama 3's specials last).
-    """
-    top = int((vocab_size or 1000) * 0.9)
-    low = min(100, top // 10)
-    rng = random.Random(seed)
-    return [rng.randrange(low, top) for _ in range(max(1, n_tokens))]
-
-
 def _seconds(value: Any) -> float | None:
     """Timing metrics are timedeltas on the engine's steady clock; a zero one means unset."""
     if isinstance(value, timedelta):
@@ -162,7 +143,7 @@ def _import_tensorrt_llm() -> Any:
             f"TensorRT-LLM is installed but cannot be imported because module '{exc.name}' is missing."
         ) from None
     except (ImportError, OSError) as exc:
-        raise EngineUnavailable(f"TensorRT-LLM is installed but cannot be imported: {_first_line(exc)}.") from None
+        raise EngineUnavailable(f"TensorRT-LLM is installed but cannot be imported: {first_line(exc)}.") from None
     return tensorrt_llm
 
 
@@ -360,10 +341,10 @@ class TRTLLMEngine:
             # Not `recovered`: CUDA memory the failed executor took may stay with this process, so
             # the host starts a fresh one rather than trusting the shutdown to have freed it all.
             return EngineOOM(
-                f"TensorRT-LLM ran out of GPU memory at batch size {batch_size} while {during}: {_first_line(exc)}.",
+                f"TensorRT-LLM ran out of GPU memory at batch size {batch_size} while {during}: {first_line(exc)}.",
                 recovered=False,
             )
-        return EngineFailure(f"TensorRT-LLM failed while {during}: {_first_line(exc)}.")
+        return EngineFailure(f"TensorRT-LLM failed while {during}: {first_line(exc)}.")
 
     # ---- one point -------------------------------------------------------------------------
 
@@ -373,7 +354,7 @@ class TRTLLMEngine:
         ids = prompt.token_ids
         if ids and (self._vocab_size is None or max(ids) < self._vocab_size):
             return list(ids)
-        return synthetic_token_ids(prompt.input_tokens, self._vocab_size, f"{self.spec.seed}:{prompt.prompt_id}")
+        return synthetic_token_ids(prompt.input_tokens, self._vocab_size, prompt_seed(self.spec.seed, prompt))
 
     def _params(self, max_tokens: int) -> Any:
         return self._trt.SamplingParams(

@@ -18,7 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from carbontop import __version__
-from carbontop.config import RunConfig, cache_dir, runs_dir, validate
+from carbontop.config import (
+    CPU_MAX_BATCH,
+    CPU_MAX_POINT_S,
+    CPU_MIN_WINDOW_S,
+    CPU_NUM_PROMPTS,
+    GPU_MAX_BATCH,
+    GPU_MAX_POINT_S,
+    GPU_MIN_WINDOW_S,
+    GPU_NUM_PROMPTS,
+    OPENAI_MAX_BATCH,
+    RunConfig,
+    cache_dir,
+    runs_dir,
+    validate,
+)
 from carbontop.core import carbon
 from carbontop.core.hardware import GpuSpec, lookup_gpu, peak_bandwidth_bytes_s, peak_flops
 from carbontop.core.modelspec import ModelSpec, folder_has_weights, resolve_model
@@ -69,24 +83,7 @@ LOADED_IDLE_GPU_S = 3.0
 LOADED_IDLE_CPU_S = 1.0
 LOADED_SETTLE_MAX_S = 20.0
 LOADED_SETTLE_TOL = 0.02  # successive 1-second mean powers within 2% of each other
-# A point's steady-state window: at least 20 s on a GPU, which with the NVML counter read at least
-# once a second holds about 20 readings, so 10 sub-windows of two or more for the interval. On a
-# CPU the tiny model's windows are cut to 3 s: the estimate and RAPL are read every tick (0.1 s),
-# so 3 s still holds about 30 readings, and the CPU tests and the quick start stay fast.
-GPU_MIN_WINDOW_S = 20.0
-CPU_MIN_WINDOW_S = 3.0
-# The cap on one point from its first admission: long enough for the window, ramp-up and one
-# long request at batch 1 (1,000 tokens at ~20 ms a step on an H100 is 20 s), short enough that a
-# slow point cannot eat the sweep's 10 minutes.
-GPU_MAX_POINT_S = 90.0
-CPU_MAX_POINT_S = 30.0
 POWER_FLUSH_S = 1.0
-# With no GPU there is no memory boundary to find: the automatic search stops here instead.
-CPU_MAX_BATCH = 16
-GPU_MAX_BATCH = 1024
-CPU_NUM_PROMPTS = 16
-OPENAI_MAX_BATCH = 256
-GPU_NUM_PROMPTS = 100
 
 
 def detect_device() -> str:
@@ -159,7 +156,6 @@ class SweepRunner:
         if cfg.max_batch:
             max_batch = cfg.max_batch
         elif cfg.engine == "openai":
-            # servers queue what they cannot hold instead of running out of memory
             max_batch = OPENAI_MAX_BATCH
         else:
             max_batch = GPU_MAX_BATCH if device == "cuda" else CPU_MAX_BATCH

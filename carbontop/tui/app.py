@@ -38,7 +38,6 @@ from carbontop.tui.screens import (
     ExportScreen,
     HelpScreen,
     OpenScreen,
-    recent_runs,
 )
 from carbontop.tui.themes import DEFAULT_THEME, load_themes, theme_dirs
 from carbontop.tui.widgets.chart_slot import ChartSlot
@@ -103,6 +102,9 @@ def default_run_loader(path: pathlib.Path) -> SavedRun:
     from carbontop.core.store import load_run
 
     return load_run(path)
+
+
+RECENT_RUNS = 30  # saved runs the open and compare dialogs list, newest first
 
 
 def default_exporter(run_dir: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
@@ -466,11 +468,16 @@ class CarbontopApp(App[int]):
         else:
             self.results.table.focus()
 
+    def _recent_runs(self) -> list[pathlib.Path]:
+        from carbontop.core.store import list_runs
+
+        return list_runs(self._runs_dir(), limit=RECENT_RUNS)
+
     def action_compare(self) -> None:
         from carbontop.tui.compare_screen import CompareScreen  # brings the charts (and numpy)
 
         preselect = [self.run_dir] if self.run_dir is not None and not self.sweep_running else []
-        self.push_screen(CompareScreen(self._load_run, recent_runs(self._runs_dir()), preselect))
+        self.push_screen(CompareScreen(self._load_run, self._recent_runs(), preselect))
 
     @staticmethod
     def _sampler_key(config: cfgmod.RunConfig) -> tuple[Any, ...]:
@@ -693,7 +700,7 @@ class CarbontopApp(App[int]):
                         severity="warning")
             return
         start = str(self.run_dir) if self.run_dir else ""
-        self.push_screen(OpenScreen(self._load_run, recent_runs(self._runs_dir()), start),
+        self.push_screen(OpenScreen(self._load_run, self._recent_runs(), start),
                          self._opened)
 
     def _opened(self, saved: SavedRun | None) -> None:

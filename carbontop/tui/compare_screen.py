@@ -80,7 +80,7 @@ class CompareScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Horizontal(id="compare-body"):
             with Vertical(id="compare-runs"):
-                # newest first (recent_runs' order); a run's name starts with its date
+                # newest first (store.list_runs' order)
                 yield SelectionList[str](
                     *[Selection(p.name, str(p), p in self._preselect) for p in self._recent],
                     id="compare-list",

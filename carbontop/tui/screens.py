@@ -210,22 +210,6 @@ class ExportScreen(_Dialog):
         self.dismiss(None)
 
 
-def recent_runs(runs_dir: Path | None, limit: int = 30) -> list[Path]:
-    """Run directories under `runs_dir` (those with a run.toml), newest first."""
-    if runs_dir is None or not runs_dir.is_dir():
-        return []
-    found: list[tuple[float, Path]] = []
-    for child in runs_dir.iterdir():
-        marker = child / "run.toml"
-        try:
-            if child.is_dir() and marker.exists():
-                found.append((marker.stat().st_mtime, child))
-        except OSError:
-            continue
-    found.sort(reverse=True)
-    return [p for _, p in found[:limit]]
-
-
 class OpenScreen(_Dialog):
     """Asks for a run directory (typed, or picked from the recent ones); dismisses with what
     `loader` returned for it, or None. A path the loader refuses keeps the dialog open."""

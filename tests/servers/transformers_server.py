@@ -45,7 +45,7 @@ def build_tiny_model(path: Path) -> None:
     )
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for the word list
-    from carbontop.engines.openai import FILLER_WORDS
+    from carbontop.core.synthetic import FILLER_WORDS
 
     vocab = {token: i for i, token in enumerate(SPECIALS)}
     for word in FILLER_WORDS:

@@ -35,6 +35,29 @@ class FieldSpec:
     help: str = ""
 
 
+def to_text(value: Any) -> str:
+    """A config value as the form shows it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _default(name: str) -> str:
+    """A setting's default as the form writes it (config.DEFAULTS: one home for each)."""
+    return to_text(getattr(cfgmod.DEFAULTS, name))
+
+
+def _short(gpu: float, cpu: float) -> str:
+    """A per-device default in a placeholder's few characters: '20 GPU, 3 CPU'."""
+    return f"{gpu:g} GPU, {cpu:g} CPU"
+
+
 SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
     ("Model and engine", (
         FieldSpec("model", "model", placeholder="preset, folder or hub id", required=True,
@@ -57,11 +80,11 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
         FieldSpec("compile", "compile", cfgmod.COMPILE_MODES,
                   help="Built-in engine on CUDA: auto compiles the decode step (autotuned at batch 1), "
                        "on compiles, max-autotune autotunes every batch, off runs eagerly."),
-        FieldSpec("kv_cache_fraction", "KV fraction", placeholder="0.9", required=True,
+        FieldSpec("kv_cache_fraction", "KV fraction", placeholder=_default("kv_cache_fraction"), required=True,
                   help="trtllm: the share of free GPU memory its KV cache may take."),
         FieldSpec("max_num_tokens", "tokens/step", placeholder="trtllm's default",
                   help="trtllm: the tokens one scheduler step may take; blank for TensorRT-LLM's own."),
-        FieldSpec("request_timeout_s", "timeout s", placeholder="600", required=True,
+        FieldSpec("request_timeout_s", "timeout s", placeholder=_default("request_timeout_s"), required=True,
                   help="openai: the longest one request may take, in seconds."),
     )),
     ("Workload", (
@@ -69,48 +92,52 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
         FieldSpec("tokenizer", "tokenizer", placeholder="the model's own",
                   help="Count tokens with this tokenizer (a folder or a hub id in the local cache); "
                        "blank for the model's own, if it has one."),
-        FieldSpec("num_prompts", "prompts", placeholder="100 GPU, 16 CPU",
-                  help="Requests per sweep point; blank for 100 on a GPU (as the paper), 16 on the CPU."),
+        FieldSpec("num_prompts", "prompts", placeholder=_short(cfgmod.GPU_NUM_PROMPTS, cfgmod.CPU_NUM_PROMPTS),
+                  help=f"Requests per sweep point; blank for {cfgmod.per_device(cfgmod.GPU_NUM_PROMPTS, cfgmod.CPU_NUM_PROMPTS)}."),
         FieldSpec("max_input_len", "max input", placeholder="preset default",
                   help="Longest prompt, in tokens; blank for the model preset's default."),
         FieldSpec("max_output_len", "max output", placeholder="preset default",
                   help="Longest output, in tokens; blank for the model preset's default."),
-        FieldSpec("min_len", "min length", placeholder="4", required=True,
+        FieldSpec("min_len", "min length", placeholder=_default("min_len"), required=True,
                   help="Shortest prompt and output kept from the dataset, in tokens."),
-        FieldSpec("seed", "seed", placeholder="0", required=True),
+        FieldSpec("seed", "seed", placeholder=_default("seed"), required=True),
     )),
     ("Sweep", (
         FieldSpec("batch_sizes", "batch sizes", placeholder="auto, or 1,2,4,8", required=True,
                   help="auto: double until out of memory, then bisect; or a list of sizes."),
-        FieldSpec("max_batch", "max batch", placeholder="1024 GPU, 16 CPU",
-                  help="Where the automatic search stops if nothing failed."),
+        FieldSpec("max_batch", "max batch", placeholder=_short(cfgmod.GPU_MAX_BATCH, cfgmod.CPU_MAX_BATCH),
+                  help="Where the automatic search stops if nothing failed; blank for "
+                       f"{cfgmod.per_device(cfgmod.GPU_MAX_BATCH, cfgmod.CPU_MAX_BATCH)}, "
+                       f"{cfgmod.OPENAI_MAX_BATCH} for the openai engine."),
         FieldSpec("batching", "batching", cfgmod.BATCHINGS,
                   help="inflight: a finished request's slot is refilled at once; static: the "
                        "paper's batches, each until its longest request ends."),
-        FieldSpec("min_window_s", "min window s", placeholder="20 GPU, 3 CPU",
+        FieldSpec("min_window_s", "min window s", placeholder=_short(cfgmod.GPU_MIN_WINDOW_S, cfgmod.CPU_MIN_WINDOW_S),
                   help="Each point runs until b requests have been in flight this long."),
-        FieldSpec("max_point_s", "max point s", placeholder="90 GPU, 30 CPU",
+        FieldSpec("max_point_s", "max point s", placeholder=_short(cfgmod.GPU_MAX_POINT_S, cfgmod.CPU_MAX_POINT_S),
                   help="A point stops admitting requests this long after its first."),
-        FieldSpec("repeats", "repeats", placeholder="0", required=True,
+        FieldSpec("repeats", "repeats", placeholder=_default("repeats"), required=True,
                   help="Re-measure every batch that fits this many times, in shuffled order."),
     )),
     ("Carbon", (
-        FieldSpec("intensity", "gCO2e/kWh", placeholder="413", required=True,
+        FieldSpec("intensity", "gCO2e/kWh", placeholder=_default("intensity"), required=True,
                   help="Grid carbon intensity, used when no zone, trace or live source is set."),
         FieldSpec("zone", "zone", placeholder="none (e.g. DE)",
                   help="An Electricity Maps zone id: its annual average replaces the number above."),
         FieldSpec("trace", "trace CSV", placeholder="none (hourly CSV)",
                   help="An hourly Electricity Maps export: intensity follows the clock of the run."),
-        FieldSpec("trace_shift_h", "trace shift h", placeholder="0", required=True,
+        FieldSpec("trace_shift_h", "trace shift h", placeholder=_default("trace_shift_h"), required=True,
                   help="Shift the trace's clock by this many hours onto the run's."),
         FieldSpec("emaps_zone", "live zone", placeholder="none (API, live)",
                   help="Electricity Maps zone read live through its API during the run."),
-        FieldSpec("pue", "PUE", placeholder="1.0", required=True,
-                  help="Power usage effectiveness of the facility: 1.1 for a hyperscaler, 1.58 average."),
-        FieldSpec("lifetime_years", "GPU life yr", placeholder="5", required=True,
+        FieldSpec("pue", "PUE", placeholder=f"{cfgmod.DEFAULTS.pue:.1f}", required=True,
+                  help="Power usage effectiveness of the facility: a number or a preset, "
+                       + ", ".join(f"{n} {v:g}" for n, (v, _) in cfgmod.PUE_PRESETS.items()) + "."),
+        FieldSpec("lifetime_years", "GPU life yr", placeholder=_default("lifetime_years"), required=True,
                   help="Years over which the GPU's embodied carbon is spread."),
-        FieldSpec("slo_s_per_token", "SLO s/tok", placeholder="0.2", required=True,
-                  help="Latency target per token for the recommendation (0.2 s = reading speed)."),
+        FieldSpec("slo_s_per_token", "SLO s/tok", placeholder=_default("slo_s_per_token"), required=True,
+                  help="Latency target per token for the recommendation "
+                       f"({cfgmod.DEFAULTS.slo_s_per_token:g} s = reading speed)."),
         FieldSpec("slo_tpot_p90_s", "SLO TPOT p90", placeholder="none (seconds)",
                   help="A second target for the recommendation: p90 time per output token, in s."),
     )),
@@ -118,7 +145,7 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
         FieldSpec("out", "run folder", placeholder="a new one under the data dir",
                   help="Where this sweep writes its run; blank for a new folder of its own. "
                        "Not remembered for the next start."),
-        FieldSpec("sample_interval_s", "sample s", placeholder="0.1", required=True,
+        FieldSpec("sample_interval_s", "sample s", placeholder=_default("sample_interval_s"), required=True,
                   help="Seconds between telemetry readings during a point."),
         FieldSpec("power_source", "power source", cfgmod.POWER_SOURCES,
                   help="auto: NVML on a GPU, tegrastats on a Jetson, RAPL or an estimate on a CPU."),
@@ -130,19 +157,6 @@ NOT_IN_FORM = {
     "stall_timeout_s": "the watchdog's safety net, rarely changed: --stall-timeout-s or the config file",
 }
 FIELDS: dict[str, FieldSpec] = {f.name: f for _, specs in SECTIONS for f in specs}
-
-
-def to_text(value: Any) -> str:
-    """A config value as the form shows it."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
 
 
 class ConfigForm(VerticalScroll):
