@@ -54,7 +54,7 @@ ATTENTION_NAME = "carbontop_slots"
 KV_BLOCK = 128  # FlexAttention's KV block: the granularity at which attention skips dead cache
 PREFILL_CHUNK_TOKENS = 4096  # prompt tokens per packed prefill (its mask is chunk^2 booleans)
 PREFILL_MIN_BUCKET = 16  # the smallest padded prefill length; buckets double up to the chunk size
-HOST_LEAD_STEPS = 4  # how far the host may queue work ahead of the GPU
+HOST_LEAD_STEPS = 8  # how far the host may queue work ahead of the GPU (covers an eager prefill)
 WARMUP_DECODE_STEPS = 3
 
 # The state the attention function reads. One engine runs in one process at a time, and the
@@ -395,13 +395,8 @@ class SlotRunner:
     def _prefill(self, cache: _SlotCache, items: list[tuple[int, Prompt]]) -> None:
         """Prefill prompts packed into one sequence; write their KV into their slots and put
         each prompt's first output token into its slot's decode input."""
-        torch = self.torch
-        dev = self.engine.device
-        rows = [self.engine.prompt_ids(prompt) for _, prompt in items]
-        first_tokens = self._forward_packed(cache, rows, [slot for slot, _ in items])
-        slots_t = torch.tensor([s for s, _ in items], dtype=torch.long, device=dev)
-        cache.tokens[slots_t, 0] = first_tokens
-        cache.lengths[slots_t] = torch.tensor([len(r) for r in rows], dtype=torch.long, device=dev)
+        self._forward_packed(cache, [self.engine.prompt_ids(prompt) for _, prompt in items],
+                             [slot for slot, _ in items])
 
     def _warm_prefill_buckets(self, cache: _SlotCache, prompts: tuple[Prompt, ...], b: int) -> None:
         """Run every prefill length the point can reach once, all padding, outside the window."""
@@ -413,15 +408,12 @@ class SlotRunner:
                 self._warm_buckets.add(n)
 
     def _forward_packed(self, cache: _SlotCache, rows: list[list[int]], slots: list[int],
-                        length: int | None = None) -> Any:
-        """One forward over `rows` packed and padded to their bucket (or to `length`); each row's
-        keys and values land in its slot. Returns each row's greedy next token."""
-        torch = self.torch
-        dev = self.engine.device
+                        length: int | None = None) -> None:
+        """One forward over `rows` packed and padded to their bucket (or to `length`): each row's
+        keys and values land in its slot, its greedy next token in its slot's decode input."""
         ids: list[int] = []
         slot_of: list[int] = []
         write_pos: list[int] = []
-        rope_pos: list[int] = []
         seg: list[int] = []
         ends: list[int] = []
         for k, (row, slot) in enumerate(zip(rows, slots, strict=True)):
@@ -430,7 +422,7 @@ class SlotRunner:
             write_pos.extend(range(len(row)))
             seg.extend([k] * len(row))
             ends.append(len(ids) - 1)
-        rope_pos.extend(write_pos)
+        rope_pos = list(write_pos)
         pad = (length if length is not None else prefill_bucket(len(ids))) - len(ids)
         # padding: its own segment at position 0, cached at the scratch position of slot 0
         ids.extend([0] * pad)
@@ -439,20 +431,31 @@ class SlotRunner:
         rope_pos.extend([0] * pad)
         seg.extend([-1] * pad)
         n = len(ids)
-        seg_t = torch.tensor(seg, device=dev)
-        rope_t = torch.tensor(rope_pos, dtype=torch.long, device=dev)
+        ids_t, slot_t, write_t, rope_t, seg_t, ends_t, slots_t, lens_t = self._to_device(
+            ids, slot_of, write_pos, rope_pos, seg, ends, slots, [len(r) for r in rows])
         causal = rope_t.view(-1, 1) >= rope_t.view(1, -1)
         mask = (seg_t.view(-1, 1) == seg_t.view(1, -1)) & causal
-        cache.prefill = _Prefill(slot=torch.tensor(slot_of, dtype=torch.long, device=dev),
-                                 pos=torch.tensor(write_pos, dtype=torch.long, device=dev),
-                                 mask=mask.view(1, 1, n, n))
+        cache.prefill = _Prefill(slot=slot_t, pos=write_t, mask=mask.view(1, 1, n, n))
         try:
-            hidden = self.base(input_ids=torch.tensor([ids], device=dev), position_ids=rope_t.view(1, -1),
+            hidden = self.base(input_ids=ids_t.view(1, -1), position_ids=rope_t.view(1, -1),
                                use_cache=False).last_hidden_state
         finally:
             cache.prefill = None
-        last = hidden[0, torch.tensor(ends, dtype=torch.long, device=dev)]
-        return self.head(last).argmax(dim=-1)
+        if rows:
+            cache.tokens[slots_t, 0] = self.head(hidden[0, ends_t]).argmax(dim=-1)
+            cache.lengths[slots_t] = lens_t
+
+    def _to_device(self, *lists: list[int]) -> list[Any]:
+        """Integer lists as device tensors in one copy. On a GPU the copy leaves pinned memory
+        without blocking: a plain host-to-device copy waits for every decode step queued before
+        it (ATen's memcpy_and_sync), which would stall the GPU at each admission."""
+        torch = self.torch
+        host = torch.tensor([x for xs in lists for x in xs], dtype=torch.long)
+        if self.engine.spec.device == "cuda":
+            flat = host.pin_memory().to(self.engine.device, non_blocking=True)
+        else:
+            flat = host.to(self.engine.device)
+        return list(flat.split([len(xs) for xs in lists]))
 
     def _sync(self) -> None:
         if self.engine.spec.device == "cuda":
