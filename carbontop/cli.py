@@ -33,7 +33,9 @@ PUE_PRESET_TEXT = ", ".join(f"{name} ({value:.2f})" for name, (value, _) in cfgm
 # flag -> RunConfig field, for the sweep and the app
 SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--model", "model", {"help": f"preset ({', '.join(MODEL_PRESETS)}), a local model folder, or a hub id (meta-llama/Llama-2-7b-hf) from the local Hugging Face cache; for --engine openai the served model name"}),
-    ("--engine", "engine", {"choices": cfgmod.ENGINES, "help": f"inference engine (default {D.engine})"}),
+    ("--engine", "engine", {"metavar": "ENGINE",
+                            "help": f"inference engine: {', '.join(cfgmod.ENGINES)} (default "
+                                    f"{D.engine}), or an engine class as package.module:Class"}),
     ("--weights", "weights", {"choices": cfgmod.WEIGHTS, "help": "dummy: random weights from the architecture config; auto: the folder's weights"}),
     ("--tokenizer", "tokenizer", {"help": "count tokens with this tokenizer (a model folder, or a hub id in the local Hugging Face cache), e.g. for a preset"}),
     ("--dtype", "dtype", {"choices": cfgmod.DTYPES, "help": "default: bf16 on a GPU, fp32 on the CPU"}),

@@ -7,6 +7,7 @@ a `--config run.toml`, then command-line flags or the TUI form.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from carbontop.errors import ConfigError
 APP_NAME = "carbontop"
 
 ENGINES = ("hf", "trtllm", "openai")
+# Besides the built-in engines, any engine class importable in the engine process, named
+# "package.module:Class" (benchmarks/transformers_cb.py runs this way).
+ENGINE_CLASS_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 WEIGHTS = ("dummy", "auto")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
@@ -276,8 +280,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     def bad(name: str, msg: str) -> ConfigError:
         return ConfigError(msg, name)
 
-    if cfg.engine not in ENGINES:
-        raise bad("engine", f"Engine must be one of {', '.join(ENGINES)}, not '{cfg.engine}'.")
+    if cfg.engine not in ENGINES and not ENGINE_CLASS_PATH.fullmatch(cfg.engine):
+        raise bad("engine", f"Engine must be one of {', '.join(ENGINES)} or a class named "
+                            f"package.module:Class, not '{cfg.engine}'.")
     if cfg.weights not in WEIGHTS:
         raise bad("weights", f"Weights must be 'dummy' or 'auto', not '{cfg.weights}'.")
     if cfg.dtype not in DTYPES:

@@ -21,6 +21,7 @@ def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
         (["sweep", "--num-prompts", "many"], "'num_prompts' must be a whole number"),
         (["sweep", "--batch-sizes", "1,two"], "comma-separated list"),
         (["sweep", "--engine", "openai"], "needs --url"),
+        (["sweep", "--engine", "vllm"], "or a class named package.module:Class, not 'vllm'"),
         (["sweep", "--config", "/nonexistent/run.toml"], "does not exist"),
         (["sweep", "--dataset", "/nonexistent/sg.json"], "/nonexistent/sg.json"),
         (["sweep", "--zone", "XX-NOWHERE"], "XX-NOWHERE"),
@@ -54,6 +55,23 @@ def test_headless_sweep_on_sharegpt_then_show_and_export(tmp_path) -> None:
     with open(tmp_path / "out.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["batch_size"] for r in rows] == ["1", "4"]
+
+
+def test_engine_class_named_on_the_command_line(tmp_path) -> None:
+    """--engine package.module:Class runs that class in the engine process (as the benchmark
+    harness does); here a test double that runs out of memory above batch 4."""
+    from tests import engines_for_tests
+
+    run_dir = tmp_path / "run"
+    proc = run_cli("sweep", "--engine", "tests.engines_for_tests:OOMAbove", "--device", "cpu",
+                   "--dataset", "synthetic", "--num-prompts", "8", "--max-input-len", "16",
+                   "--max-output-len", "8", "--batch-sizes", "2,8", "--min-window-s", "0.1",
+                   "--out", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    with open(run_dir / "points.csv") as fh:
+        status = {r["batch_size"]: r["status"] for r in csv.DictReader(fh)}
+    assert engines_for_tests.LIMIT < 8
+    assert status == {"2": "ok", "8": "oom"}
 
 
 def test_version_and_help() -> None:

@@ -198,9 +198,10 @@ class SweepRunner:
         self.intensity = cfg.intensity_source()
 
         gpus = list(cfg.gpus or [])
-        if cfg.engine in ("hf", "trtllm") and device == "cuda":
-            # an engine carbontop runs uses GPU 0 unless told otherwise (TensorRT-LLM shards over
-            # every GPU named): measure the GPUs in use, not every card in the box
+        if cfg.engine != "openai" and device == "cuda":
+            # an engine carbontop runs (built in or a class of one's own) uses GPU 0 unless told
+            # otherwise (TensorRT-LLM shards over every GPU named): measure the GPUs in use, not
+            # every card in the box
             if cfg.engine == "hf" and len(gpus) > 1:
                 raise ConfigError("The hf engine runs on one GPU; name one with --gpus.", "gpus")
             gpus = gpus or [0]
