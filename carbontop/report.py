@@ -138,9 +138,9 @@ def print_summary(run: SavedRun, console: Console) -> None:
         # the batching the engine really ran (an engine that predates plans runs static batches)
         ran = sorted({p.batching for p in run.points if p.batching})
         batching = " and ".join(ran) or settings.batching or "inflight"
-        units = " and ".join(({"static": "runs of whole batches"}.get(b, "sub-windows between "
-                                                                       "energy-counter readings")
-                              for b in ran or [batching]))
+        unit = {"static": "runs of whole batches"}
+        units = " and ".join(unit.get(b, "sub-windows between energy-counter readings")
+                             for b in ran or [batching])
         lines.append(f"method: {batching} batching; each point's steady-state "
                      f"window at least {settings.min_window_s:g} s; 95% intervals from {units}"
                      + (f", and over {settings.repeats} shuffled re-measures" if settings.repeats else ""))
