@@ -76,6 +76,33 @@ class StepTimeline:
     decode: tuple[bool, ...] | None = None  # True for decode steps, False for prefill steps
 
 
+@dataclass
+class StepRecorder:
+    """A StepTimeline's per-step facts, kept one step at a time while an engine runs; the times
+    come at the end (a GPU engine resolves them from CUDA events once the point is over)."""
+
+    slots: int
+    tokens: list[int] = field(default_factory=list)
+    live: list[int] = field(default_factory=list)
+    kv_tokens_read: list[int] = field(default_factory=list)
+    decode: list[bool] = field(default_factory=list)
+
+    def add(self, tokens: int, live: int, kv_tokens_read: int, decode: bool) -> int:
+        """Record one step; returns its index."""
+        self.tokens.append(tokens)
+        self.live.append(live)
+        self.kv_tokens_read.append(kv_tokens_read)
+        self.decode.append(decode)
+        return len(self.tokens) - 1
+
+    def timeline(self, end_s: list[float] | tuple[float, ...]) -> StepTimeline:
+        if len(end_s) != len(self.tokens):
+            raise ValueError(f"{len(end_s)} step times for {len(self.tokens)} steps")
+        return StepTimeline(end_s=tuple(end_s), tokens=tuple(self.tokens), live=tuple(self.live),
+                            slots=self.slots, kv_tokens_read=tuple(self.kv_tokens_read),
+                            decode=tuple(self.decode))
+
+
 class PointStatus(str, Enum):
     OK = "ok"
     OOM = "oom"

@@ -30,7 +30,7 @@ from carbontop.core.records import (
     PointPlan,
     Prompt,
     RequestRecord,
-    StepTimeline,
+    StepRecorder,
 )
 from carbontop.core.synthetic import prompt_seed, synthetic_token_ids
 from carbontop.core.window import keep_admitting, steady_window
@@ -203,14 +203,15 @@ class HFEngine:
                                  f"{plan.min_window_s:.0f} s")
         self._sync()
         records: list[RequestRecord] = []
-        steps = _StaticTimeline(batch_size, cache_len)
+        steps = StepRecorder(slots=batch_size)
+        step_end_s: list[float] = []
         window_start = time.time()
         batch = first
         index = 0
         while True:
             batch_records, token_times = self._run_batch(state, index, batch, batch_size)
             records.extend(batch_records)
-            steps.add_batch(batch, token_times)
+            _record_static_batch(steps, step_end_s, batch, token_times, cache_len)
             self._progress(len(records), sum(r.output_tokens for r in records),
                            time.time() - window_start, plan.min_window_s)
             index += 1
@@ -227,7 +228,7 @@ class HFEngine:
             records=tuple(records),
             notes=(f"decode: {self.decode_mode}",),
             batching=Batching.STATIC,
-            timeline=steps.timeline(),
+            timeline=steps.timeline(step_end_s),
         )
 
     def _sync(self) -> None:
@@ -323,31 +324,16 @@ class HFEngine:
         return records, token_times
 
 
-class _StaticTimeline:
-    """Per-step facts of static batches: every step computes all b rows, and its attention reads
-    the whole padded cache (cache_len columns per row), whoever is still generating."""
-
-    def __init__(self, batch_size: int, cache_len: int) -> None:
-        self.batch_size = batch_size
-        self.cache_len = cache_len
-        self.end_s: list[float] = []
-        self.tokens: list[int] = []
-        self.kv: list[int] = []
-        self.decode: list[bool] = []
-
-    def add_batch(self, batch: list[Prompt], token_times: list[float]) -> None:
-        for step, t in enumerate(token_times):
-            # step 0 is the prefill, which makes every row's first token
-            made = sum(1 for p in batch if p.output_tokens > step)
-            self.end_s.append(t)
-            self.tokens.append(made)
-            self.kv.append(0 if step == 0 else self.batch_size * self.cache_len)
-            self.decode.append(step > 0)
-
-    def timeline(self) -> StepTimeline:
-        return StepTimeline(end_s=tuple(self.end_s), tokens=tuple(self.tokens),
-                            live=tuple(self.tokens), slots=self.batch_size,
-                            kv_tokens_read=tuple(self.kv), decode=tuple(self.decode))
+def _record_static_batch(steps: StepRecorder, end_s: list[float], batch: list[Prompt],
+                         token_times: list[float], cache_len: int) -> None:
+    """A static batch's steps: every step computes all b rows, and its attention reads the whole
+    padded cache (cache_len columns per row), whoever is still generating."""
+    for step, t in enumerate(token_times):
+        # step 0 is the prefill, which makes every row's first token
+        made = sum(1 for p in batch if p.output_tokens > step)
+        steps.add(tokens=made, live=made, kv_tokens_read=0 if step == 0 else steps.slots * cache_len,
+                  decode=step > 0)
+        end_s.append(t)
 
 
 def _decode_step(model: Any, cache_kw: str, cache: Any, tokens: Any, positions: Any, mask: Any) -> Any:

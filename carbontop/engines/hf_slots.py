@@ -45,7 +45,7 @@ from carbontop.core.records import (
     PointPlan,
     Prompt,
     RequestRecord,
-    StepTimeline,
+    StepRecorder,
 )
 from carbontop.core.window import keep_admitting, steady_window
 from carbontop.engines.base import Phase
@@ -298,7 +298,7 @@ class SlotRunner:
         stream: Iterator[Prompt] = itertools.cycle(plan.prompts)
         slots: list[_Request | None] = [None] * b
         requests: list[_Request] = []
-        steps = _StepLog(torch, on_gpu)
+        steps = _StepLog(torch, on_gpu, b)
         admitting = True
         first_admit_host_s = time.time()
         opened_host_s: float | None = None
@@ -374,9 +374,7 @@ class SlotRunner:
             records=tuple(records),
             notes=(f"decode: {self.decode_mode}", f"attention: {self.attention}"),
             batching=Batching.INFLIGHT,
-            timeline=StepTimeline(end_s=tuple(times.end_s), tokens=tuple(steps.tokens),
-                                  live=tuple(steps.live), slots=b,
-                                  kv_tokens_read=tuple(steps.kv), decode=tuple(steps.decode)),
+            timeline=steps.facts.timeline(times.end_s),
         )
 
     def _collect(self, cache: _SlotCache, requests: list[_Request]) -> None:
@@ -507,16 +505,13 @@ class _Times:
 
 
 class _StepLog:
-    """Per-step facts, and the time each step's tokens were ready: CUDA events on the GPU (the
+    """Per-step facts (a StepRecorder), and the time each step's tokens were ready: CUDA events on the GPU (the
     host never waits mid-point, except to stay at most HOST_LEAD_STEPS ahead), wall time on CPU."""
 
-    def __init__(self, torch: Any, on_gpu: bool) -> None:
+    def __init__(self, torch: Any, on_gpu: bool, slots: int) -> None:
         self.torch = torch
         self.on_gpu = on_gpu
-        self.tokens: list[int] = []
-        self.live: list[int] = []
-        self.kv: list[int] = []
-        self.decode: list[bool] = []
+        self.facts = StepRecorder(slots=slots)
         self._events: list[Any] = []
         self._pending: deque[Any] = deque()
         self._wall: list[float] = []
@@ -528,13 +523,10 @@ class _StepLog:
 
     @property
     def last(self) -> int:
-        return len(self.tokens) - 1
+        return len(self.facts.tokens) - 1
 
     def record(self, tokens: int, live: int, kv: int, decode: bool) -> int:
-        self.tokens.append(tokens)
-        self.live.append(live)
-        self.kv.append(kv)
-        self.decode.append(decode)
+        index = self.facts.add(tokens=tokens, live=live, kv_tokens_read=kv, decode=decode)
         if self.on_gpu:
             event = self.torch.cuda.Event(enable_timing=True)
             event.record()
@@ -544,7 +536,7 @@ class _StepLog:
                 self._pending.popleft().synchronize()
         else:
             self._wall.append(time.time())
-        return len(self.tokens) - 1
+        return index
 
     def resolve(self) -> _Times:
         if not self.on_gpu:
