@@ -1,5 +1,6 @@
-"""How a headless sweep hears that it must stop: Ctrl-C, SIGTERM (a `timeout`, a batch scheduler,
-`kill`) and SIGHUP (the SSH session dropped).
+"""How a sweep hears that it must stop: Ctrl-C, SIGTERM (a `timeout`, a batch scheduler, `kill`)
+and SIGHUP (the SSH session dropped). The headless sweep's handlers are here; the app listens for
+the same signals, with the same meaning, on its event loop (tui/terminal.py).
 
 The handlers only ask the sweep to stop (`on_stop(state, reason)`) and return, so that the sweep's
 own shutdown runs: the running point is marked, run.toml gets its final state and the
@@ -36,7 +37,7 @@ class StopSignal:
         return 128 + self.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
 
 
-def _stop_signals() -> dict[int, StopSignal]:
+def stop_signals() -> dict[int, StopSignal]:
     table = {
         signal.SIGINT: StopSignal(signal.SIGINT, "cancelled", "cancelled with Ctrl-C"),
         signal.SIGTERM: StopSignal(signal.SIGTERM, "interrupted", "stopped by SIGTERM"),
@@ -54,7 +55,7 @@ class StopOnSignals:
         self.on_stop = on_stop
         self.say = say
         self.received: StopSignal | None = None
-        self._table = _stop_signals()
+        self._table = stop_signals()
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnSignals:
@@ -69,7 +70,7 @@ class StopOnSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         stop = self._table[signum]
         if stop.signum == getattr(signal, "SIGHUP", None):
-            _detach_from_terminal()
+            detach_from_terminal()
         if self.received is not None:
             self.say("stopping at once: the run keeps its finished points and reads interrupted.")
             os._exit(stop.exit_code)
@@ -82,7 +83,7 @@ class StopOnSignals:
         self.on_stop(stop.state, stop.reason)
 
 
-def _detach_from_terminal() -> None:
+def detach_from_terminal() -> None:
     """The terminal is gone: point stdout and stderr at /dev/null, so that the shutdown's messages
     cannot fail (EIO) or stop the process (SIGTTOU) on the way to it."""
     try:

@@ -544,6 +544,139 @@ async def test_the_app_offers_to_resume_an_interrupted_run(tmp_path, monkeypatch
     assert [(p.batch_size, p.status) for p in run.points] == [(1, "ok"), (2, "ok")]
 
 
+# The app in a terminal: `carbontop app` in a pseudo-terminal that is its controlling terminal,
+# as a shell over SSH runs it; the test types `s` and signals it, or hangs the terminal up.
+
+# Run inside the new session: make the pty (our stdin) the controlling terminal, then become the app.
+_TAKE_TERMINAL = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+                  "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+
+
+class AppInTerminal:
+    """`carbontop app ARGS` with a test-double engine, in a 120x40 pseudo-terminal of its own."""
+
+    def __init__(self, args: list[str], engine: str) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="xterm-256color", COLUMNS="120",
+                   LINES="40")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _TAKE_TERMINAL, str(HOOK), engine, "app", *args],
+            stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT, start_new_session=True)
+        os.close(slave)
+        self.screen = bytearray()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        import select
+
+        while not self._closed.is_set():
+            try:
+                ready, _, _ = select.select([self.master], [], [], 0.05)
+                if ready:
+                    self.screen += os.read(self.master, 65536)  # the app blocks if nobody reads
+            except OSError:  # EIO: the app closed its end
+                return
+
+    def start_sweep(self, run_dir: Path, timeout_s: float = 60) -> None:
+        """Press s until the sweep has made its run directory (the form may not be built yet)."""
+        deadline = time.time() + timeout_s
+        while not (run_dir / "run.toml").exists():
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.kill()
+                raise AssertionError(f"the sweep never started; the screen: {self.text()[-2000:]}")
+            os.write(self.master, b"s")
+            time.sleep(0.5)
+
+    def wait_for_file(self, path: Path, text: str, timeout_s: float = 60) -> None:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and self.proc.poll() is None:
+            if path.exists() and text in path.read_text(errors="replace"):
+                return
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"{text!r} never appeared in {path}; the screen: {self.text()[-2000:]}")
+
+    def hang_up(self) -> None:
+        """Close the terminal, as a dropped SSH session does: the kernel sends SIGHUP."""
+        self._closed.set()
+        self._reader.join(5)
+        os.close(self.master)
+        self.master = -1
+
+    def finish(self, timeout_s: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            self.kill()
+            if self.master >= 0:
+                self._closed.set()
+                self._reader.join(5)
+                os.close(self.master)
+                self.master = -1
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def text(self) -> str:
+        return self.screen.decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "state", "reason"),
+    [
+        ("SIGTERM", 143, "interrupted", "stopped by SIGTERM"),
+        ("SIGHUP", 129, "interrupted", "the terminal hung up (SIGHUP)"),
+        ("hang-up", 129, "interrupted", "the terminal hung up (SIGHUP)"),
+        ("SIGINT", 130, "cancelled", "cancelled with Ctrl-C"),  # kill -INT: Ctrl-C is a key here
+    ],
+)
+def test_a_signal_to_the_app_records_the_sweeps_end(tmp_path, how, code, state, reason) -> None:
+    run_dir = tmp_path / "run"
+    app = AppInTerminal(["--device", "cpu", "--dataset", "synthetic", "--num-prompts", "2",
+                         "--max-input-len", "8", "--max-output-len", "8", "--batch-sizes", "1,2",
+                         "--out", str(run_dir)], engine="engines_for_tests:HangsAbove1")
+    app.start_sweep(run_dir)
+    app.wait_for_file(run_dir / "points.csv", "\n1,ok,")
+    time.sleep(0.3)  # batch 2 is sent to the engine
+    engine_pid = run_toml(run_dir)["engine"]["pid"]
+    if how == "hang-up":
+        app.hang_up()
+    else:
+        os.kill(app.proc.pid, getattr(signal, how))
+    assert app.finish() == code, app.text()[-3000:]
+    run = load_run(run_dir)
+    assert run.state == state, run.meta.status
+    status = run.meta.status
+    assert status.message == reason and status.finished is not None
+    assert status.recommended_batch == 1
+    assert [(p.batch_size, p.status) for p in run.points] == [(1, "ok"), (2, "cancelled")]
+    assert run.points[1].message == reason
+    assert not (run_dir / RESERVE_NAME).exists()
+    assert _gone(engine_pid), "the engine child outlived the app"
+    if how != "hang-up":
+        assert "Traceback" not in app.text()
+
+
+def test_a_signal_to_the_app_with_no_sweep_closes_it_at_once(tmp_path) -> None:
+    app = AppInTerminal(["--device", "cpu"], engine="engines_for_tests:HangsAbove1")
+    deadline = time.time() + 30
+    while "Quit" not in app.text() and time.time() < deadline:  # the footer: the app is up
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(app.proc.pid, signal.SIGTERM)
+    assert app.finish(timeout_s=10) == 143, app.text()[-3000:]
+
+
 # ---- the engine child: hangs, kills, out of memory -----------------------------------------
 
 

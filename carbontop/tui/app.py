@@ -254,8 +254,10 @@ class CarbontopApp(App[int]):
         exporter: Exporter | None = None,
         runs_dir: Callable[[], pathlib.Path | None] | None = None,
         remember: bool = True,
+        stop_on_signals: bool = False,
+        driver_class: type | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(driver_class=driver_class)
         self._startup_problems: list[str] = []
         if config is None:
             config, self._startup_problems = initial_config()
@@ -267,6 +269,11 @@ class CarbontopApp(App[int]):
         self._export = exporter or default_exporter
         self._runs_dir = runs_dir or cfgmod.runs_dir
         self._remember = remember  # False in tests that must not touch the user's config dir
+        # SIGTERM, SIGHUP, a kill's SIGINT: taken as the headless sweep takes them (run_app only:
+        # a test's event loop keeps its own)
+        self._stop_on_signals = stop_on_signals
+        self._stop_listening: Callable[[], None] | None = None
+        self.stop_signal: Any = None  # the interrupts.StopSignal being acted on, once one came
 
         self.runner: Any = None
         self._sweep_config: cfgmod.RunConfig | None = None  # of the sweep running or last run
@@ -330,6 +337,10 @@ class CarbontopApp(App[int]):
 
     def on_mount(self) -> None:
         self._main = self.screen
+        if self._stop_on_signals:
+            from carbontop.tui.terminal import listen_for_stop_signals
+
+            self._stop_listening = listen_for_stop_signals(self.stop_on_signal)
         self.charts.border_title = "Charts"
         for problem in self._theme_problems:
             self.notify(f"{problem} It was not loaded; the theme is {self.theme}.",
@@ -357,7 +368,39 @@ class CarbontopApp(App[int]):
                        "-roomy")
 
     def on_unmount(self) -> None:
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
         self.cleanup()
+
+    # ---- signals from outside: kill, timeout, a dropped SSH session ------------------------
+
+    def stop_on_signal(self, stop: Any) -> None:
+        """A stop signal (interrupts.StopSignal): a running sweep is stopped as the headless
+        sweep stops (its point cancelled, the run recorded as `stop.state` with `stop.reason`),
+        then the app exits with 128 + the signal's number. A second signal quits at once."""
+        import os
+
+        if self.stop_signal is not None:
+            if stop == self.stop_signal:
+                return  # one hang-up, told twice: SIGHUP and the terminal's EIO
+            os._exit(stop.exit_code)  # the run keeps its finished points and reads interrupted
+        self.stop_signal = stop
+        if self.sweep_running and self.runner is not None:
+            self._cancel_requested = True
+            self.runner.cancel(stop.state, stop.reason)  # the first reason given stays
+            self.sweep.set_status(f"{escape(stop.reason)}: stopping the sweep; finished points "
+                                  "stay. The app closes once the end is recorded.")
+            return  # on_sweep_ended exits, after the sweep's shutdown
+        self._quit(stop.exit_code)
+
+    def terminal_hung_up(self) -> None:
+        """The terminal's input failed with EIO: the hang-up SIGHUP also says (one event)."""
+        from carbontop.tui.terminal import hang_up
+
+        stop = hang_up()
+        if stop is not None and self.stop_signal is None:
+            self.stop_on_signal(stop)
 
     def cleanup(self) -> None:
         """Cancel a running sweep and stop the idle sampler (idempotent)."""
@@ -826,9 +869,9 @@ class CarbontopApp(App[int]):
         if yes:
             self._quit()
 
-    def _quit(self) -> None:
+    def _quit(self, code: int = 0) -> None:
         self.cleanup()
-        self.exit(0)
+        self.exit(code, return_code=code)
 
     def show_error(self, title: str, message: str) -> None:
         self.push_screen(ErrorScreen(title, for_app(message)))
@@ -904,6 +947,9 @@ class CarbontopApp(App[int]):
     def on_sweep_ended(self, message: SweepEnded) -> None:
         self.sweep_running = False
         self._cancel_requested = False
+        if self.stop_signal is not None:
+            self._quit(self.stop_signal.exit_code)  # the sweep's end is recorded: now go
+            return
         if self._shutting_down:
             return  # quitting: the form's widgets may already be gone
         self.form.set_enabled(True)
@@ -919,7 +965,10 @@ def run_app(config: cfgmod.RunConfig | None = None, open_run: pathlib.Path | Non
 
     With `config` None the form starts from the user's config file and the last run's settings.
     """
-    app = CarbontopApp(config=config, open_run=open_run)
+    from carbontop.tui.terminal import terminal_driver_class
+
+    app = CarbontopApp(config=config, open_run=open_run, stop_on_signals=True,
+                       driver_class=terminal_driver_class())
     try:
         result = app.run()
     finally:
