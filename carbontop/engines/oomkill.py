@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_ROOT = Path("/proc")
 
 
 @dataclass(frozen=True)
@@ -39,29 +40,34 @@ def _read_count(path: Path) -> int | None:
     return None
 
 
-def _candidates(pid: int) -> list[Path]:
+def _candidates(pid: int, cgroup_root: Path, proc_root: Path) -> list[Path]:
     """Counter files for the process's memory cgroup, most specific first."""
     try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        lines = (proc_root / str(pid) / "cgroup").read_text().splitlines()
     except OSError:
         return []
     found: list[Path] = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         rel = path.lstrip("/")
         if controllers == "":  # cgroup v2: the unified hierarchy
-            for mount in (CGROUP_ROOT, CGROUP_ROOT / "unified"):
+            for mount in (cgroup_root, cgroup_root / "unified"):
                 found.append(mount / rel / "memory.events")
         elif "memory" in controllers.split(","):  # cgroup v1's memory controller
-            found.append(CGROUP_ROOT / "memory" / rel / "memory.oom_control")
+            found.append(cgroup_root / "memory" / rel / "memory.oom_control")
             # inside a container the hierarchy's root is often the container's own cgroup
-            found.append(CGROUP_ROOT / "memory" / "memory.oom_control")
+            found.append(cgroup_root / "memory" / "memory.oom_control")
     return found
 
 
-def oom_kill_counter(pid: int) -> OomKillCounter | None:
-    """The OOM-kill count of `pid`'s memory cgroup now, or None where none can be read."""
-    for path in _candidates(pid):
+def oom_kill_counter(pid: int, *, cgroup_root: Path = CGROUP_ROOT,
+                     proc_root: Path = PROC_ROOT) -> OomKillCounter | None:
+    """The OOM-kill count of `pid`'s memory cgroup now, or None where none can be read.
+    (The roots are the system's; a test points them at a tree of its own.)"""
+    for path in _candidates(pid, cgroup_root, proc_root):
         count = _read_count(path)
         if count is not None:
             return OomKillCounter(path, count)
