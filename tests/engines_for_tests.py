@@ -89,6 +89,19 @@ class HangsAbove4(HangsAbove1):
     limit = 4
 
 
+class HangsAbove1ThenLoadsSilently(HangsAbove1):
+    """Batch 1 runs and batch 2 hangs; an engine started after that (to try batch 2 again) sends
+    nothing while it loads. Remembers across processes through CARBONTOP_TEST_MARK."""
+
+    def load(self) -> dict:
+        mark = os.environ["CARBONTOP_TEST_MARK"]
+        if os.path.exists(mark):
+            print(f"loading in pid {os.getpid()}", flush=True)  # into engine.log, for the test
+            time.sleep(600)
+        open(mark, "w").close()
+        return super().load()
+
+
 class SlowLoad(_Base):
     """Takes a long time to load (a big model): the parent can be killed meanwhile."""
 

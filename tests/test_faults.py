@@ -732,6 +732,42 @@ def test_an_engine_that_hangs_twice_is_recorded_hung_and_the_sweep_goes_on(tmp_p
     assert run.meta.status.smallest_failed_batch == 2
 
 
+def _loading_pid(run_dir: Path) -> int:
+    return int((run_dir / "engine.log").read_text().split("loading in pid")[1].split()[0])
+
+
+def test_an_engine_silent_while_it_loads_is_killed_and_the_sweep_ends_saying_so(tmp_path) -> None:
+    runner, _ = _runner(tmp_path, "engines_for_tests:SlowLoad", stall_timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(CarbontopError, match=r"The engine sent nothing for 1 s while loading the "
+                                             r"model \(see .*engine.log\); raise --stall-timeout-s"):
+        runner.run()
+    assert time.monotonic() - started < 30  # not the 600 s the load would take
+    assert _gone(_loading_pid(tmp_path / "run"), timeout_s=5), "the silent engine was left running"
+    run = load_run(tmp_path / "run")
+    assert run.state == "error" and "while loading the model" in run.meta.status.message
+    assert run.points == ()
+
+
+def test_a_fresh_engine_silent_while_it_loads_leaves_the_hung_point_recorded(tmp_path,
+                                                                           monkeypatch) -> None:
+    # batch 2 hangs; the fresh engine that would try it again sends nothing while it loads
+    monkeypatch.setenv("CARBONTOP_TEST_MARK", str(tmp_path / "loaded-once"))
+    runner, _ = _runner(tmp_path, "engines_for_tests:HangsAbove1ThenLoadsSilently",
+                        stall_timeout_s=1.0)
+    with pytest.raises(CarbontopError, match="while loading the model"):
+        runner.run()
+    assert _gone(_loading_pid(tmp_path / "run"), timeout_s=5), "the silent engine was left running"
+    run = load_run(tmp_path / "run")
+    assert run.state == "error" and "while loading the model" in run.meta.status.message
+    assert _statuses(tmp_path) == [(1, "ok"), (2, "hung")]
+    message = run.points[1].message
+    assert message.startswith("the engine sent nothing for 1 s and was killed")
+    assert ("not tried again, a fresh engine process did not start: the engine sent nothing for 1 s"
+            " while loading the model") in message
+    assert run.meta.status.recommended_batch == 1
+
+
 def test_a_kill_that_is_not_an_oom_is_tried_again(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("CARBONTOP_TEST_MARK", str(tmp_path / "killed-once"))
     runner, _ = _runner(tmp_path, "engines_for_tests:KilledOnceAt2")

@@ -109,6 +109,16 @@ def detect_device() -> str:
         pynvml.nvmlShutdown()
 
 
+class _NoFreshEngine(Exception):
+    """The engine for a point's second try did not start: the first try's outcome is recorded,
+    then `cause` ends the sweep."""
+
+    def __init__(self, outcome: Any, cause: CarbontopError) -> None:
+        super().__init__(str(cause))
+        self.outcome = outcome
+        self.cause = cause
+
+
 class SweepRunner:
     """One sweep. `resume_from`: a saved run to carry on (sweep/resume.py) instead of a new one."""
 
@@ -502,6 +512,7 @@ class SweepRunner:
         came is run once more; if it fails again it is kept, flagged (never reported whole)."""
         point: PointResult | None = None
         outcome: Any = None
+        no_fresh_engine: CarbontopError | None = None
         for attempt in (0, 1):
             if not self._ensure_engine(batch_size):
                 return None, None
@@ -514,7 +525,10 @@ class SweepRunner:
             self._emit(events.PointStarted(batch_size, planned))
             # [when measuring began (reset at MEASURING), when the point began (kept)]
             started = [time.time(), time.time()]
-            outcome = self._run_point_once_more_if_unproven(batch_size, plan, started)
+            try:
+                outcome = self._run_point_once_more_if_unproven(batch_size, plan, started)
+            except _NoFreshEngine as stop:
+                outcome, no_fresh_engine = stop.outcome, stop.cause
             if outcome is None:
                 return None, None  # cancelled while a fresh engine started
             point = self._point(batch_size, outcome)
@@ -526,7 +540,8 @@ class SweepRunner:
                     # warm-up and ramp-up before the window, drain after it
                     self._overhead_s = (max(first - started[1], 0.0)
                                         + (point.point_s or 0.0) - point.duration_s)
-            if not (point.energy_incomplete and attempt == 0 and not self.cancelled):
+            if no_fresh_engine is not None or not (
+                    point.energy_incomplete and attempt == 0 and not self.cancelled):
                 break
             self._emit(events.PhaseChanged(
                 "measuring", batch_size,
@@ -536,6 +551,8 @@ class SweepRunner:
         self._writer.write_samples(self.sampler.drain_new())
         self._writer.write_point(point, outcome.run.records if outcome.run else ())
         self._emit(events.PointFinished(point))
+        if no_fresh_engine is not None:
+            raise no_fresh_engine  # the point is on record; without an engine the sweep ends
         return point, outcome
 
     def _hottest_temp_c(self) -> float | None:
@@ -640,6 +657,11 @@ class SweepRunner:
             self._start_engine()
         except Cancelled:
             return None
+        except CarbontopError as exc:  # e.g. the fresh engine sent nothing while it loaded
+            why = str(exc)
+            raise _NoFreshEngine(dataclasses.replace(
+                outcome, message=f"{first}; not tried again, a fresh engine process did not start: "
+                                 f"{why[:1].lower()}{why[1:]}"), exc) from exc
         started[:] = [time.time(), time.time()]
         again = self._host.run_point(plan, self._relay(batch_size, started, plan),
                                      self._cancel.is_set)
