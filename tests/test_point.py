@@ -93,6 +93,24 @@ def test_point_figures_by_hand() -> None:
     assert p.slot_occupancy == 1.0 and p.batching == "inflight"
     assert p.point_s == 20.0 and p.window_target_s == 10.0
     assert not p.energy_incomplete and "no interval" not in p.message
+    # J/token 55, 45, 55, ... at sub-window middles 2.5 .. 11.5: slope -25 / 82.5 per second,
+    # over the 9 s between the first and last middle, over 50 J/token; its interval, t(0.975, 8)
+    # x sqrt((250 - 25^2 / 82.5) / 8 / 82.5) x 9 / 50, holds zero: steady, no note
+    assert p.j_per_token_drift == pytest.approx(-25 / 82.5 * 9 / 50)
+    assert p.j_per_token_drift_ci95 == pytest.approx(
+        2.306 * math.sqrt((250 - 25 ** 2 / 82.5) / 8 / 82.5) * 9 / 50)
+    assert "not steady" not in p.message
+
+
+def test_a_window_whose_j_per_token_climbs_says_it_was_not_steady() -> None:
+    # J/token 45, 46, ... 54 over ten 1-second sub-windows of 2 tokens: 49.5 over W, a slope of
+    # 1 J/token a second, 9 J/token from the first middle to the last: +18%, an exact line
+    subs = tuple(SubWindow(float(t), float(t + 1), 2.0 * (43 + t), 0.0) for t in range(2, 12))
+    energy = PointEnergy(EnergyReading(990.0, "nvml-counter", None), 0.0, None, subs)
+    p = point_figures(_run(), Window(2.0, 12.0), energy, _cond())
+    assert p.j_per_token_drift == pytest.approx(9 / 49.5)
+    assert p.j_per_token_drift_ci95 == pytest.approx(0.0, abs=1e-9)
+    assert "not steady: J/token rose 18% across the window" in p.message
 
 
 def test_missing_end_reading_is_flagged_never_reported_whole() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import threading
 import time
@@ -137,6 +138,14 @@ def test_inflight_point_through_the_runner(tmp_path) -> None:
     assert p.j_per_token == pytest.approx(p.energy_j / p.output_tokens, rel=0.05)
     assert run.meta.environment.idle_power_loaded_w is not None
     assert run.meta.status.recommendation.startswith("batch 2: lowest")
+    # every step is kept: the tokens of the steps inside W are the point's tokens
+    with open(tmp_path / "run" / "steps.csv", newline="") as fh:
+        steps = list(csv.DictReader(fh))
+    assert steps and {s["batch_size"] for s in steps} == {"2"}
+    inside = sum(int(s["tokens"]) for s in steps
+                 if p.window_start_s < float(s["t_s"]) <= p.window_end_s)
+    assert inside == p.output_tokens
+    assert p.j_per_token_drift is not None and p.j_per_token_drift_ci95 is not None
 
 
 def test_repeats_run_in_shuffled_order_and_combine(tmp_path) -> None:

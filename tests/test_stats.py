@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from carbontop.core.stats import Estimate, mean_ci, ratio_ci, t_quantile_975
+from carbontop.core.stats import Estimate, mean_ci, ratio_ci, slope_ci, t_quantile_975
 
 
 def _t_central_mass(q: float, df: int, n: int = 4000) -> float:
@@ -69,3 +69,15 @@ def test_overlap_rule() -> None:
     assert a.overlaps(Estimate(1.03, 0.02, None, 8))
     assert not a.overlaps(Estimate(1.05, 0.02, None, 8))
     assert a.overlaps(Estimate(2.0, None, None, 1))  # no interval: no difference can be called
+
+
+def test_slope_ci_by_hand() -> None:
+    # x 0..3, y 1 3 2 4: sxx = 5, sxy = 4, slope 0.8; residuals -0.3 0.9 -0.9 0.3, rss 1.8;
+    # se = sqrt(1.8 / 2 / 5), half-width t(0.975, 2) = 4.303 x se
+    est = slope_ci([0.0, 1.0, 2.0, 3.0], [1.0, 3.0, 2.0, 4.0])
+    assert est.value == pytest.approx(0.8)
+    assert est.half_width == pytest.approx(4.303 * math.sqrt(0.18))
+    assert est.n == 4 and est.cv is None
+    assert slope_ci([0.0, 1.0], [1.0, 2.0]).half_width is None  # two points: a line, no interval
+    with pytest.raises(ValueError):
+        slope_ci([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])

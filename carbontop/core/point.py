@@ -32,7 +32,7 @@ from carbontop.core.records import (
     PointStatus,
     RequestRecord,
 )
-from carbontop.core.stats import Estimate, ratio_ci
+from carbontop.core.stats import Estimate, ratio_ci, slope_ci
 from carbontop.core.window import Window, tokens_between
 
 # Batch means want enough batches for the t interval to be tight and few enough for each to hold
@@ -117,11 +117,18 @@ class RunConditions:
     lifetime_years: float
 
 
+# A drift smaller than this share of J/token is left unremarked even where its interval excludes
+# zero: the window is steady enough for the figure to be read as one number.
+DRIFT_NOTE_SHARE = 0.05
+
+
 @dataclass(frozen=True)
 class Intervals:
     j_per_token: Estimate | None
     tokens_per_s: Estimate | None
     gco2e_per_token: Estimate | None
+    # J/token's fitted change across W, relative to J/token over W, with its 95% half-width
+    j_per_token_drift: Estimate | None = None
 
 
 def sub_window_intervals(run: EngineRun, subs: Sequence[SubWindow]) -> Intervals:
@@ -131,11 +138,27 @@ def sub_window_intervals(run: EngineRun, subs: Sequence[SubWindow]) -> Intervals
     tokens = [tokens_between(s.start_s, s.end_s, run.timeline, run.records) for s in subs]
     if sum(tokens) <= 0:
         return Intervals(None, None, None)
+    j_per_token = ratio_ci([s.energy_j for s in subs], tokens)
     return Intervals(
-        j_per_token=ratio_ci([s.energy_j for s in subs], tokens),
+        j_per_token=j_per_token,
         tokens_per_s=ratio_ci(tokens, [s.end_s - s.start_s for s in subs]),
         gco2e_per_token=ratio_ci([s.gco2e for s in subs], tokens),
+        j_per_token_drift=_drift(subs, tokens, j_per_token.value),
     )
+
+
+def _drift(subs: Sequence[SubWindow], tokens: Sequence[float], j_per_token: float) -> Estimate | None:
+    """J/token's least-squares change from the first sub-window's middle to the last's, relative
+    to the point's J/token (sub-windows without tokens carry no ratio and are left out)."""
+    pairs = [((s.start_s + s.end_s) / 2, s.energy_j / n) for s, n in zip(subs, tokens, strict=True)
+             if n > 0]
+    if len(pairs) < 3 or j_per_token <= 0:
+        return None
+    span_s = pairs[-1][0] - pairs[0][0]
+    slope = slope_ci([t for t, _ in pairs], [j for _, j in pairs])
+    scale = span_s / j_per_token
+    return Estimate(slope.value * scale,
+                    slope.half_width * scale if slope.half_width is not None else None, None, slope.n)
 
 
 def _hw(e: Estimate | None) -> float | None:
@@ -170,6 +193,12 @@ def point_figures(run: EngineRun, window: Window, energy: PointEnergy, cond: Run
     if not energy.end_read:
         notes.append("no energy-counter reading came after the window's end: the energy stops "
                      "at the last reading, so J/token and carbon are low")
+    drift = ci.j_per_token_drift
+    if (drift is not None and drift.half_width is not None and abs(drift.value) > drift.half_width
+            and abs(drift.value) >= DRIFT_NOTE_SHARE):
+        notes.append(f"not steady: J/token {'rose' if drift.value > 0 else 'fell'} "
+                     f"{abs(drift.value):.0%} across the window (a linear fit over its "
+                     "sub-windows, outside the fit's 95% interval)")
     if ci.j_per_token is None or ci.j_per_token.half_width is None:
         notes.append("fewer than two whole batches inside the window: no interval"
                      if run.batching is Batching.STATIC else
@@ -221,4 +250,6 @@ def point_figures(run: EngineRun, window: Window, energy: PointEnergy, cond: Run
         gco2e_per_token_cv=_cv(ci.gco2e_per_token),
         slot_occupancy=metrics.slot_occupancy(records, run.batch_size, window, run.timeline),
         energy_incomplete=not energy.end_read,
+        j_per_token_drift=drift.value if drift is not None else None,
+        j_per_token_drift_ci95=drift.half_width if drift is not None else None,
     )

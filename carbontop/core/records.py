@@ -214,3 +214,8 @@ class PointResult:
     repeat: int = 0  # 0: the search's measurement; 1..N: re-measures in shuffled order
     repeats: int = 1  # measurements these figures combine
     start_temp_c: float | None = None  # hottest GPU when the point started
+    # how far J/token moved across W: the least-squares line through the sub-windows' J/token,
+    # its change from W's start to its end over the point's J/token, with that change's 95%
+    # half-width; a drift whose interval excludes 0 means W was not yet steady (the row says so)
+    j_per_token_drift: float | None = None
+    j_per_token_drift_ci95: float | None = None

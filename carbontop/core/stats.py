@@ -115,3 +115,26 @@ def ratio_ci(numerators: Sequence[float], denominators: Sequence[float]) -> Esti
     mean_y = sum(y for _x, y in pairs) / k
     se = math.sqrt(sum((x - ratio * y) ** 2 for x, y in pairs) / (k * (k - 1))) / abs(mean_y)
     return Estimate(ratio, t_quantile_975(k - 1) * se, _cv([x / y for x, y in pairs]), k)
+
+
+def slope_ci(xs: Sequence[float], ys: Sequence[float]) -> Estimate:
+    """The least-squares slope of ys on xs with its 95% interval, t(0.975, k - 2) x se, where
+    se = sqrt(sum of squared residuals / (k - 2) / sum (x - mean x)^2) (any regression text, e.g.
+    NIST/SEMATECH e-Handbook, section 4.4.4.2). A batch-means interval assumes the batches are
+    alike; a slope whose interval excludes 0 says they are not (the window was not yet steady).
+    `cv` is None: a slope has no spread of its own."""
+    k = len(xs)
+    if k != len(ys):
+        raise ValueError("one y per x")
+    if k < 2:
+        raise ValueError("a slope needs two points")
+    mx, my = sum(xs) / k, sum(ys) / k
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("the xs are all equal")
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    if k < 3:
+        return Estimate(slope, None, None, k)
+    rss = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True))
+    se = math.sqrt(rss / (k - 2) / sxx)
+    return Estimate(slope, t_quantile_975(k - 2) * se, None, k)

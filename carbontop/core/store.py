@@ -31,7 +31,7 @@ from typing import Any
 import tomli_w
 
 from carbontop.core.liveness import Heartbeat, effective_state, owner_record
-from carbontop.core.records import PointResult, PointStatus, RequestRecord, Sample
+from carbontop.core.records import PointResult, PointStatus, RequestRecord, Sample, StepTimeline
 from carbontop.core.run_meta import RunMeta
 from carbontop.core.tomlcompat import tomllib
 from carbontop.errors import CarbontopError
@@ -39,6 +39,9 @@ from carbontop.errors import CarbontopError
 POINT_COLUMNS = [f.name for f in dataclasses.fields(PointResult)]
 REQUEST_COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
 POWER_COLUMNS = [f.name for f in dataclasses.fields(Sample)]
+# one row per engine step (or streamed chunk) of every point: StepTimeline's columns, keyed by
+# the point (batch size and repeat), so that a window's steadiness can be checked afterwards
+STEP_COLUMNS = ["batch_size", "repeat", "t_s", "tokens", "live", "kv_tokens_read", "decode"]
 _BOOL_COLUMNS = [f.name for f in dataclasses.fields(PointResult) if f.type in ("bool", bool)]
 
 
@@ -218,6 +221,7 @@ class RunWriter:
         self._points = _CsvAppender(self.run_dir / "points.csv", POINT_COLUMNS, keep_point)
         self._requests = _CsvAppender(self.run_dir / "requests.csv", REQUEST_COLUMNS)
         self._power = _CsvAppender(self.run_dir / "power.csv", POWER_COLUMNS)
+        self._steps = _CsvAppender(self.run_dir / "steps.csv", STEP_COLUMNS)
         self._heartbeat = Heartbeat(self.run_dir / "run.toml")
         self._heartbeat.start()
         self.finished = False
@@ -279,8 +283,18 @@ class RunWriter:
         self.meta.setdefault(section, {}).update(values)
         self._write_meta()
 
-    def write_point(self, point: PointResult, records: Sequence[RequestRecord] = ()) -> None:
+    def write_point(self, point: PointResult, records: Sequence[RequestRecord] = (),
+                    timeline: StepTimeline | None = None) -> None:
         self._requests.write(dataclasses.asdict(r) for r in records)
+        if timeline is not None:
+            n = len(timeline.end_s)
+            kv = timeline.kv_tokens_read or (None,) * n
+            decode = timeline.decode or (None,) * n
+            self._steps.write(
+                {"batch_size": point.batch_size, "repeat": point.repeat, "t_s": t, "tokens": tokens,
+                 "live": live, "kv_tokens_read": k, "decode": d}
+                for t, tokens, live, k, d in zip(timeline.end_s, timeline.tokens, timeline.live, kv,
+                                                 decode, strict=True))
         self._points.write([dataclasses.asdict(point)])
 
     def write_samples(self, samples: Sequence[Sample]) -> None:
@@ -297,7 +311,7 @@ class RunWriter:
             self._write_meta()
         finally:
             self.finished = True
-            for appender in (self._points, self._requests, self._power):
+            for appender in (self._points, self._requests, self._power, self._steps):
                 appender.close()
             with contextlib.suppress(OSError):
                 (self.run_dir / RESERVE_NAME).unlink()

@@ -549,7 +549,8 @@ class SweepRunner:
         assert point is not None
         self.points.append(point)
         self._writer.write_samples(self.sampler.drain_new())
-        self._writer.write_point(point, outcome.run.records if outcome.run else ())
+        self._writer.write_point(point, outcome.run.records if outcome.run else (),
+                                 outcome.run.timeline if outcome.run else None)
         self._emit(events.PointFinished(point))
         if no_fresh_engine is not None:
             raise no_fresh_engine  # the point is on record; without an engine the sweep ends
