@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import threading
 import time
 from pathlib import Path
@@ -205,3 +206,20 @@ def test_a_missing_closing_counter_reading_re_measures_once_then_flags(tmp_path,
     assert p.energy_incomplete is (misses == 2)
     assert ("no energy-counter reading came after the window's end" in (p.message or "")) is (
         misses == 2)
+
+
+def test_a_failing_viewer_is_logged_to_the_run_and_the_sweep_goes_on(tmp_path) -> None:
+    def viewer(event) -> None:
+        if isinstance(event, events.PointFinished):
+            raise RuntimeError("a bug in the viewer")
+
+    runner = SweepRunner(small(tmp_path, batch_sizes="1"), viewer)
+    with_engine(runner, "engines_for_tests:OOMAbove")
+    runner.run()
+    run = load_run(tmp_path / "run")
+    assert run.state == "done" and [p.status for p in run.points] == ["ok"]
+    text = (tmp_path / "run" / "carbontop.log").read_text()
+    assert "The sweep's viewer failed on PointFinished" in text
+    assert "RuntimeError: a bug in the viewer" in text  # with its traceback
+    # the run's log is the run's only: once it ends, nothing more is written there
+    assert not [h for h in logging.getLogger("carbontop").handlers if isinstance(h, logging.FileHandler)]

@@ -5,6 +5,8 @@
     requests.csv   one row per request and point
     power.csv      every telemetry sample, with its time and device
     engine.log     what the engine child printed
+    carbontop.log  what carbontop itself noted and carried on from (a failing viewer, ...), with
+                   tracebacks; only where there was something
 
 Rows are flushed and fsynced as they are written, whole rows only, and run.toml is replaced
 atomically, so a crash or a power cut at any moment leaves readable files and loses at most the
@@ -185,6 +187,7 @@ def _ends_in_newline(path: Path) -> bool:
 # Kept in the run directory while a sweep writes to it, and given back when the disk fills, so
 # that the final state still fits into run.toml. Several times a run.toml's usual size.
 RESERVE_NAME = ".carbontop-reserve"
+RUN_LOG_NAME = "carbontop.log"
 RESERVE_BYTES = 256 * 1024
 
 
@@ -229,6 +232,10 @@ class RunWriter:
     @property
     def engine_log(self) -> Path:
         return self.run_dir / "engine.log"
+
+    @property
+    def run_log(self) -> Path:
+        return self.run_dir / RUN_LOG_NAME
 
     def _make_reserve(self) -> None:
         path = self.run_dir / RESERVE_NAME

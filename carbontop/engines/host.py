@@ -10,6 +10,7 @@ the step: `Loaded` or `LoadFailed` after loading, and after a point `PointDone`,
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -121,6 +122,9 @@ ChildReply = Loaded | LoadFailed | PointDone | PointOOM | PointKVBound | PointFa
 
 # ---- child side ---------------------------------------------------------------------------
 
+# How a logged line reads, in engine.log and in the run's carbontop.log alike
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: int) -> None:
     # A process group of its own (the terminal's signals reach the parent, which decides what
@@ -134,6 +138,10 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
         os.dup2(fd, 2)
         sys.stdout = os.fdopen(1, "w", buffering=1)
         sys.stderr = os.fdopen(2, "w", buffering=1)
+    # what the engine's modules log goes to engine.log with the rest of what the child says
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger("carbontop").addHandler(handler)
     if spec.compile_cache_dir:
         # read by torch when it is first imported, which happens below, in the engine
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", spec.compile_cache_dir)

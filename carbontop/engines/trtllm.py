@@ -38,6 +38,7 @@ import asyncio
 import dataclasses
 import gc
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -60,6 +61,8 @@ from carbontop.engines.base import (
 )
 from carbontop.engines.stream_point import OnChunk, StreamedRequest, StreamPoint
 from carbontop.errors import EngineUnavailable, first_line
+
+log = logging.getLogger(__name__)
 
 INSTALL_SENTENCE = (
     "TensorRT-LLM is not installed; install it with pip install 'carbontop[trtllm]' on a Linux machine "
@@ -326,7 +329,7 @@ class TRTLLMEngine:
         try:
             llm.shutdown()
         except Exception:  # noqa: BLE001 - an executor that already died may refuse to shut down
-            pass
+            log.warning("TensorRT-LLM's executor did not shut down cleanly", exc_info=True)
         del llm
         gc.collect()
         try:

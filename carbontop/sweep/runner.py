@@ -8,6 +8,7 @@ as it happens, so a crash, a cancel or a power cut keeps every finished point.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import platform
@@ -71,6 +72,26 @@ from carbontop.engines.quant import plan_weight_quant
 from carbontop.errors import CarbontopError, ConfigError
 from carbontop.sweep import events
 from carbontop.sweep.resume import KEPT_STATUSES, check_same_devices
+
+log = logging.getLogger(__name__)
+
+
+def open_run_log(path: Path) -> logging.Handler:
+    """Send what carbontop's modules log, while this sweep runs, to the run's own log file (made
+    only once there is something to write)."""
+    from carbontop.engines.host import LOG_FORMAT
+
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger("carbontop").addHandler(handler)
+    return handler
+
+
+def close_run_log(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger("carbontop").removeHandler(handler)
+        handler.close()
+
 
 OnEvent = Callable[[Any], None]
 OnMessage = Callable[[EngineNote | None], None]
@@ -140,6 +161,7 @@ class SweepRunner:
         self._stop_reason = ("cancelled", "cancelled by the user")
         self._prepared = False
         self._writer: RunWriter | None = None
+        self._log_handler: logging.Handler | None = None
         self._host: Any = None
         self._last_flush = 0.0
         self.end_unrecorded = ""  # why run.toml could not take the final state, if it could not
@@ -266,6 +288,7 @@ class SweepRunner:
             label = f"{Path(cfg.model).name}-{cfg.engine}"
             self.run_dir = Path(cfg.out).expanduser() if cfg.out else new_run_dir(runs_dir(), label=label)
             self._writer = RunWriter(self.run_dir, self._meta(source))
+        self._log_handler = open_run_log(self._writer.run_log)
         self.sampler.start()
         self._prepared = True
 
@@ -390,6 +413,7 @@ class SweepRunner:
         except CarbontopError as exc:
             state, message = "error", str(exc)
         except Exception as exc:  # noqa: BLE001 - an unexpected failure must still save the run
+            log.exception("The sweep failed unexpectedly")
             state, message = "error", f"{type(exc).__name__}: {exc}"
         finally:
             self._shutdown(state, message)
@@ -404,7 +428,7 @@ class SweepRunner:
         try:
             self.on_event(event)
         except Exception:  # noqa: BLE001 - a viewer's bug must not stop a measurement
-            pass
+            log.exception("The sweep's viewer failed on %s; the sweep goes on", type(event).__name__)
 
     def _tick(self) -> None:
         now = time.time()
@@ -760,6 +784,7 @@ class SweepRunner:
             except CarbontopError as exc:
                 problems.append(str(exc))
             except Exception as exc:  # noqa: BLE001 - the remaining steps must still run
+                log.exception("A step of the sweep's end failed; the others still run")
                 problems.append(f"{type(exc).__name__}: {exc}")
 
         if self._host is not None:
@@ -800,3 +825,5 @@ class SweepRunner:
                 # ends, readers show the run as interrupted
                 self.end_unrecorded = str(exc)
         self._emit(events.SweepFinished(str(self.run_dir), state, message, self.recommended_batch))
+        close_run_log(self._log_handler)
+        self._log_handler = None

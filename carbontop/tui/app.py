@@ -11,6 +11,7 @@ the power sources are imported when first used.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import socket
 import time
@@ -56,6 +57,8 @@ from carbontop.tui.wording import for_app
 
 if TYPE_CHECKING:
     from carbontop.core.store import SavedRun
+
+log = logging.getLogger(__name__)
 
 LAST_RUN_FILE = "last_run.toml"  # in the config dir: the form starts from the last sweep's setup
 UI_STATE_FILE = "tui.toml"  # in the config dir: the theme last chosen
@@ -118,11 +121,11 @@ def stop_sampler(sampler: Any) -> None:
     try:
         sampler.stop()
     except Exception:  # noqa: BLE001 - on the way out a failing sampler must not stop the rest
-        pass
+        log.warning("The telemetry sampler did not stop cleanly", exc_info=True)
     try:
         sampler.source.close()
     except Exception:  # noqa: BLE001 - likewise a source that cannot close (NVML already gone)
-        pass
+        log.warning("The power source did not close cleanly", exc_info=True)
 
 
 # ---- remembered state ---------------------------------------------------------------------
@@ -357,6 +360,7 @@ class CarbontopApp(App[int]):
             except CarbontopError as exc:
                 self.show_error("Cannot open the run", str(exc))
             except Exception as exc:  # noqa: BLE001 - a damaged run must not end the app
+                log.exception("Cannot open the run %s", self._open_at_start)
                 self.show_error("Cannot open the run", f"{type(exc).__name__}: {exc}")
         else:
             self._start_idle_sampler(self.initial)
@@ -446,6 +450,7 @@ class CarbontopApp(App[int]):
         try:
             self.telemetry.show_live(sampler)
         except Exception as exc:  # noqa: BLE001 - a sampler hiccup must not end the app
+            log.warning("The live telemetry could not be shown", exc_info=True)
             self.telemetry.note(f"Telemetry unavailable: {type(exc).__name__}: {exc}")
         if self.sweep_running and self._chart_run is not None and self.charts_shown():
             self._chart_ticks += 1
@@ -465,6 +470,7 @@ class CarbontopApp(App[int]):
         try:
             samples = sampler.samples(t0=run.t0_s) if run is not None else []
         except Exception:  # noqa: BLE001 - the chart waits for the next tick
+            log.warning("The live power chart missed a tick", exc_info=True)
             return
         self.charts.update_samples(samples)
 
@@ -491,6 +497,7 @@ class CarbontopApp(App[int]):
         try:
             saved = self._load_run(run_dir)
         except Exception:  # noqa: BLE001 - the live trace already shown stays instead
+            log.warning("The finished sweep's power trace could not be read", exc_info=True)
             return
         self.call_from_thread(self._sweep_trace_loaded, saved)
 
@@ -542,11 +549,13 @@ class CarbontopApp(App[int]):
         try:
             sampler = self._idle_factory(config)  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001 - no power source is a note, not a failure
+            log.info("No power source for the idle telemetry", exc_info=True)
             self.post_message(IdleSamplerReady(None, str(exc), key))
             return
         try:
             driver = driver_version(getattr(sampler, "source", None))
         except Exception:  # noqa: BLE001 - the header then leaves the driver out
+            log.warning("The driver version could not be read", exc_info=True)
             driver = ""
         self.post_message(IdleSamplerReady(sampler, "", key, driver))
 
@@ -555,7 +564,8 @@ class CarbontopApp(App[int]):
         source = getattr(message.sampler, "source", None)
         try:
             names = dict(source.device_names() or {}) if source is not None else {}
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the header then names no device
+            log.warning("The power source could not name its devices", exc_info=True)
             names = {}
         self._live_devices = tuple(names[i] for i in sorted(names))
         self._live_driver = message.driver
@@ -663,6 +673,7 @@ class CarbontopApp(App[int]):
             self._start_idle_sampler(config)
             return
         except Exception as exc:  # noqa: BLE001 - a bug in setting up must not end the app
+            log.exception("The sweep could not start")
             self.show_error("The sweep cannot start", f"{type(exc).__name__}: {exc}")
             self._start_idle_sampler(config)
             return
@@ -729,6 +740,7 @@ class CarbontopApp(App[int]):
             self.call_from_thread(self.show_error, "Export failed", str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - pandas and the disk fail in many ways; the app stays
+            log.exception("The export of %s failed", run_dir)
             self.call_from_thread(self.show_error, "Export failed", f"{type(exc).__name__}: {exc}")
             return
         self.call_from_thread(self._exported, pathlib.Path(written))
@@ -752,6 +764,7 @@ class CarbontopApp(App[int]):
         try:
             self.show_saved(saved)
         except Exception as exc:  # noqa: BLE001 - a damaged run must not end the app
+            log.exception("Cannot show the run %s", saved.path)
             self.show_error("Cannot show the run", f"{type(exc).__name__}: {exc}")
 
     def show_saved(self, saved: SavedRun) -> None:
@@ -888,6 +901,7 @@ class CarbontopApp(App[int]):
         try:
             self._show_event(message.event)
         except Exception as exc:  # noqa: BLE001 - a display bug must not end a measurement
+            log.exception("The app could not show %s", type(message.event).__name__)
             self.show_error("carbontop could not show a sweep event",
                             f"{type(exc).__name__}: {exc}\n\nThe sweep goes on; its run directory has every point.")
 
