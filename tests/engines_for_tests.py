@@ -7,7 +7,14 @@ import signal
 import time
 
 from carbontop.core.records import EngineRun, RequestRecord
-from carbontop.engines.base import EngineOOM, Phase, PhaseUpdate, Progress
+from carbontop.engines.base import (
+    EngineFailure,
+    EngineKVBound,
+    EngineOOM,
+    Phase,
+    PhaseUpdate,
+    Progress,
+)
 
 LIMIT = 5  # batches above this "do not fit"
 
@@ -46,6 +53,53 @@ class OOMAbove(_Base):
         if plan.batch_size > LIMIT:
             raise EngineOOM("CUDA out of memory. Tried to allocate 2.00 GiB", recovered=True)
         return self._run(plan)
+
+
+class OOMNoRecoveryAbove(_Base):
+    """Reports OOM but cannot promise the failed batch's memory is free (TensorRT-LLM's case):
+    the host must go on in a fresh process."""
+
+    def run_point(self, plan):
+        if plan.batch_size > LIMIT:
+            raise EngineOOM("CUDA out of memory; the executor keeps what it took", recovered=False)
+        return self._run(plan)
+
+
+class KVBoundAbove(_Base):
+    """Runs every batch, but above LIMIT keeps only LIMIT requests in flight (a full KV cache)."""
+
+    def run_point(self, plan):
+        run = self._run(plan)
+        if plan.batch_size > LIMIT:
+            bound = EngineKVBound(f"kept at most {LIMIT} of {plan.batch_size} requests in flight", LIMIT)
+            bound.run = run  # what it measured, as the real engines attach it
+            raise bound
+        return run
+
+
+class FailsAt2(_Base):
+    """A failure that is not memory (a server's error answer) at batch 2."""
+
+    def run_point(self, plan):
+        if plan.batch_size == 2:
+            raise EngineFailure("The server answered 500 Internal Server Error")
+        return self._run(plan)
+
+
+class RaisesAt2(_Base):
+    """An exception nobody planned for (a bug) at batch 2."""
+
+    def run_point(self, plan):
+        if plan.batch_size == 2:
+            raise ZeroDivisionError("division by zero in a kernel launcher")
+        return self._run(plan)
+
+
+class LoadFails(_Base):
+    """Cannot load its model (damaged weights, say)."""
+
+    def load(self) -> dict:
+        raise OSError("the weights file is truncated")
 
 
 class KilledAbove(_Base):

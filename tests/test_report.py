@@ -27,10 +27,14 @@ def write_trace(path, start: dt.datetime, values: list[float]) -> None:
 
 
 def test_sweep_with_a_day_long_trace_reports_cleanest_and_dirtiest_hour(tmp_path) -> None:
-    now = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
-    values = [300.0 + 10 * i for i in range(26)]  # 26 hours, the run falls in hour 12
+    hour = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+    start = hour - dt.timedelta(hours=12)
+    values = [300.0 + 10 * i for i in range(26)]  # 26 hours; the run starts in hour 12
     values[3], values[20] = 50.0, 900.0
-    write_trace(tmp_path / "trace.csv", now - dt.timedelta(hours=12), values)
+    # the run's hour and the two after it alike: a run that crosses the hour (or starts late in
+    # it) still meets 420 g/kWh only
+    values[13] = values[14] = values[12]
+    write_trace(tmp_path / "trace.csv", start, values)
     cfg = RunConfig(model="tiny", device="cpu", dataset="synthetic", num_prompts=2, max_input_len=8,
                     max_output_len=8, batch_sizes="1,2", trace=str(tmp_path / "trace.csv"),
                     pue=1.1, slo_s_per_token=10.0, out=str(tmp_path / "run"))  # any speed passes
@@ -41,8 +45,10 @@ def test_sweep_with_a_day_long_trace_reports_cleanest_and_dirtiest_hour(tmp_path
     carbon = run.meta.carbon
     assert carbon.source == "trace"
     assert (carbon.cleanest_gco2e_per_kwh, carbon.dirtiest_gco2e_per_kwh) == (50.0, 900.0)
+    plateau_s = ((start + dt.timedelta(hours=12)).timestamp(), (start + dt.timedelta(hours=15)).timestamp())
     for p in run.points:
-        # the whole point ran inside hour 12: 420 g/kWh (life cycle), times PUE
+        # each point's own window lies in the plateau: 420 g/kWh (life cycle), times PUE
+        assert plateau_s[0] <= p.window_start_s < p.window_end_s <= plateau_s[1]
         assert p.intensity_gco2e_per_kwh == pytest.approx(420.0)
         assert p.gco2e_per_token == pytest.approx(p.j_per_token / 3.6e6 * 420.0 * 1.1)
     line = extremes_line(run)

@@ -208,6 +208,62 @@ def test_a_missing_closing_counter_reading_re_measures_once_then_flags(tmp_path,
         misses == 2)
 
 
+# ---- the engine doubles' failures, one runner test each --------------------------------------
+
+
+def statuses_of(tmp_path) -> list[tuple[int, str]]:
+    return [(p.batch_size, p.status.value) for p in load_run(tmp_path / "run").points]
+
+
+def test_a_kv_bound_point_is_kept_as_a_boundary_with_the_concurrency_it_reached(tmp_path) -> None:
+    runner = SweepRunner(small(tmp_path, batch_sizes="1,8"))
+    with_engine(runner, "engines_for_tests:KVBoundAbove")
+    runner.run()
+    assert statuses_of(tmp_path) == [(1, "ok"), (8, "kv_bound")]
+    bound = load_run(tmp_path / "run").points[1]
+    assert bound.concurrency_reached == 5 and "kept at most 5 of 8 requests" in bound.message
+
+
+def test_an_oom_without_recovery_goes_on_in_a_fresh_engine_process(tmp_path) -> None:
+    seen: list = []
+    runner = SweepRunner(small(tmp_path, batch_sizes="auto", max_batch=8), seen.append)
+    with_engine(runner, "engines_for_tests:OOMNoRecoveryAbove")
+    runner.run()
+    assert statuses_of(tmp_path) == [(1, "ok"), (2, "ok"), (4, "ok"), (8, "oom"), (6, "oom"), (5, "ok")]
+    # the point after each OOM (6, then 5) starts a fresh process; one that recovers goes on in
+    # the same (OOMAbove, test_auto_search_survives_oom_and_finds_the_boundary)
+    assert [e.batch_size for e in seen
+            if isinstance(e, events.PhaseChanged) and e.phase is Phase.RESTARTING] == [6, 5]
+
+
+def test_an_engine_failure_that_is_not_memory_ends_the_sweep_in_one_sentence(tmp_path) -> None:
+    runner = SweepRunner(small(tmp_path, batch_sizes="1,2,4"))
+    with_engine(runner, "engines_for_tests:FailsAt2")
+    with pytest.raises(CarbontopError, match=r"^Batch 2 failed: The server answered 500"):
+        runner.run()
+    assert load_run(tmp_path / "run").state == "error"
+    assert statuses_of(tmp_path) == [(1, "ok"), (2, "error")]
+
+
+def test_a_model_that_cannot_load_ends_the_sweep_in_one_sentence(tmp_path) -> None:
+    runner = SweepRunner(small(tmp_path))
+    with_engine(runner, "engines_for_tests:LoadFails")
+    with pytest.raises(CarbontopError, match="failed to load the model: OSError: the weights file is truncated"):
+        runner.run()
+    run = load_run(tmp_path / "run")
+    assert run.state == "error" and run.points == ()
+
+
+def test_an_unexpected_exception_is_a_crash_tried_twice_and_the_sweep_goes_on(tmp_path) -> None:
+    runner = SweepRunner(small(tmp_path, batch_sizes="1,2"))
+    with_engine(runner, "engines_for_tests:RaisesAt2")
+    runner.run()
+    run = load_run(tmp_path / "run")
+    assert run.state == "done" and statuses_of(tmp_path) == [(1, "ok"), (2, "crashed")]
+    assert "ZeroDivisionError: division by zero in a kernel launcher" in run.points[1].message
+    assert "tried twice, in two engine processes" in run.points[1].message
+
+
 def test_a_failing_viewer_is_logged_to_the_run_and_the_sweep_goes_on(tmp_path) -> None:
     def viewer(event) -> None:
         if isinstance(event, events.PointFinished):
