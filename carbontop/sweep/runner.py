@@ -288,7 +288,6 @@ class SweepRunner:
             label = f"{Path(cfg.model).name}-{cfg.engine}"
             self.run_dir = Path(cfg.out).expanduser() if cfg.out else new_run_dir(runs_dir(), label=label)
             self._writer = RunWriter(self.run_dir, self._meta(source))
-        self._log_handler = open_run_log(self._writer.run_log)
         self.sampler.start()
         self._prepared = True
 
@@ -397,6 +396,7 @@ class SweepRunner:
         if not self._prepared:
             self.prepare()
         assert self._writer is not None and self.run_dir is not None
+        self._log_handler = open_run_log(self._writer.run_log)  # closed by _shutdown
         state, message = "done", ""
         try:
             self._emit(events.SweepStarted(
