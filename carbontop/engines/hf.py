@@ -69,6 +69,7 @@ class HFEngine:
         # tests only: request index -> greedy tokens (costs a host sync per step when set)
         self.token_log: dict[int, list[int]] | None = None
         self._slots: Any = None  # the in-flight runner, made at the first in-flight point
+        self._synthetic: dict[str, list[int]] = {}  # prompt id -> its ids, where it has no tokens
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -292,7 +293,13 @@ class HFEngine:
         the right count (ids do not change the cost, only the count does)."""
         if prompt.token_ids is not None and len(prompt.token_ids) == prompt.input_tokens:
             return [t % self.vocab_size for t in prompt.token_ids]
-        return synthetic_token_ids(prompt.input_tokens, self.vocab_size, prompt_seed(self.spec.seed, prompt))
+        ids = self._synthetic.get(prompt.prompt_id)
+        if ids is None or len(ids) != prompt.input_tokens:
+            # made once per prompt: the stream wraps around its prompts, and admissions happen
+            # while a point is measured
+            ids = synthetic_token_ids(prompt.input_tokens, self.vocab_size, prompt_seed(self.spec.seed, prompt))
+            self._synthetic[prompt.prompt_id] = ids
+        return list(ids)
 
     def _input_ids(self, batch: list[Prompt], batch_size: int) -> list[list[int]]:
         rows = [self.prompt_ids(p) for p in batch]
