@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from carbontop.core.carbon import DEFAULT_SLO_S_PER_TOKEN, gco2e_per_token_at
-from carbontop.core.records import PointStatus
+from carbontop.core.records import PointResult, PointStatus
 from carbontop.core.repeats import combine
 from carbontop.core.store import SavedRun
 from carbontop.figures.compare import RunSummary, like_for_like_warnings, table_rows
@@ -54,10 +53,10 @@ def _number(value: Any, scale: float) -> float | None:
         return None
 
 
-def column_patterns(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str | None]]
+def column_patterns(points: Sequence[PointResult], columns: Sequence[tuple[str, str, str | None]]
                     ) -> dict[str, Callable[[float | None], str]]:
     """Each column's formatter, chosen once from all the column's values (figures/numbers.py)."""
-    return {key: FORMATS[key].for_column([_number(row.get(key), FORMATS[key].scale) for row in rows],
+    return {key: FORMATS[key].for_column([_number(getattr(p, key), FORMATS[key].scale) for p in points],
                                          missing="–")
             for key, _, _ in columns}
 
@@ -73,10 +72,10 @@ def with_interval(value: Any, half_width: Any, pattern: str | Callable[[float | 
     return f"{text} ±{rel * 100:.1f}%"
 
 
-def point_rows(run: SavedRun) -> list[dict[str, Any]]:
+def point_rows(run: SavedRun) -> list[PointResult]:
     """One row per batch size: re-measures combined (mean +- interval over them), else the one
     measurement (core/repeats.py)."""
-    return [dataclasses.asdict(p) | {"status": p.status.value} for p in combine(run.points)]
+    return combine(run.points)
 
 
 def points_table(run: SavedRun) -> Table:
@@ -86,8 +85,8 @@ def points_table(run: SavedRun) -> Table:
                   header_style="bold", title_justify="left")
     # TTFT/TPOT p90, intensity and the rest stay in points.csv; a column that no point could
     # measure here (MFU on a CPU, say) is left out rather than printed as dashes
-    shown = [c for c in COLUMNS if any(row.get(c[0]) not in (None, "") for row in rows)]
-    repeated = any((row.get("repeats") or 1) > 1 for row in rows)
+    shown = [c for c in COLUMNS if any(getattr(row, c[0]) is not None for row in rows)]
+    repeated = any(row.repeats > 1 for row in rows)
     table.add_column("batch", justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
     for _, header, ci in shown:
@@ -96,13 +95,14 @@ def points_table(run: SavedRun) -> Table:
         table.add_column("n", justify="right", no_wrap=True)
     patterns = column_patterns(rows, shown)
     for row in rows:
-        mark = " *" if recommended is not None and row.get("batch_size") == recommended else ""
-        status = str(row.get("status", ""))
-        cells = [with_interval(row.get(key), row.get(ci), patterns[key], FORMATS[key].scale) if ci
-                 else fmt(row.get(key), patterns[key], FORMATS[key].scale) for key, _, ci in shown]
+        mark = " *" if recommended is not None and row.batch_size == recommended else ""
+        status = row.status.value
+        cells = [with_interval(getattr(row, key), getattr(row, ci), patterns[key], FORMATS[key].scale)
+                 if ci else fmt(getattr(row, key), patterns[key], FORMATS[key].scale)
+                 for key, _, ci in shown]
         if repeated:
-            cells.append(str(row.get("repeats") or 1))
-        table.add_row(f"{row.get('batch_size')}{mark}", status, *cells,
+            cells.append(str(row.repeats or 1))
+        table.add_row(f"{row.batch_size}{mark}", status, *cells,
                       style=None if status == "ok" else "dim")
     return table
 
