@@ -4,8 +4,8 @@ import pytest
 
 from carbontop.core import metrics
 from carbontop.core.modelspec import resolve_model
-from carbontop.core.records import EnergyReading, RequestRecord, StepTimeline
-from carbontop.core.window import Window
+from carbontop.core.records import Batching, EnergyReading, RequestRecord, StepTimeline
+from carbontop.core.window import Window, steady_window
 
 
 def rec(b: int, i: int, batch: int, n_in: int, n_out: int, start: float, ttft: float, e2e: float) -> RequestRecord:
@@ -43,6 +43,19 @@ def test_latency_counts_only_requests_inside_the_window() -> None:
     assert lat.tokens_per_s == pytest.approx(2.5)
     assert lat.s_per_token == pytest.approx((2.0 / 4 + 0.4 / 1) / 2)
     assert lat.ttft_p50_s == pytest.approx(0.4)
+
+
+def test_ttft_counts_first_tokens_at_the_windows_opening() -> None:
+    # batch 2, in flight: both first tokens come at 100.5, which is where the steady window
+    # opens (2 in flight, each with a token); a short point has no refill inside it
+    records = [rec(2, 0, -1, 10, 4, 100.0, 0.5, 2.0), rec(2, 1, -1, 12, 4, 100.0, 0.5, 2.5)]
+    window = steady_window(records, 2, Batching.INFLIGHT)
+    assert window == Window(100.5, 102.0)
+    lat = metrics.latency_figures(records, window, tokens=3)
+    assert lat.ttft_p50_s == pytest.approx(0.5) and lat.ttft_p90_s == pytest.approx(0.5)
+    # a first token before the opening stays out
+    late = Window(100.6, 102.0)
+    assert metrics.latency_figures(records, late, tokens=3).ttft_p50_s is None
 
 
 def test_mfu_by_hand() -> None:

@@ -59,10 +59,14 @@ def latency_figures(records: Sequence[RequestRecord], window: Window,
     """tokens/s = output tokens made inside W / W; s/token = mean over requests finished inside
     W of end-to-end time / output tokens (the paper's user-perceived figure); TPOT = (e2e - TTFT)
     / (output tokens - 1) over the same requests (two or more tokens); TTFT over the requests
-    whose first token came inside W."""
+    whose first token came inside W, its opening instant included: W opens at the first token
+    that puts b requests in flight with a token each, and where every first token of a short
+    point falls there, an open start would leave TTFT empty. (Token counts keep (start, end]:
+    a token ready at the opening was made before it.)"""
     done = finished_inside(records, window)
     per_req = [r.e2e_s / r.output_tokens for r in done if r.output_tokens > 0]
-    ttfts = [r.ttft_s for r in records if _inside(r.start_s + r.ttft_s, window)]
+    ttfts = [r.ttft_s for r in records
+             if window.start_s <= r.start_s + r.ttft_s <= window.end_s]
     tpots = tpots_s(done)
     return LatencyFigures(
         tokens_per_s=tokens / window.length_s if window.length_s > 0 else 0.0,
