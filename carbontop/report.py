@@ -73,9 +73,9 @@ def with_interval(value: Any, half_width: Any, pattern: str | Callable[[float | 
 
 
 def point_rows(run: SavedRun) -> list[PointResult]:
-    """One row per batch size: re-measures combined (mean +- interval over them), else the one
-    measurement (core/repeats.py)."""
-    return combine(run.points)
+    """One row per batch size, smallest first (the search measures 8 before 6): re-measures
+    combined (mean +- interval over them), else the one measurement (core/repeats.py)."""
+    return sorted(combine(run.points), key=lambda p: p.batch_size)
 
 
 def points_table(run: SavedRun) -> Table:
@@ -155,11 +155,15 @@ def print_summary(run: SavedRun, console: Console) -> None:
             lines.append(f"batch {p.batch_size}: no energy-counter reading came after its "
                          "window's end, twice: its energy is cut short")
     energy_sources = {p.energy_source for p in run.points if p.energy_source}
-    if energy_sources:
-        lines.append("energy: " + ", ".join(sorted(energy_sources)))
-    if env.energy_estimated:
-        lines.append("energy is estimated from the CPU's TDP and load: no hardware counter was readable")
-    if not workload.lengths_exact:
+    how = "from the CPU's TDP and load: no hardware counter was readable"
+    if energy_sources:  # one line, the estimate's caveat with it
+        lines.append("energy: " + ", ".join(sorted(energy_sources))
+                     + (f" ({how})" if env.energy_estimated else ""))
+    elif env.energy_estimated:
+        lines.append(f"energy: estimated {how}")
+    # runs that predate the workload's own note on it get the line here
+    if not workload.lengths_exact and not any(
+            n.startswith("token counts are estimated") for n in workload.notes):
         # the counter's name ends in why there was no tokenizer ("no model folder given", ...)
         reason = workload.tokenizer.rpartition("; ")[2] or "no tokenizer found"
         lines.append(f"token counts are estimated, not tokenized ({reason})")

@@ -95,3 +95,32 @@ def test_table_shows_intervals_combined_repeats_and_the_reason(tmp_path) -> None
     assert "idle power: 120.0 W with the model loaded" in text and "70.0 W before loading" in text
     assert "batch 2: no energy-counter reading came after its window's end" in text
     assert "method: inflight batching; each point's steady-state window at least 20 s" in text
+
+
+def test_rows_go_by_batch_size_and_each_caveat_is_said_once(tmp_path) -> None:
+    from carbontop.core.records import PointResult, PointStatus
+    from carbontop.core.store import RunWriter
+
+    def pt(b, status=PointStatus.OK):
+        return PointResult(batch_size=b, status=status, j_per_token=1.0 / b, tokens_per_s=10.0 * b,
+                           s_per_token=0.01 * b, duration_s=3.0, energy_source="estimate")
+
+    writer = RunWriter(tmp_path / "run", {
+        "run": {"model": "tiny"},
+        "environment": {"devices": ["CPU: test"], "energy_estimated": True},
+        "workload": {"lengths_exact": False,
+                     "tokenizer": "estimate: chars/4; no model folder given",
+                     "notes": ["token counts are estimated (no model folder given)"]}})
+    # the automatic search's order: double until 8 fails, then bisect
+    for p in (pt(1), pt(2), pt(4), pt(8, PointStatus.OOM), pt(6, PointStatus.OOM), pt(5)):
+        writer.write_point(p)
+    writer.finish("done", recommended_batch=5)
+    out = io.StringIO()
+    print_summary(load_run(tmp_path / "run"), Console(file=out, width=250))
+    text = out.getvalue()
+    first_cells = [line.split("│")[1].strip() for line in text.splitlines()
+                   if line.startswith("│")]
+    assert first_cells == ["1", "2", "4", "5 *", "6", "8"]
+    assert text.count("TDP and load") == 1
+    assert "energy: estimate (from the CPU's TDP and load: no hardware counter was readable)" in text
+    assert text.count("token counts are estimated") == 1
