@@ -65,7 +65,7 @@ class TransformersCB(HFEngine):
                 raise EngineFailure("transformers' continuous batching stopped during warm-up")
         self._phase(Phase.MEASURING, f"{b} requests in flight (transformers continuous batching)")
         offset_s = time.time() - time.perf_counter()  # the manager's timestamps are perf_counter
-        stream = itertools.cycle(enumerate(plan.prompts))
+        stream = enumerate(plan.stream())
         inflight: dict[str, tuple[int, Any, float]] = {}
         counter = itertools.count()
 

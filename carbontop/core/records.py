@@ -6,6 +6,8 @@ child (pickled through a pipe) and land in CSV files without conversion code.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -62,6 +64,19 @@ class PointPlan:
     prompts: tuple[Prompt, ...]  # the request stream in order; engines wrap around it for more
     min_window_s: float  # keep admitting until the steady-state window has lasted this long
     max_point_s: float  # cap from the first admission: stop admitting then, whatever the window
+    # in flight only: the first b requests, already part-way through (core/warm_start.py), so
+    # that the slots start in their steady mix; `prompts` follow them
+    warm_start: tuple[Prompt, ...] = ()
+
+    def request(self, k: int) -> Prompt:
+        """The k-th request admitted: the warm start, then the stream, wrapped around."""
+        if k < len(self.warm_start):
+            return self.warm_start[k]
+        return self.prompts[(k - len(self.warm_start)) % len(self.prompts)]
+
+    def stream(self) -> Iterator[Prompt]:
+        """Every request in admission order, without end."""
+        return itertools.chain(self.warm_start, itertools.cycle(self.prompts))
 
 
 @dataclass(frozen=True)

@@ -265,9 +265,9 @@ class SlotRunner:
         # ---- warm-up: compile, capture, one prefill and a few steps (outside the window) ----
         emit_phase(Phase.COMPILING if not self._compile_failed else Phase.WARMUP, f"batch {b}")
         step = self._step_fn()
-        warm = list(itertools.islice(itertools.cycle(plan.prompts), b))
+        warm = list(itertools.islice(plan.stream(), b))
         self._prefill(cache, [(i, p) for i, p in enumerate(warm)])
-        self._warm_prefill_buckets(cache, plan.prompts, b)
+        self._warm_prefill_buckets(cache, plan.prompts + plan.warm_start, b)
         cache.live.fill_(1)
         try:
             for _ in range(WARMUP_DECODE_STEPS):
@@ -295,7 +295,7 @@ class SlotRunner:
 
         # ---- the measured stream ------------------------------------------------------------
         emit_phase(Phase.MEASURING, f"{b} slots in flight, window of at least {plan.min_window_s:.0f} s")
-        stream: Iterator[Prompt] = itertools.cycle(plan.prompts)
+        stream: Iterator[Prompt] = plan.stream()
         slots: list[_Request | None] = [None] * b
         requests: list[_Request] = []
         steps = _StepLog(torch, on_gpu, b)

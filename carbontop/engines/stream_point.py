@@ -134,9 +134,8 @@ class StreamPoint:
 
     def _next(self, batch_index: int) -> StreamedRequest:
         k = next(self._stream)
-        prompts = self.plan.prompts
         request = StreamedRequest(start_perf=time.perf_counter(), index=k,
-                                  prompt=prompts[k % len(prompts)], batch_index=batch_index)
+                                  prompt=self.plan.request(k), batch_index=batch_index)
         if k == 0:
             mode = "static batches" if self.plan.batching is Batching.STATIC else "in flight"
             self.emit(PhaseUpdate(Phase.MEASURING, f"{mode}, {self.b} at a time"))

@@ -65,6 +65,7 @@ from carbontop.core.repeats import (
 from carbontop.core.search import BatchPlanner
 from carbontop.core.store import RunWriter, SavedRun, new_run_dir
 from carbontop.core.tokenize import load_token_counter
+from carbontop.core.warm_start import warm_start
 from carbontop.core.window import max_in_flight, steady_window
 from carbontop.core.workload import build_workload, request_stream
 from carbontop.engines.base import EngineNote, EngineSpec, Phase, PhaseUpdate, Progress
@@ -541,7 +542,9 @@ class SweepRunner:
             if not self._ensure_engine(batch_size):
                 return None, None
             plan = PointPlan(batch_size, self.batching, self.stream, self.min_window_s,
-                             self.max_point_s)
+                             self.max_point_s,
+                             warm_start=warm_start(self.stream, batch_size, self.config.seed)
+                             if self.batching is Batching.INFLIGHT else ())
             start_temp = self._hottest_temp_c()
             # requests an engine running whole passes over the stream would run; one that runs
             # to its window draws as many as the window needs
