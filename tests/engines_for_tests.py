@@ -71,9 +71,7 @@ class KVBoundAbove(_Base):
     def run_point(self, plan):
         run = self._run(plan)
         if plan.batch_size > LIMIT:
-            bound = EngineKVBound(f"kept at most {LIMIT} of {plan.batch_size} requests in flight", LIMIT)
-            bound.run = run  # what it measured, as the real engines attach it
-            raise bound
+            raise EngineKVBound(f"kept at most {LIMIT} of {plan.batch_size} requests in flight", LIMIT, run)
         return run
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-from carbontop.core.records import EngineRun, PointPlan
+from carbontop.core.records import Batching, EngineRun, PointPlan
 
 # How running out of memory is worded, wherever an engine meets it: torch ("CUDA out of memory"),
 # the CUDA runtime and driver (cudaErrorMemoryAllocation, CUDA_ERROR_OUT_OF_MEMORY), torch's
@@ -122,11 +122,23 @@ class EngineOOM(Exception):
 
 
 class EngineKVBound(Exception):
-    """The engine ran fewer requests at once than asked; carries the concurrency reached."""
+    """The engine ran fewer requests at once than asked; carries the concurrency reached, and
+    what it measured meanwhile (a KV-bound point keeps its figures)."""
 
-    def __init__(self, message: str, concurrency_reached: int) -> None:
+    def __init__(self, message: str, concurrency_reached: int, run: EngineRun | None = None) -> None:
         super().__init__(message)
         self.concurrency_reached = concurrency_reached
+        self.run = run
+
+
+def check_kv_bound(plan: PointPlan, run: EngineRun, steady: bool, why: Callable[[int], str]) -> EngineRun:
+    """The one rule for engines that schedule requests themselves: a point run in flight whose
+    window of a full batch never opened, because the engine kept fewer than b requests in flight,
+    is KV-bound (raised, with `why(reached)` as its sentence); otherwise its run is returned."""
+    reached = run.concurrency_reached
+    if plan.batching is Batching.INFLIGHT and not steady and reached is not None and reached < plan.batch_size:
+        raise EngineKVBound(why(reached), reached, run)
+    return run
 
 
 class EngineFailure(Exception):

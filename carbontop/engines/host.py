@@ -181,7 +181,7 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
             conn.send(PointOOM(str(exc), exc.recovered))
         except EngineKVBound as exc:
             # engines attach what they measured (exc.run): a KV-bound point still has figures
-            conn.send(PointKVBound(str(exc), exc.concurrency_reached, getattr(exc, "run", None)))
+            conn.send(PointKVBound(str(exc), exc.concurrency_reached, exc.run))
         except EngineFailure as exc:
             conn.send(PointFailed(str(exc)))
         except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as a message

@@ -36,16 +36,16 @@ import os
 import time
 from typing import Any
 
-from carbontop.core.records import Batching, EngineRun, PointPlan, Prompt
+from carbontop.core.records import EngineRun, PointPlan, Prompt
 from carbontop.core.synthetic import filler_text, prompt_seed
 from carbontop.engines.base import (
     Emit,
     EngineFailure,
-    EngineKVBound,
     EngineOOM,
     EngineSpec,
     Phase,
     PhaseUpdate,
+    check_kv_bound,
     says_oom,
 )
 from carbontop.engines.stream_point import OnChunk, StreamedRequest, StreamPoint
@@ -171,16 +171,9 @@ class OpenAIEngine:
         if not plan.prompts:
             raise EngineFailure("There are no prompts to send to the server.")
         run, steady = asyncio.run(self._run_point(plan))
-        reached = run.concurrency_reached
-        if plan.batching is Batching.INFLIGHT and not steady and reached is not None and reached < plan.batch_size:
-            bound = EngineKVBound(
-                f"The server kept at most {reached} of the {plan.batch_size} requests in flight generating "
-                "at once (the others waited in its queue), so the window of a full batch never opened.",
-                reached,
-            )
-            bound.run = run  # type: ignore[attr-defined]  # the measurements, for a host that wants them
-            raise bound
-        return run
+        return check_kv_bound(plan, run, steady, lambda reached: (
+            f"The server kept at most {reached} of the {plan.batch_size} requests in flight generating "
+            "at once (the others waited in its queue), so the window of a full batch never opened."))
 
     def close(self) -> None:
         """Nothing to release: every point opens and closes its own connections."""

@@ -47,7 +47,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from carbontop.core.records import Batching, EngineRun, PointPlan, Prompt
+from carbontop.core.records import EngineRun, PointPlan, Prompt
 from carbontop.core.synthetic import prompt_seed, synthetic_token_ids
 from carbontop.engines.base import (
     Emit,
@@ -57,6 +57,7 @@ from carbontop.engines.base import (
     EngineSpec,
     Phase,
     PhaseUpdate,
+    check_kv_bound,
     says_oom,
 )
 from carbontop.engines.stream_point import OnChunk, StreamedRequest, StreamPoint
@@ -209,16 +210,9 @@ class TRTLLMEngine:
             error = self._classify(exc, batch_size, "generating")
             self._shutdown_llm()  # its state after a failure is unknown: the next point builds afresh
             raise error from None
-        reached = run.concurrency_reached
-        if plan.batching is Batching.INFLIGHT and not steady and reached is not None and reached < batch_size:
-            bound = EngineKVBound(
-                f"TensorRT-LLM kept at most {reached} requests in flight of the {batch_size} asked, because "
-                "its KV cache (or token budget) could not hold more at once.",
-                reached,
-            )
-            bound.run = run  # type: ignore[attr-defined]  # the measurements, for a host that wants them
-            raise bound
-        return run
+        return check_kv_bound(plan, run, steady, lambda reached: (
+            f"TensorRT-LLM kept at most {reached} requests in flight of the {batch_size} asked, because "
+            "its KV cache (or token budget) could not hold more at once."))
 
     def close(self) -> None:
         self._shutdown_llm()
