@@ -667,6 +667,35 @@ def test_a_signal_to_the_app_records_the_sweeps_end(tmp_path, how, code, state, 
         assert "Traceback" not in app.text()
 
 
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_sigterm_to_the_app_in_a_real_tiny_model_sweep(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    app = AppInTerminal(["--model", "tiny", "--device", "cpu", "--dataset", "synthetic",
+                         "--num-prompts", "2", "--max-input-len", "8", "--max-output-len", "64",
+                         "--batch-sizes", "1,2,4,8,16", "--min-window-s", "0.3",
+                         "--out", str(run_dir)], engine="hf")
+    app.start_sweep(run_dir)
+    app.wait_for_file(run_dir / "points.csv", "\n1,ok,", timeout_s=120)
+    engines = [pid for pid in _children(app.proc.pid)
+               if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(engines) == 1
+    os.kill(app.proc.pid, signal.SIGTERM)
+    assert app.finish() == 143, app.text()[-3000:]
+    run = load_run(run_dir)
+    assert run.state == "interrupted" and run.meta.status.message == "stopped by SIGTERM"
+    assert run.points[0].status == "ok"
+    # the point running when the signal came is marked; one that finished meanwhile stays ok
+    assert run.points[-1].status in ("ok", "cancelled")
+    assert run.meta.status.recommended_batch is not None
+    assert _gone(engines[0]), "the engine child outlived the app"
+
+
 def test_a_signal_to_the_app_with_no_sweep_closes_it_at_once(tmp_path) -> None:
     app = AppInTerminal(["--device", "cpu"], engine="engines_for_tests:HangsAbove1")
     deadline = time.time() + 30
