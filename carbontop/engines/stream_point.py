@@ -150,6 +150,10 @@ class StreamPoint:
             await self.send(request, on_chunk)
         finally:
             self.in_flight -= 1
+        # a server without running usage figures is counted a token per chunk while it streams,
+        # and a loaded server packs several tokens into a chunk: the finished answer's own count
+        # settles the difference, so the progress shows the tokens the records will hold
+        self.tokens += request.output_tokens() - sum(request.chunk_tokens)
         self.done += 1
         self._progress()
 

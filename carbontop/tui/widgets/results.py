@@ -96,6 +96,9 @@ class ResultsPane(Vertical):
         self._redraw()
         self.watch(table, "scroll_x", lambda _: self._caption(), init=False)
         self.watch(table, "scroll_y", lambda _: self._caption(), init=False)
+        # the table measures new rows' widths later, when it is idle: the caption's count of
+        # columns out of view must follow that, or it keeps the widths of the rows before
+        self.watch(table, "virtual_size", lambda _: self._caption(), init=False)
 
     def on_resize(self) -> None:
         self._caption()
