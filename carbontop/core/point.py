@@ -50,12 +50,18 @@ def sub_window_bounds(reading_times_s: Sequence[float], window: Window,
     readings fall inside W.
     """
     inside = sorted({t for t in reading_times_s if window.start_s <= t <= window.end_s})
-    n_intervals = len(inside) - 1
+    return _runs(inside, target)
+
+
+def _runs(edges: Sequence[float], target: int) -> list[tuple[float, float]]:
+    """The len(edges) - 1 intervals between consecutive edges, grouped in order into
+    min(target, intervals) runs of as equal a count as integers allow."""
+    n_intervals = len(edges) - 1
     if n_intervals < 1:
         return []
     k = min(target, n_intervals)
     cuts = [round(i * n_intervals / k) for i in range(k + 1)]
-    return [(inside[a], inside[b]) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+    return [(edges[a], edges[b]) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
 def batch_sub_window_bounds(records: Sequence[RequestRecord], window: Window,
@@ -71,13 +77,9 @@ def batch_sub_window_bounds(records: Sequence[RequestRecord], window: Window,
         if window.start_s <= r.start_s < window.end_s:
             starts[r.batch_index] = min(starts.get(r.batch_index, r.start_s), r.start_s)
     edges = sorted(starts.values())
-    n = len(edges)
-    if n < 2:
+    if len(edges) < 2:
         return []
-    edges = [window.start_s, *edges[1:], window.end_s]
-    k = min(target, n)
-    cuts = [round(i * n / k) for i in range(k + 1)]
-    return [(edges[a], edges[b]) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+    return _runs([window.start_s, *edges[1:], window.end_s], target)
 
 
 @dataclass(frozen=True)

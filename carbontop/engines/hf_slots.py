@@ -19,7 +19,7 @@ How the model is driven:
   same result, but it reads the whole slot cache; the run records which one ran);
 * new requests are prefilled together, packed into one sequence with a block-diagonal causal
   mask, in chunks of at most PREFILL_CHUNK_TOKENS; logits are computed only at each prompt's
-  last token. A packed sequence is padded up to a power of two (PREFILL_BUCKETS) and every
+  last token. A packed sequence is padded up to a power of two (prefill_bucket) and every
   bucket the point can reach is run once during warm-up: on an H200 the first prefill of each new
   length cost 0.07-1.1 s (kernel selection per shape), which at batch 1 stalled the window on
   every admission. Padding tokens attend only to each other and write their keys and values to
