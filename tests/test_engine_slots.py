@@ -85,3 +85,27 @@ def test_window_rule_agrees_with_engine(engine) -> None:
     closing = [r for r in run.records if r.finished and r.start_s + r.e2e_s == window.end_s]
     assert unfinished and len(unfinished) + len(closing) == 4
     assert all(0 < r.output_tokens for r in unfinished)
+
+
+def test_a_failed_point_leaves_nothing_of_itself_behind(engine, monkeypatch) -> None:
+    """The slot cache a point allocated is released when the point fails part-way (an OOM in a
+    prefill, say), so the same process can measure the next batch size."""
+    from carbontop.engines import hf_slots
+
+    def fail(*_args, **_kwargs):
+        assert hf_slots._ACTIVE is not None  # the cache exists by now
+        raise RuntimeError("failed in warm-up")
+
+    runner = hf_slots.SlotRunner(engine)
+    monkeypatch.setattr(runner, "_warm_prefill_buckets", fail)
+    with pytest.raises(RuntimeError, match="failed in warm-up"):
+        runner.run(PointPlan(2, Batching.INFLIGHT, _prompts(3), min_window_s=1.0, max_point_s=1.0),
+                   lambda *a: None, lambda *a: None)
+    assert hf_slots._ACTIVE is None
+    assert runner._prefill_graphs is None
+
+
+def test_cpu_points_say_how_they_prefilled(engine) -> None:
+    run = engine.run_point(PointPlan(2, Batching.INFLIGHT, _prompts(4), min_window_s=60.0,
+                                     max_point_s=0.0))
+    assert "prefill: eager" in run.notes  # CUDA graphs are for GPUs

@@ -121,6 +121,7 @@ def test_inflight_tokens_match_unbatched_generate(model: str, compile_: bool) ->
     run = engine.run_point(PointPlan(3, Batching.INFLIGHT, prompts, min_window_s=60.0, max_point_s=0.5))
     log, engine.token_log = engine.token_log, None
     assert "attention: flex" in run.notes
+    assert "prefill: cuda-graph" in run.notes
     finished = [r for r in run.records if r.finished]
     assert len(finished) >= 3
     for r in finished:

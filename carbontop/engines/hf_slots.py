@@ -17,13 +17,8 @@ How the model is driven:
   block counts are updated in place every step, so its kernel skips every KV block past a row's
   length (on the CPU, and where FlexAttention cannot be compiled, a dense masked SDPA stands in:
   same result, but it reads the whole slot cache; the run records which one ran);
-* new requests are prefilled together, packed into one sequence with a block-diagonal causal
-  mask, in chunks of at most PREFILL_CHUNK_TOKENS; logits are computed only at each prompt's
-  last token. A packed sequence is padded up to a power of two (prefill_bucket) and every
-  bucket the point can reach is run once during warm-up: on an H200 the first prefill of each new
-  length cost 0.07-1.1 s (kernel selection per shape), which at batch 1 stalled the window on
-  every admission. Padding tokens attend only to each other and write their keys and values to
-  a scratch position past every row's reach;
+* new requests are prefilled together, packed into one padded sequence (slot_prefill.py, which
+  also says why prefills are bucketed and, on a GPU, replayed from CUDA graphs);
 * on CUDA the decode step is compiled once with a dynamic batch dimension (torch.compile), and a
   CUDA graph is captured per batch size and replayed every step; the host knows every request's
   output length in advance (the workload fixes it), so scheduling needs no device sync, and
@@ -49,11 +44,19 @@ from carbontop.core.records import (
 )
 from carbontop.core.window import keep_admitting, steady_window
 from carbontop.engines.base import Phase
+from carbontop.engines.slot_prefill import (
+    PREFILL_CHUNK_TOKENS,
+    Prefill,
+    PrefillGraphs,
+    chunks,
+    pack,
+    prefill_bucket,
+    prefill_buckets,
+    prefill_inputs,
+)
 
 ATTENTION_NAME = "carbontop_slots"
 KV_BLOCK = 128  # FlexAttention's KV block: the granularity at which attention skips dead cache
-PREFILL_CHUNK_TOKENS = 4096  # prompt tokens per packed prefill (its mask is chunk^2 booleans)
-PREFILL_MIN_BUCKET = 16  # the smallest padded prefill length; buckets double up to the chunk size
 HOST_LEAD_STEPS = 8  # how far the host may queue work ahead of the GPU (covers an eager prefill)
 WARMUP_DECODE_STEPS = 3
 
@@ -102,13 +105,6 @@ def register_attention() -> None:
     AttentionInterface.register(ATTENTION_NAME, slot_attention)
 
 
-@dataclass
-class _Prefill:
-    slot: Any  # [T] long: the slot each packed token belongs to
-    pos: Any  # [T] long: its position in that slot
-    mask: Any  # [1, 1, T, T] bool: block-diagonal causal
-
-
 class _SlotCache:
     """Fixed-address device buffers of one point: the slot KV cache and the decode inputs."""
 
@@ -131,7 +127,7 @@ class _SlotCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # cached tokens per slot
         self.live = torch.zeros(batch_size, dtype=torch.long, device=device)  # 1 where a request holds the slot
         self.tokens = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
-        self.prefill: _Prefill | None = None
+        self.prefill: Prefill | None = None
         self.block_mask: Any = None
         self.dense_mask: Any = None
         self.flex: Any = None
@@ -202,6 +198,9 @@ class SlotRunner:
         self.attention = "flex" if not self._flex_failed else "dense-masked"
         self.decode_mode = "eager"
         self._warm_buckets: set[int] = set()  # prefill lengths this process has run once
+        self._prefill_graph_failed = self._graph_failed
+        self._prefill_graphs: PrefillGraphs | None = None  # the running point's
+        self.prefill_mode = "eager"
 
     # ---- the decode step, compiled once, captured per batch size ----------------------------
 
@@ -252,6 +251,16 @@ class SlotRunner:
     # ---- one point -----------------------------------------------------------------------
 
     def run(self, plan: PointPlan, emit_phase: Any, emit_progress: Any) -> EngineRun:
+        global _ACTIVE
+        try:
+            return self._run(plan, emit_phase, emit_progress)
+        finally:
+            # nothing of the point outlives it, an out-of-memory failure included: the engine
+            # checks that memory is back to the loaded model's before it goes on in this process
+            _ACTIVE = None
+            self._prefill_graphs = None
+
+    def _run(self, plan: PointPlan, emit_phase: Any, emit_progress: Any) -> EngineRun:
         torch = self.torch
         eng = self.engine
         model = eng.model
@@ -267,7 +276,7 @@ class SlotRunner:
         step = self._step_fn()
         warm = list(itertools.islice(plan.stream(), b))
         self._prefill(cache, [(i, p) for i, p in enumerate(warm)])
-        self._warm_prefill_buckets(cache, plan.prompts + plan.warm_start, b)
+        buckets = self._warm_prefill_buckets(cache, plan.prompts + plan.warm_start, b)
         cache.live.fill_(1)
         try:
             for _ in range(WARMUP_DECODE_STEPS):
@@ -290,6 +299,8 @@ class SlotRunner:
                 print(f"carbontop: CUDA graph capture failed, decoding eagerly: {exc}", flush=True)
         compiled = step is not _decode_step
         self.decode_mode = ("compiled+" if compiled else "") + ("cuda-graph" if graph is not None else "eager")
+        self._capture_prefills(cache, buckets)
+        self.prefill_mode = "cuda-graph" if self._prefill_graphs is not None else "eager"
         cache.reset()
         self._sync()
 
@@ -315,7 +326,7 @@ class SlotRunner:
                 new = [_Request(len(requests) + i, next(stream), s, start_step=steps.last)
                        for i, s in enumerate(free)]
                 requests.extend(new)
-                for chunk in _chunks(new):
+                for chunk in chunks(new, lambda r: r.prompt.input_tokens):
                     self._prefill(cache, [(r.slot, r.prompt) for r in chunk])
                     idx = steps.record(tokens=len(chunk), live=sum(x is not None for x in slots) + len(chunk),
                                        kv=0, decode=False)
@@ -372,7 +383,8 @@ class SlotRunner:
             window_start_s=window.start_s if window else times.at(-1),
             window_end_s=window.end_s if window else times.at(len(times.end_s) - 1),
             records=tuple(records),
-            notes=(f"decode: {self.decode_mode}", f"attention: {self.attention}"),
+            notes=(f"decode: {self.decode_mode}", f"attention: {self.attention}",
+                   f"prefill: {self.prefill_mode}"),
             batching=Batching.INFLIGHT,
             timeline=steps.facts.timeline(times.end_s),
         )
@@ -396,52 +408,60 @@ class SlotRunner:
         self._forward_packed(cache, [self.engine.prompt_ids(prompt) for _, prompt in items],
                              [slot for slot, _ in items])
 
-    def _warm_prefill_buckets(self, cache: _SlotCache, prompts: tuple[Prompt, ...], b: int) -> None:
-        """Run every prefill length the point can reach once, all padding, outside the window."""
+    def _warm_prefill_buckets(self, cache: _SlotCache, prompts: tuple[Prompt, ...], b: int) -> list[int]:
+        """Run every prefill length the point can reach once, all padding, outside the window;
+        return those lengths."""
         longest = sorted((p.input_tokens for p in prompts), reverse=True)
         reach = prefill_bucket(max(longest[0], min(PREFILL_CHUNK_TOKENS, sum(longest[:b]))))
-        for n in prefill_buckets(reach):
+        buckets = prefill_buckets(reach)
+        for n in buckets:
             if n not in self._warm_buckets:
                 self._forward_packed(cache, [], [], length=n)
                 self._warm_buckets.add(n)
+        return buckets
 
     def _forward_packed(self, cache: _SlotCache, rows: list[list[int]], slots: list[int],
                         length: int | None = None) -> None:
         """One forward over `rows` packed and padded to their bucket (or to `length`): each row's
         keys and values land in its slot, its greedy next token in its slot's decode input."""
-        ids: list[int] = []
-        slot_of: list[int] = []
-        write_pos: list[int] = []
-        seg: list[int] = []
-        ends: list[int] = []
-        for k, (row, slot) in enumerate(zip(rows, slots, strict=True)):
-            ids.extend(row)
-            slot_of.extend([slot] * len(row))
-            write_pos.extend(range(len(row)))
-            seg.extend([k] * len(row))
-            ends.append(len(ids) - 1)
-        rope_pos = list(write_pos)
-        pad = (length if length is not None else prefill_bucket(len(ids))) - len(ids)
-        # padding: its own segment at position 0, cached at the scratch position of slot 0
-        ids.extend([0] * pad)
-        slot_of.extend([0] * pad)
-        write_pos.extend([cache.scratch_pos] * pad)
-        rope_pos.extend([0] * pad)
-        seg.extend([-1] * pad)
-        n = len(ids)
-        ids_t, slot_t, write_t, rope_t, seg_t, ends_t, slots_t, lens_t = self._to_device(
-            ids, slot_of, write_pos, rope_pos, seg, ends, slots, [len(r) for r in rows])
-        causal = rope_t.view(-1, 1) >= rope_t.view(1, -1)
-        mask = (seg_t.view(-1, 1) == seg_t.view(1, -1)) & causal
-        cache.prefill = _Prefill(slot=slot_t, pos=write_t, mask=mask.view(1, 1, n, n))
-        try:
-            hidden = self.base(input_ids=ids_t.view(1, -1), position_ids=rope_t.view(1, -1),
-                               use_cache=False).last_hidden_state
-        finally:
-            cache.prefill = None
+        packed = pack(rows, slots, cache.scratch_pos, length)
+        n = packed.length
+        inputs, ends_t, slots_t, lens_t = self._to_device(
+            [x for row in packed.rows() for x in row], packed.ends, packed.slots, packed.lengths)
+        inputs = inputs.view(5, n)
+        if self._prefill_graphs is not None and n in self._prefill_graphs:
+            hidden = self._prefill_graphs.replay(n, inputs)
+        else:
+            hidden = self._packed_forward(cache, inputs)
         if rows:
             cache.tokens[slots_t, 0] = self.head(hidden[0, ends_t]).argmax(dim=-1)
             cache.lengths[slots_t] = lens_t
+
+    def _packed_forward(self, cache: _SlotCache, inputs: Any) -> Any:
+        """The model over packed inputs [5, T] (slot_prefill.INPUT_ROWS): hidden states [1, T, d]."""
+        ids, rope, prefill = prefill_inputs(inputs)
+        cache.prefill = prefill
+        try:
+            return self.base(input_ids=ids, position_ids=rope, use_cache=False).last_hidden_state
+        finally:
+            cache.prefill = None
+
+    def _capture_prefills(self, cache: _SlotCache, buckets: list[int]) -> None:
+        """A CUDA graph per bucket for this point's cache; eager prefills where capture fails."""
+        if self._graph_failed or self._prefill_graph_failed:
+            return
+        graphs = PrefillGraphs(self.torch, self.engine.device)
+        try:
+            for n in buckets:
+                graphs.capture(n, cache.scratch_pos, lambda inputs: self._packed_forward(cache, inputs))
+        except self.torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - eager prefills are slower, not wrong
+            self._prefill_graph_failed = True
+            print(f"carbontop: CUDA graph capture of the prefill failed, prefilling eagerly: {exc}",
+                  flush=True)
+            return
+        self._prefill_graphs = graphs
 
     def _to_device(self, *lists: list[int]) -> list[Any]:
         """Integer lists as device tensors in one copy. On a GPU the copy leaves pinned memory
@@ -458,40 +478,6 @@ class SlotRunner:
     def _sync(self) -> None:
         if self.engine.spec.device == "cuda":
             self.torch.cuda.synchronize()
-
-
-def prefill_bucket(n_tokens: int) -> int:
-    """The padded length of a packed prefill of n_tokens: a power of two from PREFILL_MIN_BUCKET
-    up to PREFILL_CHUNK_TOKENS; a single prompt longer than that rounds up to a whole chunk."""
-    if n_tokens > PREFILL_CHUNK_TOKENS:
-        return -(-n_tokens // PREFILL_CHUNK_TOKENS) * PREFILL_CHUNK_TOKENS
-    n = PREFILL_MIN_BUCKET
-    while n < n_tokens:
-        n *= 2
-    return n
-
-
-def prefill_buckets(up_to: int) -> list[int]:
-    """Every bucket from the smallest to `up_to` (itself a bucket)."""
-    out = [PREFILL_MIN_BUCKET]
-    while out[-1] < min(up_to, PREFILL_CHUNK_TOKENS):
-        out.append(out[-1] * 2)
-    if up_to > out[-1]:
-        out.append(up_to)
-    return out
-
-
-def _chunks(requests: list[_Request]) -> Iterator[list[_Request]]:
-    chunk: list[_Request] = []
-    size = 0
-    for r in requests:
-        if chunk and size + r.prompt.input_tokens > PREFILL_CHUNK_TOKENS:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(r)
-        size += r.prompt.input_tokens
-    if chunk:
-        yield chunk
 
 
 @dataclass
