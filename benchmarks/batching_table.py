@@ -31,8 +31,14 @@ def _pct(value: float | None) -> str:
 
 def header(label: str, run: SavedRun) -> str:
     env, status = run.meta.environment, run.meta.status
-    wall = (f"{(status.finished - status.started).total_seconds():.0f} s"
-            if status.started and status.finished else "unknown")
+    if status.started and status.finished:
+        wall = f"{(status.finished - status.started).total_seconds():.0f} s"
+    elif status.started and any(p.window_end_s for p in run.points):
+        # no closing record: the last window says how far the sweep had come when it was saved
+        last_s = max(p.window_end_s or 0.0 for p in run.points) - status.started.timestamp()
+        wall = f"unknown (its last window closed {last_s:.0f} s after the start)"
+    else:
+        wall = "unknown"
     devices = ", ".join(env.devices) or "unknown device"
     return f"{label}: {devices}, driver {env.driver_version or '?'}; {run.state}; wall {wall}"
 

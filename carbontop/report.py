@@ -8,7 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from carbontop.core.carbon import DEFAULT_SLO_S_PER_TOKEN, gco2e_per_token_at
+from carbontop.core.carbon import gco2e_per_token_at
+from carbontop.core.recommendation import recommendation
 from carbontop.core.records import PointResult, PointStatus
 from carbontop.core.repeats import combine
 from carbontop.core.store import SavedRun
@@ -79,7 +80,7 @@ def point_rows(run: SavedRun) -> list[PointResult]:
 
 
 def points_table(run: SavedRun) -> Table:
-    recommended = run.meta.status.recommended_batch
+    recommended, _line = recommendation(run)
     rows = point_rows(run)
     table = Table(title=f"{run.meta.settings.model or '?'} on {', '.join(run.meta.environment.devices) or '?'}",
                   header_style="bold", title_justify="left")
@@ -123,13 +124,9 @@ def print_summary(run: SavedRun, console: Console) -> None:
             ended = next((p.status for p in run.points if p.batch_size == failed), None)
             bound += f"; {failed} {how.get(ended, 'did not fit') if ended else 'did not fit'}"
         lines.append(bound)
-    if status.recommendation:
-        lines.append(f"recommended {status.recommendation} *")
-    elif status.recommended_batch is not None:  # a run made before reasons were kept
-        slo = settings.slo_s_per_token if settings.slo_s_per_token is not None else DEFAULT_SLO_S_PER_TOKEN
-        lines.append(f"recommended batch (lowest total gCO2e/token within {slo} s/token): {status.recommended_batch} *")
-    elif run.points:
-        lines.append("no batch met the latency target: none recommended")
+    _batch, line = recommendation(run)
+    if line:
+        lines.append(line)
     if carbon.description:
         lines.append(f"carbon: {carbon.description}; PUE {carbon.pue if carbon.pue is not None else 1.0}")
     if carbon.cleanest_gco2e_per_kwh is not None and carbon.dirtiest_gco2e_per_kwh is not None:

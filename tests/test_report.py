@@ -124,3 +124,28 @@ def test_rows_go_by_batch_size_and_each_caveat_is_said_once(tmp_path) -> None:
     assert text.count("TDP and load") == 1
     assert "energy: estimate (from the CPU's TDP and load: no hardware counter was readable)" in text
     assert text.count("token counts are estimated") == 1
+
+
+def test_a_run_that_never_recorded_its_end_gets_a_recommendation_from_its_points(tmp_path) -> None:
+    """A sweep killed (or copied off its machine) before its closing record has points but no
+    recommendation: the summary makes one from them by the sweep's rule and says so, rather than
+    claiming that no batch met the latency target."""
+    from carbontop.core.records import PointResult, PointStatus
+    from carbontop.core.store import RunWriter
+
+    def pt(b, jpt, s_per_token):
+        return PointResult(batch_size=b, status=PointStatus.OK, j_per_token=jpt,
+                           j_per_token_ci95=jpt * 0.01, gco2e_per_token=jpt / 10,
+                           gco2e_per_token_ci95=jpt / 1000, tokens_per_s=100.0 * b,
+                           s_per_token=s_per_token, duration_s=20.0, batching="inflight")
+
+    writer = RunWriter(tmp_path / "run", {"run": {"model": "tiny", "slo_s_per_token": 0.05}})
+    for p in (pt(1, 2.0, 0.005), pt(64, 0.06, 0.01), pt(128, 0.05, 0.06)):  # 128 misses the SLO
+        writer.write_point(p)
+    # no writer.finish(): the record still says "running", its owner gone
+    out = io.StringIO()
+    print_summary(load_run(tmp_path / "run"), Console(file=out, width=250))
+    text = out.getvalue()
+    assert "none recommended" not in text
+    assert "recommended batch 64: lowest" in text and "the sweep recorded none" in text
+    assert "│  64 * │" in text  # the table marks it too

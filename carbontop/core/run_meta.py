@@ -64,6 +64,7 @@ class RunSettings:
     min_len: int | None = None
     seed: int | None = None
     slo_s_per_token: float | None = None
+    slo_tpot_p90_s: float | None = None
     batching: str = ""  # what was asked; the points say what each engine really ran
     repeats: int = 0
     min_window_s: float | None = None  # the steady-state window each point was held to
@@ -84,6 +85,7 @@ class RunSettings:
             min_len=_int(run.get("min_len")),
             seed=_int(run.get("seed")),
             slo_s_per_token=_float(run.get("slo_s_per_token")),
+            slo_tpot_p90_s=_float(run.get("slo_tpot_p90_s")),
             batching=_str(run.get("batching")),
             repeats=_int(run.get("repeats")) or 0,
             min_window_s=_float(run.get("resolved_min_window_s")),

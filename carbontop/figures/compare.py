@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from carbontop.core.recommendation import recommendation
 from carbontop.core.records import PointResult
 from carbontop.core.run_meta import RunSettings, WorkloadRecord
 from carbontop.figures.series import Metric, carbon_metric, measured
@@ -102,7 +103,7 @@ def summarize(run: SavedRun) -> RunSummary:
     ok = measured(points)
     carbon = carbon_metric(points)
     by_batch = {int(p.batch_size): p for p in ok}
-    recommended = status.recommended_batch
+    recommended = recommendation(run).batch_size
     workload_text, workload_key = _workload(settings, run.meta.workload)
     return RunSummary(
         name=Path(run.path).name,

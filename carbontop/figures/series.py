@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from carbontop.core.carbon import lowest_carbon_batch
+from carbontop.core.recommendation import recommendation
 from carbontop.core.records import PointResult, PointStatus, Sample
 from carbontop.core.repeats import combine
 
@@ -134,7 +135,7 @@ def chart_run(saved: SavedRun, label: str = "") -> ChartRun:
         label=label or Path(saved.path).name,
         points=saved.points,
         samples=saved.samples,
-        recommended=saved.meta.status.recommended_batch,
+        recommended=recommendation(saved).batch_size,
         slo_s_per_token=saved.meta.settings.slo_s_per_token,
     )
 

@@ -29,6 +29,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from carbontop import config as cfgmod
+from carbontop.core.recommendation import recommendation
 from carbontop.core.tomlcompat import tomllib
 from carbontop.errors import CarbontopError
 from carbontop.figures.series import ChartRun, chart_run
@@ -773,7 +774,7 @@ class CarbontopApp(App[int]):
         self.showing_saved = True
         self.run_dir = pathlib.Path(saved.path)
         self.setup_line.show(saved_setup(saved.path, saved.meta))
-        self.results.set_points(list(saved.points), saved.meta.status.recommended_batch)
+        self.results.set_points(list(saved.points), recommendation(saved).batch_size)
         statuses = {p.batch_size: p.status.value for p in saved.points}
         self.saved_config = saved_run_settings(saved.config)
         self.sweep.show_saved(statuses, saved.state, reusable=self.saved_config is not None)
