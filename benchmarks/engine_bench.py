@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from carbontop.core import metrics  # noqa: E402
 from carbontop.core.hardware import lookup_gpu, peak_bandwidth_bytes_s  # noqa: E402
 from carbontop.core.modelspec import ModelSpec, resolve_model  # noqa: E402
-from carbontop.core.records import Prompt  # noqa: E402
+from carbontop.core.records import Batching, PointPlan, Prompt  # noqa: E402
 from carbontop.engines.base import EngineSpec  # noqa: E402
 from carbontop.engines.hf import HFEngine  # noqa: E402
 
@@ -54,11 +54,15 @@ def engine_point(engine: HFEngine, batch: int, n_in: int, n_out: int, batches: i
                  model: ModelSpec, dtype: str) -> tuple:
     """tokens/s, ms per decode step, decode mode and decode traffic of `batches` static batches,
     the traffic counted by the same function that fills the sweep's MBU column."""
-    prompts = [Prompt(f"b{batch}-{i}", n_in, n_out) for i in range(batch * batches)]
-    run = engine.run_point(batch, prompts)
-    duration = run.window_end_s - run.window_start_s
-    tokens = sum(r.output_tokens for r in run.records)
-    traffic = metrics.decode_traffic(run.records, model, dtype)
+    prompts = tuple(Prompt(f"b{batch}-{i}", n_in, n_out) for i in range(batch))
+    # a window of "any length" closes after the first whole batch: one batch per point
+    plan = PointPlan(batch, Batching.STATIC, prompts, min_window_s=1e-9, max_point_s=1e9)
+    runs = [engine.run_point(plan) for _ in range(batches)]
+    duration = sum(run.window_end_s - run.window_start_s for run in runs)
+    tokens = sum(r.output_tokens for run in runs for r in run.records)
+    parts = [metrics.decode_traffic(run.records, model, dtype) for run in runs]
+    traffic = metrics.DecodeTraffic(sum(t.bytes_read for t in parts), sum(t.decode_time_s for t in parts),
+                                    sum(t.steps for t in parts), all(t.exact for t in parts))
     return tokens / duration, traffic.decode_time_s / traffic.steps * 1000, engine.decode_mode, traffic
 
 
