@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from carbontop.core.hardware import lookup_gpu, peak_bandwidth_bytes_s  # noqa: E402
 from carbontop.core.modelspec import resolve_model  # noqa: E402
+from carbontop.engines import hf_slots  # noqa: E402
 from carbontop.engines.base import EngineSpec  # noqa: E402
 from carbontop.engines.hf import HFEngine  # noqa: E402
 from carbontop.engines.hf_slots import ATTENTION_NAME, SlotRunner, _decode_step  # noqa: E402
@@ -80,7 +81,7 @@ def step_times(runner: SlotRunner, b: int, context: int, steps: int, profile: bo
             top = table.splitlines()
         return ms, top
     finally:
-        del cache
+        hf_slots._ACTIVE = None  # the point's cache goes with this frame, as after a sweep point
         if on_gpu:
             torch.cuda.empty_cache()
 
