@@ -3,6 +3,10 @@ kernels that take the time.
 
     python benchmarks/decode_profile.py --model llama2-7b --batch-sizes 1,2,64,128,160 --context 300
 
+With --static-batch the step is compiled for each batch size on its own (FlexAttention's decoding
+kernel needs the batch size fixed at compile time; a graph with a dynamic batch runs its general
+kernel), to hold the two against each other.
+
 For each batch size, in the order given (a sweep compiles the step at its first two sizes and
 reuses the graph, so the order can matter), it builds the point's slot cache with every slot
 live at `--context` cached tokens, warms and captures the decode step exactly as a sweep point
@@ -95,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default=None, help="default: bf16 on a GPU, fp32 on a CPU")
     ap.add_argument("--profile", action="store_true", help="print the top kernels per batch size")
+    ap.add_argument("--static-batch", action="store_true",
+                    help="compile the step for each batch size on its own (default: one graph with "
+                         "a dynamic batch, as a sweep does)")
     args = ap.parse_args(argv)
     dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
     spec = resolve_model(args.model)
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = HFEngine(es, lambda note: None)
     engine.load()
     torch = engine.torch
-    runner = SlotRunner(engine)
+    runner = SlotRunner(engine, static_batch=args.static_batch)
     from carbontop.engines.hf_slots import register_attention
 
     register_attention()
@@ -119,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     # the same byte counts as the sweep's MBU column (core/metrics.decode_traffic)
     weight_bytes = spec.weight_bytes_per_step(dtype)
     kv_per_token = spec.kv_bytes_per_token(dtype)
-    print(f"model {args.model} ({dtype}), every slot at {args.context} cached tokens, {args.steps} steps")
+    print(f"model {args.model} ({dtype}), every slot at {args.context} cached tokens, {args.steps} steps, "
+          f"{'a graph per batch size' if args.static_batch else 'one graph, dynamic batch'}")
     print("batch  ms/step  MBU    decode")
     with torch.inference_mode():
         for b in (int(x) for x in args.batch_sizes.split(",")):

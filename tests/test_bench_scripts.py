@@ -20,7 +20,7 @@ def _script(name: str):
 
 def test_decode_profile_prints_one_row_per_batch_size_in_the_order_given(capsys) -> None:
     module = _script("decode_profile")
-    assert module.main(["--model", "tiny", "--device", "cpu", "--batch-sizes", "2,1",
+    assert module.main(["--model", "tiny", "--device", "cpu", "--batch-sizes", "2,1", "--static-batch",
                         "--context", "8", "--steps", "2"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:5].strip().isdigit()]
     assert [r[0] for r in rows] == ["2", "1"]

@@ -22,7 +22,11 @@ How the model is driven:
 * on CUDA the decode step is compiled once with a dynamic batch dimension (torch.compile), and a
   CUDA graph is captured per batch size and replayed every step; the host knows every request's
   output length in advance (the workload fixes it), so scheduling needs no device sync, and
-  per-step CUDA events give every token's time.
+  per-step CUDA events give every token's time. With a dynamic batch, inductor lowers
+  FlexAttention to its general kernel: its decoding kernel, which splits each row's cache across
+  the SMs, needs the batch and head counts fixed at compile time (torch/_inductor/kernel/flex/
+  flex_decoding.py, _use_flex_decoding). `SlotRunner(static_batch=True)` compiles the step per
+  batch size instead; benchmarks/decode_profile.py times the two side by side.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ ATTENTION_NAME = "carbontop_slots"
 KV_BLOCK = 128  # FlexAttention's KV block: the granularity at which attention skips dead cache
 HOST_LEAD_STEPS = 8  # how far the host may queue work ahead of the GPU (covers an eager prefill)
 WARMUP_DECODE_STEPS = 3
+STATIC_RECOMPILE_LIMIT = 64  # batch sizes one process may compile with static_batch
 
 # The state the attention function reads. One engine runs in one process at a time, and the
 # attention function is called from inside the model, so a module-level reference is the seam.
@@ -188,10 +193,14 @@ class _Request:
 class SlotRunner:
     """Runs one in-flight point on a loaded HF engine (see HFEngine)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, static_batch: bool = False) -> None:
         self.engine = engine
         self.torch = engine.torch
         self._compiled: Any = None
+        # True: the step is compiled for each batch size on its own (FlexAttention's decoding
+        # kernel, which splits the cache across SMs, needs the batch size known when compiled;
+        # a graph with a dynamic batch runs its general kernel). False: one graph for all sizes.
+        self.static_batch = static_batch
         self._compile_failed = not engine.spec.compile or engine.spec.device != "cuda"
         self._flex_failed = engine.spec.device != "cuda"
         self._graph_failed = engine.spec.device != "cuda" or not engine.spec.cuda_graphs
@@ -208,8 +217,14 @@ class SlotRunner:
         if self._compile_failed:
             return _decode_step
         if self._compiled is None:
+            if self.static_batch:
+                # one cache entry per batch size, all on one code object: let a whole sweep in
+                self.torch._dynamo.config.recompile_limit = max(
+                    self.torch._dynamo.config.recompile_limit, STATIC_RECOMPILE_LIMIT)
             # one compiled graph for every batch size: the batch dimension is marked dynamic
-            self._compiled = self.torch.compile(_decode_step, fullgraph=False, dynamic=None)
+            # (unless static_batch, where every new size is a new specialised graph)
+            self._compiled = self.torch.compile(_decode_step, fullgraph=False,
+                                                dynamic=False if self.static_batch else None)
         return self._compiled
 
     def _make_cache(self, batch_size: int, max_len: int) -> _SlotCache:
@@ -222,7 +237,7 @@ class SlotRunner:
 
             # FlexAttention runs as its fused kernel only when compiled
             cache.flex = self.torch.compile(flex_attention, dynamic=False)
-        if not self._compile_failed:
+        if not self._compile_failed and not self.static_batch:
             torch = self.torch
             # one graph for every batch size: a batch of 1 is still specialised (size-1 tensors
             # always are), so the step compiles twice in a sweep, at b=1 and at the next size
