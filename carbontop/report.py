@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from carbontop.core.carbon import gco2e_per_token_at
-from carbontop.core.recommendation import recommendation
 from carbontop.core.records import PointResult, PointStatus
 from carbontop.core.repeats import combine
 from carbontop.core.store import SavedRun
+from carbontop.core.verdict import boundary, recommendation
 from carbontop.figures.compare import RunSummary, like_for_like_warnings, table_rows
 from carbontop.figures.numbers import FORMATS
 
@@ -115,10 +115,11 @@ def print_summary(run: SavedRun, console: Console) -> None:
     workload = run.meta.workload
     settings = run.meta.settings
     lines = [f"run: {run.path} ({run.state})"]
-    if status.largest_ok_batch is not None:
-        bound = f"largest batch that ran: {status.largest_ok_batch}"
-        if status.smallest_failed_batch is not None:
-            failed = status.smallest_failed_batch
+    largest_ok, smallest_failed = boundary(run)
+    if largest_ok is not None:
+        bound = f"largest batch that ran: {largest_ok}"
+        if smallest_failed is not None:
+            failed = smallest_failed
             how = {PointStatus.CRASHED: "crashed (twice)", PointStatus.HUNG: "hung (twice)",
                    PointStatus.KV_BOUND: "ran fewer requests at once than asked"}
             ended = next((p.status for p in run.points if p.batch_size == failed), None)

@@ -149,3 +149,23 @@ def test_a_run_that_never_recorded_its_end_gets_a_recommendation_from_its_points
     assert "none recommended" not in text
     assert "recommended batch 64: lowest" in text and "the sweep recorded none" in text
     assert "│  64 * │" in text  # the table marks it too
+
+
+def test_a_run_without_its_closing_record_takes_its_boundary_from_its_points(tmp_path) -> None:
+    from carbontop.core.records import PointResult, PointStatus
+    from carbontop.core.store import RunWriter
+    from carbontop.core.verdict import boundary
+    from carbontop.figures.compare import summarize
+
+    writer = RunWriter(tmp_path / "run", {"run": {"model": "tiny"}})
+    for b, status in ((1, PointStatus.OK), (256, PointStatus.OOM), (128, PointStatus.OK),
+                      (192, PointStatus.OOM), (160, PointStatus.OK), (176, PointStatus.OOM)):
+        writer.write_point(PointResult(batch_size=b, status=status, j_per_token=1.0 / b,
+                                       tokens_per_s=10.0 * b, s_per_token=0.01, duration_s=20.0)
+                           if status is PointStatus.OK else PointResult(batch_size=b, status=status))
+    run = load_run(tmp_path / "run")
+    assert boundary(run) == (160, 176)
+    assert summarize(run).smallest_failed_batch == 176  # compare no longer says "nothing failed"
+    out = io.StringIO()
+    print_summary(run, Console(file=out, width=250))
+    assert "largest batch that ran: 160; 176 did not fit" in out.getvalue()

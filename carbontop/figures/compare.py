@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from carbontop.core.recommendation import recommendation
 from carbontop.core.records import PointResult
 from carbontop.core.run_meta import RunSettings, WorkloadRecord
+from carbontop.core.verdict import boundary, recommendation
 from carbontop.figures.series import Metric, carbon_metric, measured
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def _workload(settings: RunSettings, workload: WorkloadRecord) -> tuple[str, tup
 
 def summarize(run: SavedRun) -> RunSummary:
     """One saved run summed up for comparison."""
-    settings, status, carbon_meta = run.meta.settings, run.meta.status, run.meta.carbon
+    settings, carbon_meta = run.meta.settings, run.meta.carbon
     points = run.points
     ok = measured(points)
     carbon = carbon_metric(points)
@@ -117,7 +117,7 @@ def summarize(run: SavedRun) -> RunSummary:
         carbon=carbon,
         slo_s_per_token=settings.slo_s_per_token,
         largest_ok_batch=ok[-1].batch_size if ok else None,
-        smallest_failed_batch=status.smallest_failed_batch,
+        smallest_failed_batch=boundary(run).smallest_failed,
         batch1=_at(by_batch.get(1), carbon),
         recommended=_at(by_batch.get(recommended) if recommended is not None else None, carbon),
         largest=_at(ok[-1] if ok else None, carbon),

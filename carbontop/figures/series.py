@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from carbontop.core.carbon import lowest_carbon_batch
-from carbontop.core.recommendation import recommendation
 from carbontop.core.records import PointResult, PointStatus, Sample
 from carbontop.core.repeats import combine
+from carbontop.core.verdict import recommendation
 
 if TYPE_CHECKING:
     from carbontop.core.store import SavedRun

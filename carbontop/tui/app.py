@@ -29,8 +29,8 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from carbontop import config as cfgmod
-from carbontop.core.recommendation import recommendation
 from carbontop.core.tomlcompat import tomllib
+from carbontop.core.verdict import recommendation
 from carbontop.errors import CarbontopError
 from carbontop.figures.series import ChartRun, chart_run
 from carbontop.tui.messages import SweepEnded, SweepEventMessage, SweepFailed, SweepPrepared

@@ -1,9 +1,11 @@
-"""The recommended batch of a saved run, for every view that shows one.
+"""What a saved run concluded, for every view that shows it: its memory boundary and its
+recommended batch.
 
-A sweep records its recommendation when it ends. One that ended without its closing record
-(killed, or copied off its machine while it ran) has points but none recorded: the
-recommendation is then made from the saved points by the sweep's own rule (core/carbon.py), and
-the line that shows it says so, rather than claiming that no batch met the latency target.
+A sweep records both when it ends. One that ended without its closing record (killed, or copied
+off its machine while it ran) has points but neither: they are then made from the saved points,
+by the sweep's own rules (a point that did not fit bounds the search, core/records.PointStatus;
+the recommendation, core/carbon.py), and the recommendation's line says so, rather than claiming
+that no batch met the latency target or that nothing failed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,23 @@ from carbontop.core.carbon import DEFAULT_SLO_S_PER_TOKEN, recommend
 from carbontop.core.records import PointStatus
 from carbontop.core.repeats import combine
 from carbontop.core.store import SavedRun
+
+
+class Boundary(NamedTuple):
+    largest_ok: int | None  # the largest batch that ran
+    smallest_failed: int | None  # the smallest above it that did not fit (None: none failed)
+
+
+def boundary(run: SavedRun) -> Boundary:
+    """The run's memory boundary: as recorded, else from its points."""
+    status = run.meta.status
+    if status.largest_ok_batch is not None or status.smallest_failed_batch is not None:
+        return Boundary(status.largest_ok_batch, status.smallest_failed_batch)
+    ok = [p.batch_size for p in run.points if p.status is PointStatus.OK]
+    largest = max(ok) if ok else None
+    failed = [p.batch_size for p in run.points if p.status.is_boundary
+              and (largest is None or p.batch_size > largest)]
+    return Boundary(largest, min(failed) if failed else None)
 
 
 class SavedRecommendation(NamedTuple):
