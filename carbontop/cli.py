@@ -41,6 +41,7 @@ SWEEP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--dtype", "dtype", {"choices": cfgmod.DTYPES, "help": "default: bf16 on a GPU, fp32 on the CPU"}),
     ("--device", "device", {"choices": cfgmod.DEVICES, "help": "default: cuda where a GPU is visible"}),
     ("--gpus", "gpus", {"help": "GPU indices to use and measure, e.g. 0 or 0,1"}),
+    ("--tp", "tp", {"help": "hf engine: tensor-parallel ranks, one GPU each (default: one per GPU named in --gpus)"}),
     ("--compile", "compile", {"choices": cfgmod.COMPILE_MODES, "help": "hf engine on CUDA: auto compiles the decode step (autotuned at batch 1), on compiles without autotuning, off runs it eagerly; always in a CUDA graph"}),
     ("--quant", "quant", {"choices": cfgmod.QUANTS, "help": f"weight-only quantisation: hf through torchao (int4-wo needs a CUDA GPU), trtllm through TensorRT-LLM's W4A16/W8A16 (default {D.quant})"}),
     ("--power-source", "power_source", {"choices": cfgmod.POWER_SOURCES, "help": f"where power comes from (default {D.power_source}: NVML on a GPU, tegrastats on a Jetson, RAPL or an estimate on a CPU)"}),

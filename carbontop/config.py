@@ -99,6 +99,9 @@ class RunConfig:
     dtype: str = "auto"  # bf16 on a GPU, fp32 on the CPU
     device: str = "auto"  # cuda where a GPU is visible, else cpu
     gpus: list[int] | None = None  # NVML indices in use; None = all visible to the engine
+    # tensor-parallel ranks of the built-in engine, one process and one GPU each; None: one per
+    # GPU named in --gpus (so --gpus 0,1 shards over both), else 1
+    tp: int | None = None
     # the built-in engine's decode step on CUDA: "auto" compiles it, autotuning the matrix
     # products at batch 1; "on" compiles without autotuning; "max-autotune" autotunes every
     # batch size; "off" runs it eagerly (always inside a CUDA graph). On the CPU only "on" compiles.
@@ -215,7 +218,7 @@ def _is_number(text: str) -> bool:
 def _coerce(name: str, value: Any) -> Any:
     """Bring a TOML or form value to the field's type, with a sentence when it cannot be."""
     ints = {"num_prompts", "max_input_len", "max_output_len", "min_len", "seed", "max_batch",
-            "repeats", "max_num_tokens"}
+            "repeats", "max_num_tokens", "tp"}
     floats = {
         "min_window_s", "max_point_s",
         "intensity", "pue", "lifetime_years", "slo_s_per_token", "slo_tpot_p90_s",
@@ -321,6 +324,11 @@ def validate(cfg: RunConfig) -> RunConfig:
                   "could reach its minimum.")
     if cfg.repeats < 0:
         raise bad("repeats", "Repeats must be 0 or more.")
+    if cfg.tp is not None and cfg.tp < 1:
+        raise bad("tp", "--tp is a number of ranks: 1 or more.")
+    if cfg.tp is not None and cfg.tp > 1 and cfg.engine == "openai":
+        raise bad("tp", "--tp applies to the engines carbontop runs; a server shards its model "
+                  "itself, so start it tensor-parallel instead.")
     if cfg.max_batch is not None and cfg.max_batch < 1:
         raise bad("max_batch", "The largest batch must be at least 1.")
     if cfg.intensity < 0:

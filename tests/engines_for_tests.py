@@ -323,3 +323,53 @@ class HogInCgroup(_Base):
             while True:
                 hog.append(bytearray(16 * 2**20))
         return self._run(plan)
+
+
+# ---- the built-in engine, watched (tensor-parallel tests) ----------------------------------
+
+def _hf_engine_class():
+    from carbontop.engines.hf import HFEngine
+
+    return HFEngine
+
+
+class TokensInNotes:
+    """The built-in engine whose points carry their greedy tokens in a note ("tokens <json>"), so
+    that a test in the parent can read what rank 0 decoded."""
+
+    def __new__(cls, spec, emit):
+        import dataclasses
+        import json
+
+        base = _hf_engine_class()
+
+        class _Logged(base):
+            def run_point(self, plan):
+                self.token_log = {}
+                try:
+                    run = super().run_point(plan)
+                finally:
+                    log, self.token_log = self.token_log, None
+                return dataclasses.replace(run, notes=(*run.notes, "tokens " + json.dumps(log)))
+
+        return _Logged(spec, emit)
+
+
+class Rank1FailsMidPoint:
+    """The built-in engine whose rank 1 fails part-way through a point's measured stream, at its
+    first progress report (RANK1_FAILURE: "oom" raises an out-of-memory error, "kill" kills the
+    process)."""
+
+    def __new__(cls, spec, emit):
+        base = _hf_engine_class()
+        how = os.environ.get("RANK1_FAILURE", "oom")
+
+        class _Failing(base):
+            def _progress(self, *args):
+                if self.ranks.rank == 1:
+                    if how == "kill":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (on purpose)")
+                super()._progress(*args)
+
+        return _Failing(spec, emit)

@@ -85,6 +85,9 @@ class EngineSpec:
     dtype: str  # "bf16", "fp16", "fp32" (resolved, never "auto")
     device: str  # "cpu" or "cuda" (resolved)
     gpus: tuple[int, ...] = ()  # trtllm shards over all of them (tensor parallel = their count)
+    # hf: tensor-parallel ranks, one process each (rank r on the r-th GPU of `gpus`); the host
+    # starts the other ranks beside the engine it talks to (engines/ranks.py)
+    tp: int = 1
     max_input_len: int = 1024
     max_output_len: int = 1024
     seed: int = 0

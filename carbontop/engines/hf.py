@@ -69,6 +69,9 @@ class HFEngine:
         # tests only: request index -> greedy tokens (costs a host sync per step when set)
         self.token_log: dict[int, list[int]] | None = None
         self._slots: Any = None  # the in-flight runner, made at the first in-flight point
+        from carbontop.engines.hf_ranks import Ranks
+
+        self.ranks = Ranks()  # one rank unless spec.tp > 1 (engines/hf_ranks.py)
         self._synthetic: dict[str, list[int]] = {}  # prompt id -> its ids, where it has no tokens
 
     # ---- loading ------------------------------------------------------------------------
@@ -87,29 +90,45 @@ class HFEngine:
         spec = self.spec
         torch.manual_seed(spec.seed)
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[spec.dtype]
-        if spec.device == "cuda":
-            if not torch.cuda.is_available():
-                raise EngineUnavailable("The hf engine was asked for CUDA but torch sees no GPU here.")
-            self.device = torch.device("cuda", 0)
+        if spec.device == "cuda" and not torch.cuda.is_available():
+            raise EngineUnavailable("The hf engine was asked for CUDA but torch sees no GPU here.")
+        if spec.tp > 1:
+            from carbontop.engines.hf_ranks import join
+
+            self.ranks, self.device = join(torch, spec.device)
         else:
-            self.device = torch.device("cpu")
+            self.device = torch.device("cuda", 0) if spec.device == "cuda" else torch.device("cpu")
 
         self.emit(PhaseUpdate(Phase.LOADING, f"{spec.model} ({spec.weights} weights)"))
         try:
             if spec.weights == "auto" and spec.model_path:
-                model = AutoModelForCausalLM.from_pretrained(
-                    spec.model_path, dtype=self.dtype, attn_implementation="sdpa",
-                    local_files_only=True, low_cpu_mem_usage=True,
-                ).to(self.device)
+                if spec.tp > 1:
+                    from carbontop.engines.hf_ranks import distributed_config
+
+                    # each rank reads its own shard (transformers places it on this rank's device)
+                    model = AutoModelForCausalLM.from_pretrained(
+                        spec.model_path, dtype=self.dtype, attn_implementation="sdpa",
+                        local_files_only=True, distributed_config=distributed_config(spec.tp))
+                else:
+                    model = AutoModelForCausalLM.from_pretrained(
+                        spec.model_path, dtype=self.dtype, attn_implementation="sdpa",
+                        local_files_only=True, low_cpu_mem_usage=True,
+                    ).to(self.device)
             else:
                 cfg = dict(spec.model_config or {})
                 model_type = cfg.pop("model_type")
                 config = AutoConfig.for_model(model_type, **cfg)
                 # Random weights straight on the device: nothing to read, nothing to download.
+                # With several ranks, each builds the whole model from the same seed and keeps
+                # its shard, so the ranks together hold the one-rank model's numbers.
                 with self.device:
                     model = AutoModelForCausalLM.from_config(
                         config, dtype=self.dtype, attn_implementation="sdpa"
                     )
+                if spec.tp > 1:
+                    from carbontop.engines.hf_ranks import shard
+
+                    model = shard(model, spec.tp, spec.device)
         except torch.cuda.OutOfMemoryError as exc:
             raise EngineOOM(f"the weights alone do not fit: {exc}") from None
         model.eval()
@@ -118,6 +137,11 @@ class HFEngine:
         self.model = model
         self.cache_kw = _cache_kwarg(model)
         self.vocab_size = int(model.config.vocab_size)
+        heads = int(model.config.num_attention_heads)
+        kv_heads = int(getattr(model.config, "num_key_value_heads", None) or heads)
+        from carbontop.engines.hf_ranks import local_kv_heads
+
+        self.kv_heads = local_kv_heads(model, kv_heads, self.ranks.world)  # this rank's share
         self.pad_id = 0
         info: dict[str, Any] = {
             "engine": "hf",
@@ -129,11 +153,15 @@ class HFEngine:
             "device": spec.device,
             "attn_implementation": "sdpa",
         }
+        if spec.tp > 1:
+            info["tp"] = spec.tp
+            info["tp_backend"] = "nccl" if spec.device == "cuda" else "gloo"
+            info["tp_plan"] = "transformers (base_model_tp_plan)"
         if quant is not None:
             info["quant"] = quant.to_dict()
         self.loaded_bytes = torch.cuda.memory_allocated() if spec.device == "cuda" else 0
         if spec.device == "cuda":
-            info["cuda_device"] = torch.cuda.get_device_name(0)
+            info["cuda_device"] = torch.cuda.get_device_name(self.device)
             info["cuda"] = torch.version.cuda
         else:
             info["cpu_threads"] = torch.get_num_threads()
@@ -141,6 +169,10 @@ class HFEngine:
 
     def close(self) -> None:
         self.model = None
+        if self.ranks.world > 1:
+            from carbontop.engines.hf_ranks import leave
+
+            leave()
 
     def _memory_recovered(self) -> bool:
         """After an OOM: is the GPU back to what the loaded model alone holds? If not, the
@@ -216,8 +248,8 @@ class HFEngine:
             self._progress(len(records), sum(r.output_tokens for r in records),
                            time.time() - window_start, plan.min_window_s)
             index += 1
-            if not keep_admitting(time.time(), plan.min_window_s, window_start, plan.max_point_s,
-                                  opened_s=window_start):
+            if not self.ranks.follow(keep_admitting(time.time(), plan.min_window_s, window_start,
+                                                    plan.max_point_s, opened_s=window_start)):
                 break
             batch = list(itertools.islice(stream, batch_size))
         self._sync()

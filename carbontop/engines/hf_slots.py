@@ -113,13 +113,14 @@ def register_attention() -> None:
 class _SlotCache:
     """Fixed-address device buffers of one point: the slot KV cache and the decode inputs."""
 
-    def __init__(self, torch: Any, model: Any, batch_size: int, max_len: int, device: Any,
-                 dtype: Any, use_flex: bool) -> None:
+    def __init__(self, torch: Any, model: Any, kv_heads: int, batch_size: int, max_len: int,
+                 device: Any, dtype: Any, use_flex: bool) -> None:
         self.torch = torch
         cfg = model.config
         n_layers = cfg.num_hidden_layers
         heads = cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        # kv_heads: this rank's (all of the model's on one rank; its share of them under tensor
+        # parallelism, where each rank's attention sees only its own heads)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         # one position more than the longest request needs: the scratch where padding writes
         self.max_len = -(-(max_len + 1) // KV_BLOCK) * KV_BLOCK
@@ -201,7 +202,10 @@ class SlotRunner:
         # kernel, which splits the cache across SMs, needs the batch size known when compiled;
         # a graph with a dynamic batch runs its general kernel). False: one graph for all sizes.
         self.static_batch = static_batch
-        self._compile_failed = not engine.spec.compile or engine.spec.device != "cuda"
+        # Several ranks decode uncompiled (still replayed from CUDA graphs): a compile that
+        # failed part-way through one rank's forward would leave the ranks' collectives out of step
+        self._compile_failed = (not engine.spec.compile or engine.spec.device != "cuda"
+                                or engine.ranks.world > 1)
         self._flex_failed = engine.spec.device != "cuda"
         self._graph_failed = engine.spec.device != "cuda" or not engine.spec.cuda_graphs
         self.attention = "flex" if not self._flex_failed else "dense-masked"
@@ -230,8 +234,8 @@ class SlotRunner:
     def _make_cache(self, batch_size: int, max_len: int) -> _SlotCache:
         global _ACTIVE
         eng = self.engine
-        cache = _SlotCache(self.torch, eng.model, batch_size, max_len, eng.device, eng.dtype,
-                           use_flex=not self._flex_failed)
+        cache = _SlotCache(self.torch, eng.model, eng.kv_heads, batch_size, max_len, eng.device,
+                           eng.dtype, use_flex=not self._flex_failed)
         if not self._flex_failed:
             from torch.nn.attention.flex_attention import flex_attention
 
@@ -312,6 +316,10 @@ class SlotRunner:
             except Exception as exc:  # noqa: BLE001 - replaying eagerly is slower, not wrong
                 self._graph_failed = True
                 print(f"carbontop: CUDA graph capture failed, decoding eagerly: {exc}", flush=True)
+            if eng.ranks.any(self._graph_failed):
+                # every rank decodes the same way, so their collectives stay in step
+                self._graph_failed = True
+                graph = None
         compiled = step is not _decode_step
         self.decode_mode = ("compiled+" if compiled else "") + ("cuda-graph" if graph is not None else "eager")
         self._capture_prefills(cache, buckets)
@@ -332,11 +340,13 @@ class SlotRunner:
 
         while True:
             free = [s for s, r in enumerate(slots) if r is None]
-            now = time.time()
-            if admitting and opened_host_s is not None and not keep_admitting(
-                    now, plan.min_window_s, first_admit_host_s, plan.max_point_s,
-                    opened_s=opened_host_s):
-                admitting = False
+            if admitting and free:
+                # asked only where a slot is free, the one place the answer is used (once no,
+                # always no: the clock only moves on); under tensor parallelism rank 0's answer,
+                # so every rank admits the same requests and runs the same forwards
+                admitting = eng.ranks.follow(opened_host_s is None or keep_admitting(
+                    time.time(), plan.min_window_s, first_admit_host_s, plan.max_point_s,
+                    opened_s=opened_host_s))
             if admitting and free:
                 new = [_Request(len(requests) + i, next(stream), s, start_step=steps.last)
                        for i, s in enumerate(free)]
@@ -475,6 +485,8 @@ class SlotRunner:
             self._prefill_graph_failed = True
             print(f"carbontop: CUDA graph capture of the prefill failed, prefilling eagerly: {exc}",
                   flush=True)
+        if self.engine.ranks.any(self._prefill_graph_failed):
+            self._prefill_graph_failed = True  # every rank prefills the same way
             return
         self._prefill_graphs = graphs
 

@@ -150,24 +150,18 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpus)
 
+    if spec.tp > 1:
+        # one process per tensor-parallel rank: this one is rank 0, the others follow it
+        from carbontop.engines.ranks import lead_ranks
+
+        lead_ranks(conn, spec, log_path)
+        return
     from carbontop.engines import load_engine_class
 
-    try:
-        engine = load_engine_class(spec.engine)(spec, conn.send)
-        info = engine.load()
-    except (CarbontopError, EngineFailure) as exc:
-        conn.send(LoadFailed(LoadFailure.UNAVAILABLE, str(exc)))
+    engine, reply = load_reply(lambda: load_engine_class(spec.engine)(spec, conn.send))
+    conn.send(reply)
+    if engine is None:
         return
-    except EngineOOM as exc:
-        conn.send(LoadFailed(LoadFailure.OOM, str(exc)))
-        return
-    except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as a message
-        why = LoadFailure.OOM if says_oom(str(exc)) else LoadFailure.ERROR
-        conn.send(LoadFailed(why, f"{type(exc).__name__}: {exc}"))
-        traceback.print_exc()
-        return
-    conn.send(Loaded(info))
-
     while True:
         try:
             command = conn.recv()
@@ -175,26 +169,47 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
             break
         if not isinstance(command, RunPoint):
             break
-        try:
-            conn.send(PointDone(engine.run_point(command.plan)))
-        except EngineOOM as exc:
-            conn.send(PointOOM(str(exc), exc.recovered))
-        except EngineKVBound as exc:
-            # engines attach what they measured (exc.run): a KV-bound point still has figures
-            conn.send(PointKVBound(str(exc), exc.concurrency_reached, exc.run))
-        except EngineFailure as exc:
-            conn.send(PointFailed(str(exc)))
-        except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as a message
-            traceback.print_exc()
-            # MemoryError: the CPU's allocator (or the process's limit) ran out: an OOM as well
-            if isinstance(exc, MemoryError) or says_oom(str(exc)):
-                conn.send(PointOOM(f"{type(exc).__name__}: {exc}", recovered=False))
-            else:
-                conn.send(PointCrashed(f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        conn.send(point_reply(engine, command.plan))
     try:
         engine.close()
     except Exception:  # noqa: BLE001 - closing must not hide the result already sent
         traceback.print_exc()
+
+
+def load_reply(make_and_load: Callable[[], Any]) -> tuple[Any, Loaded | LoadFailed]:
+    """Make the engine and load its model: (engine, Loaded) or (None, LoadFailed), every
+    exception turned into the message the parent reads."""
+    try:
+        engine = make_and_load()
+        info = engine.load()
+    except (CarbontopError, EngineFailure) as exc:
+        return None, LoadFailed(LoadFailure.UNAVAILABLE, str(exc))
+    except EngineOOM as exc:
+        return None, LoadFailed(LoadFailure.OOM, str(exc))
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as a message
+        why = LoadFailure.OOM if says_oom(str(exc)) else LoadFailure.ERROR
+        traceback.print_exc()
+        return None, LoadFailed(why, f"{type(exc).__name__}: {exc}")
+    return engine, Loaded(info)
+
+
+def point_reply(engine: Any, plan: PointPlan) -> ChildReply:
+    """Run one point; its result or its failure as the message that ends the step."""
+    try:
+        return PointDone(engine.run_point(plan))
+    except EngineOOM as exc:
+        return PointOOM(str(exc), exc.recovered)
+    except EngineKVBound as exc:
+        # engines attach what they measured (exc.run): a KV-bound point still has figures
+        return PointKVBound(str(exc), exc.concurrency_reached, exc.run)
+    except EngineFailure as exc:
+        return PointFailed(str(exc))
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as a message
+        traceback.print_exc()
+        # MemoryError: the CPU's allocator (or the process's limit) ran out: an OOM as well
+        if isinstance(exc, MemoryError) or says_oom(str(exc)):
+            return PointOOM(f"{type(exc).__name__}: {exc}", recovered=False)
+        return PointCrashed(f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
 
 # ---- parent side --------------------------------------------------------------------------

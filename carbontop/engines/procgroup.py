@@ -28,6 +28,12 @@ def detach_and_tie_to_parent(parent_pid: int) -> None:
         os.setpgid(0, 0)
     except OSError:
         pass  # already a group leader (or not allowed): the parent falls back to the PID
+    tie_to_parent(parent_pid)
+
+
+def tie_to_parent(parent_pid: int) -> None:
+    """Death with the parent (SIGKILL when it dies), staying in its process group: what an
+    engine's own helper processes (its other tensor-parallel ranks) call first."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)

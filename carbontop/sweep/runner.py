@@ -131,6 +131,38 @@ def detect_device() -> str:
         pynvml.nvmlShutdown()
 
 
+
+def tensor_parallel_ranks(cfg: RunConfig, device: str, gpus: list[int], model: ModelSpec | None) -> int:
+    """The built-in engine's tensor-parallel ranks: --tp, else one per GPU named; a count
+    that the GPUs named or the model's heads cannot take is one sentence."""
+    if cfg.engine == "openai":
+        return 1
+    if cfg.engine == "trtllm":
+        # TensorRT-LLM shards over every GPU named (its tensor_parallel_size is their count)
+        if cfg.tp is not None and gpus and cfg.tp != len(gpus):
+            raise ConfigError(f"TensorRT-LLM shards over every GPU named: --tp {cfg.tp} with "
+                              f"{len(gpus)} GPUs in --gpus; leave --tp out or name {cfg.tp}.", "tp")
+        return cfg.tp or len(gpus) or 1
+    # the built-in engine defaults to one rank per GPU named; an engine class of one's own runs
+    # the ranks it is asked for (one, unless --tp says more)
+    one_per_gpu = len(gpus) if cfg.engine == "hf" and device == "cuda" and gpus else 1
+    tp = cfg.tp or one_per_gpu
+    if device == "cuda" and gpus and len(gpus) != tp and (cfg.engine == "hf" or tp > 1):
+        raise ConfigError(
+            f"--tp {tp} runs one rank per GPU, but --gpus names {len(gpus)}; name {tp} GPUs "
+            f"(or leave --tp out to use one rank per GPU named).", "tp")
+    if tp > 1 and model is not None and (model.n_heads % tp or model.n_kv_heads % tp):
+        raise ConfigError(
+            f"{model.name} has {model.n_heads} attention heads and {model.n_kv_heads} key-value "
+            f"heads; --tp {tp} must divide both.", "tp")
+    if tp > 1 and cfg.quant != "none":
+        raise ConfigError(f"--quant runs on one rank; leave it out with --tp {tp}.", "quant")
+    if tp > 1 and cfg.batching == "static":
+        raise ConfigError("--batching static runs on one rank; use --batching inflight with "
+                          f"--tp {tp}.", "batching")
+    return tp
+
+
 class _NoFreshEngine(Exception):
     """The engine for a point's second try did not start: the first try's outcome is recorded,
     then `cause` ends the sweep."""
@@ -233,13 +265,12 @@ class SweepRunner:
         self.planner = BatchPlanner(cfg.batch_plan(), max_batch=max_batch)
 
         gpus = list(cfg.gpus or [])
+        tp = tensor_parallel_ranks(cfg, device, gpus, self.model)
         if cfg.engine != "openai" and device == "cuda":
             # an engine carbontop runs (built in or a class of one's own) uses GPU 0 unless told
-            # otherwise (TensorRT-LLM shards over every GPU named): measure the GPUs in use, not
-            # every card in the box
-            if cfg.engine == "hf" and len(gpus) > 1:
-                raise ConfigError("The hf engine runs on one GPU; name one with --gpus.", "gpus")
-            gpus = gpus or [0]
+            # otherwise (TensorRT-LLM shards over every GPU named; the built-in engine over its
+            # --tp ranks, one GPU each): measure the GPUs in use, not every card in the box
+            gpus = gpus or list(range(tp))
         # On a CPU, measure the engine's process tree (the engine child is ours) rather than the
         # machine; a server's work happens outside it, so there the machine is measured and the
         # run says that other load is included.
@@ -271,6 +302,8 @@ class SweepRunner:
             dtype=dtype,
             device=device,
             gpus=tuple(gpus),
+            # ranks the host starts, one process each; TensorRT-LLM starts its own
+            tp=tp if cfg.engine != "trtllm" else 1,
             max_input_len=max_in,
             max_output_len=max_out,
             seed=cfg.seed,

@@ -155,6 +155,7 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
 NOT_IN_FORM = {
     "emaps_token": "a secret: read from ELECTRICITYMAPS_TOKEN or the config file, never shown",
     "stall_timeout_s": "the watchdog's safety net, rarely changed: --stall-timeout-s or the config file",
+    "tp": "the GPUs field sets it (one tensor-parallel rank per GPU named); otherwise --tp or the config file",
 }
 FIELDS: dict[str, FieldSpec] = {f.name: f for _, specs in SECTIONS for f in specs}
 

@@ -1,0 +1,187 @@
+"""Tensor parallelism for the built-in engine: ranks under the engine host (engines/ranks.py),
+the model sharded by transformers' plan (engines/hf_ranks.py), and `--tp` as the sweep resolves it.
+
+On the CPU the ranks talk over gloo; the two-GPU runs (NCCL) are marked gpu and need two GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+
+import pytest
+
+from carbontop.config import RunConfig
+from carbontop.core.modelspec import PRESETS, resolve_model
+from carbontop.core.records import Batching, PointPlan, PointStatus, Prompt
+from carbontop.engines.base import EngineSpec
+from carbontop.errors import ConfigError
+from carbontop.sweep.runner import tensor_parallel_ranks
+
+SPEC = EngineSpec(engine="hf", model="tiny", model_config=dict(PRESETS["tiny"]), model_path=None,
+                  weights="dummy", dtype="fp32", device="cpu", compile=False, seed=5)
+
+
+def _prompts(n: int, min_out: int = 2, seed: int = 0) -> tuple[Prompt, ...]:
+    rng = random.Random(seed)
+    return tuple(Prompt(f"q{i}", rng.randint(3, 40), rng.randint(min_out, 40)) for i in range(n))
+
+
+def _host_point(spec: EngineSpec, plan: PointPlan):
+    """(engine info, outcome, seconds the point took) from a real engine host."""
+    from carbontop.engines.host import EngineHost
+
+    host = EngineHost(spec, stall_timeout_s=60.0)
+    try:
+        info = host.start(lambda _m: None, lambda: False)
+        started = time.monotonic()
+        outcome = host.run_point(plan, lambda _m: None, lambda: False)
+        return info, outcome, time.monotonic() - started
+    finally:
+        host.stop()
+
+
+def test_two_ranks_on_gloo_decode_the_one_rank_tokens() -> None:
+    """The tiny model over two ranks (rank 0 under the host, rank 1 following it) makes the very
+    greedy tokens one rank makes, request by request, for an in-flight point."""
+    pytest.importorskip("transformers")
+    from carbontop.engines.hf import HFEngine
+
+    # outputs of 16 tokens or more: the point ends at its first finish (cap 0 s), so every
+    # request has made at least 16 tokens by then
+    plan = PointPlan(3, Batching.INFLIGHT, _prompts(7, min_out=16), min_window_s=60.0, max_point_s=0.0)
+    one_rank = HFEngine(SPEC, lambda _note: None)
+    one_rank.load()
+    one_rank.token_log = {}
+    one_rank.run_point(plan)
+    expected = one_rank.token_log
+
+    info, outcome, _ = _host_point(
+        dataclasses.replace(SPEC, engine="engines_for_tests:TokensInNotes", tp=2), plan)
+    assert info["tp"] == 2 and info["tp_backend"] == "gloo"
+    assert outcome.status is PointStatus.OK, outcome.message
+    note = next(n for n in outcome.run.notes if n.startswith("tokens "))
+    two_ranks = {int(k): v for k, v in json.loads(note.removeprefix("tokens ")).items()}
+    assert len(expected) >= 3 and all(len(tokens) >= 16 for tokens in expected.values())
+    assert two_ranks == expected
+
+
+def test_a_rank_failing_mid_point_ends_the_point_at_once(monkeypatch) -> None:
+    """Rank 1 runs out of memory part-way through the measured stream while rank 0 waits for it
+    inside a collective: the point ends as an out-of-memory failure of rank 1 that needs a fresh
+    engine, long before its window (30 s) or the watchdog (60 s) could have ended it."""
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("RANK1_FAILURE", "oom")
+    plan = PointPlan(2, Batching.INFLIGHT, _prompts(6), min_window_s=30.0, max_point_s=60.0)
+    _, outcome, took_s = _host_point(
+        dataclasses.replace(SPEC, engine="engines_for_tests:Rank1FailsMidPoint", tp=2), plan)
+    assert outcome.status is PointStatus.OOM
+    assert outcome.message.startswith("rank 1: RuntimeError: CUDA out of memory")
+    assert outcome.needs_restart
+    assert took_s < 15.0
+
+
+# ---- --tp as the sweep resolves it ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("settings", "device", "gpus", "ranks"), [
+    ({}, "cuda", [0, 1], 2),  # one rank per GPU named
+    ({}, "cuda", [3], 1),
+    ({"tp": 2}, "cuda", [], 2),  # the runner then takes GPUs 0 and 1
+    ({}, "cpu", [], 1),
+    ({"tp": 2}, "cpu", [], 2),  # ranks on the CPU, over gloo
+    ({"engine": "trtllm"}, "cuda", [0, 1], 2),
+    ({"engine": "openai", "url": "http://x"}, "cuda", [0, 1], 1),
+    # an engine class of one's own is given the GPUs, and runs as one rank unless told
+    ({"engine": "engines_for_tests:OOMAbove"}, "cuda", [0, 1], 1),
+])
+def test_tp_defaults_to_the_gpus_named(settings, device, gpus, ranks) -> None:
+    cfg = RunConfig(**settings)
+    assert tensor_parallel_ranks(cfg, device, gpus, resolve_model("tiny")) == ranks
+
+
+@pytest.mark.parametrize(("settings", "gpus", "words"), [
+    ({"tp": 2}, [0], "--tp 2 runs one rank per GPU, but --gpus names 1"),
+    ({"tp": 3}, [0, 1, 2], "has 8 attention heads and 4 key-value heads; --tp 3 must divide both"),
+    ({"tp": 8}, list(range(8)), "--tp 8 must divide both"),
+    ({"tp": 2, "batching": "static"}, [0, 1], "--batching static runs on one rank"),
+    ({"tp": 2, "quant": "int8-wo"}, [0, 1], "--quant runs on one rank"),
+    ({"tp": 4, "engine": "trtllm"}, [0, 1], "TensorRT-LLM shards over every GPU named"),
+])
+def test_a_tp_that_cannot_run_is_one_sentence(settings, gpus, words) -> None:
+    with pytest.raises(ConfigError, match=words.replace("-", r"\-")) as err:
+        tensor_parallel_ranks(RunConfig(**settings), "cuda", gpus, resolve_model("tiny"))
+    assert str(err.value).count(". ") == 0 and str(err.value).endswith(".")
+
+
+def test_tp_below_one_is_refused_by_the_config() -> None:
+    from carbontop.config import validate
+
+    with pytest.raises(ConfigError, match="1 or more"):
+        validate(RunConfig(tp=0))
+
+
+def test_the_cli_refuses_tp_with_one_gpu_in_one_sentence(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "carbontop", "sweep", "--tp", "0", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(root)), cwd=root,
+        timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "carbontop: --tp is a number of ranks: 1 or more."
+
+
+# ---- on two GPUs -----------------------------------------------------------------------------
+
+
+def _two_gpus() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and torch.cuda.device_count() >= 2
+
+
+@pytest.mark.gpu
+def test_two_ranks_on_nccl_decode_the_one_gpu_tokens() -> None:
+    if not _two_gpus():
+        pytest.skip("needs two GPUs")
+    spec = dataclasses.replace(SPEC, device="cuda", gpus=(0,))
+    plan = PointPlan(3, Batching.INFLIGHT, _prompts(7, min_out=16), min_window_s=60.0, max_point_s=0.0)
+    _, reference, _ = _host_point(dataclasses.replace(spec, engine="engines_for_tests:TokensInNotes"), plan)
+    _, outcome, _ = _host_point(
+        dataclasses.replace(spec, engine="engines_for_tests:TokensInNotes", gpus=(0, 1), tp=2), plan)
+    assert reference.status is PointStatus.OK and outcome.status is PointStatus.OK, outcome.message
+
+    def tokens(o):
+        return next(n for n in o.run.notes if n.startswith("tokens "))
+
+    assert tokens(outcome) == tokens(reference)
+    assert "decode: cuda-graph" in outcome.run.notes
+
+
+@pytest.mark.gpu
+def test_a_two_gpu_sweep_measures_both_gpus(tmp_path) -> None:
+    if not _two_gpus():
+        pytest.skip("needs two GPUs")
+    from carbontop.core.store import load_run
+    from carbontop.sweep.runner import SweepRunner
+
+    cfg = RunConfig(model="tiny", device="cuda", gpus=[0, 1], dataset="synthetic", num_prompts=8,
+                    max_input_len=32, max_output_len=32, batch_sizes="1,8", out=str(tmp_path / "run"))
+    runner = SweepRunner(cfg)
+    runner.prepare()
+    runner.run()
+    run = load_run(tmp_path / "run")
+    assert run.meta.environment.gpu_indices == (0, 1)
+    assert [p.status for p in run.points] == ["ok", "ok"]
+    assert {row.gpu_index for row in run.samples} == {0, 1}
+    for p in runner.points:
+        assert p.energy_j > 0 and p.mfu > 0 and p.mbu > 0
