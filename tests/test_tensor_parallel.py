@@ -185,3 +185,88 @@ def test_a_two_gpu_sweep_measures_both_gpus(tmp_path) -> None:
     assert {row.gpu_index for row in run.samples} == {0, 1}
     for p in runner.points:
         assert p.energy_j > 0 and p.mfu > 0 and p.mbu > 0
+
+
+# ---- the figures of two GPUs, by hand --------------------------------------------------------
+
+
+def test_two_gpus_figures_by_hand() -> None:
+    """Two H100s in use: energy, power and peak memory are the two GPUs' sums with the split by
+    GPU kept; MFU and MBU divide by both GPUs' peaks; embodied carbon counts both cards."""
+    import dataclasses
+
+    from carbontop.core import metrics
+    from carbontop.core.hardware import lookup_gpu, peak_bandwidth_bytes_s, peak_flops
+    from carbontop.core.modelspec import resolve_model
+    from carbontop.core.point import PointEnergy, RunConditions, parse_per_gpu, point_figures
+    from carbontop.core.records import EnergyReading, EngineRun, RequestRecord, StepTimeline
+    from carbontop.core.window import Window
+
+    h100 = lookup_gpu("NVIDIA H100 80GB HBM3")
+    model = resolve_model("llama2-7b")
+    # b = 2, one decode step a second from 1 s to 20 s, 2 tokens a step; W = (2, 12]: 20 tokens
+    timeline = StepTimeline(end_s=tuple(float(t) for t in range(1, 21)), tokens=(2,) * 20,
+                            live=(2,) * 20, slots=2, kv_tokens_read=(100,) * 20,
+                            decode=(False,) + (True,) * 19)
+    records = (RequestRecord(2, 0, -1, 10, 12, 0.0, 1.0, 11.0),
+               RequestRecord(2, 1, -1, 10, 20, 0.0, 1.0, 19.0))
+    run = EngineRun(2, 2.0, 12.0, records, batching=Batching.INFLIGHT, timeline=timeline)
+    window = Window(2.0, 12.0)
+    two = RunConditions(model=model, dtype="bf16", gpu_specs=(h100, h100), n_gpus=2,
+                        peak_flops_per_gpu=peak_flops(h100, "bf16"),
+                        peak_bw_bytes_s=peak_bandwidth_bytes_s(h100), loaded_idle_power_w=None,
+                        lifetime_years=5.0)
+    # GPU 0 drew 600 J over W, GPU 1 400 J; their peaks 30 GB and 40 GB
+    energy = PointEnergy(EnergyReading(1000.0, "nvml-counter", 990.0, per_gpu_j={0: 600.0, 1: 400.0}),
+                         1000.0 / 3.6e6 * 400, 400.0, (), peak_mem_bytes=70 * 10**9)
+    p = point_figures(run, window, energy, two)
+    assert p.output_tokens == 20 and p.duration_s == 10.0
+    assert p.energy_j == 1000.0 and p.j_per_token == 50.0 and p.avg_power_w == 100.0
+    assert p.energy_per_gpu_j == "0=600;1=400"
+    assert parse_per_gpu(p.energy_per_gpu_j) == {0: 600.0, 1: 400.0}
+    assert p.peak_mem_gb == 70.0
+    # the same useful FLOPs and bytes, over two GPUs' peaks (989 TFLOP/s and 3.35 TB/s each, the datasheet's)
+    flops = metrics.model_flops(records, model, window)
+    assert p.mfu == pytest.approx(flops / (10.0 * 2 * 989e12))
+    traffic = metrics.decode_traffic(records, model, "bf16", window, timeline)
+    assert traffic.decode_time_s == 10.0
+    assert p.mbu == pytest.approx(traffic.bytes_read / (10.0 * 2 * 3.35e12))
+    one = point_figures(run, window, energy, dataclasses.replace(two, gpu_specs=(h100,), n_gpus=1))
+    assert p.mfu == pytest.approx(one.mfu / 2) and p.mbu == pytest.approx(one.mbu / 2)
+    # embodied: 164 kgCO2e a card, two cards, over 10 s of a 5-year life, per 20 tokens
+    per_token = 2 * 164_000 * 10.0 / (5 * 365.25 * 86400) / 20
+    assert p.embodied_gco2e_per_token == pytest.approx(per_token)
+    assert one.embodied_gco2e_per_token == pytest.approx(per_token / 2)
+
+
+def test_conditions_count_the_peaks_of_every_gpu_in_use() -> None:
+    """MFU and MBU divide by n_gpus x the peak the conditions give: the sum of every GPU's own
+    peak, the same cards or not; a GPU not in the table leaves both empty."""
+    from carbontop.core.hardware import lookup_gpu, peak_bandwidth_bytes_s, peak_flops
+    from carbontop.sweep.runner import SweepRunner
+
+    h100 = lookup_gpu("NVIDIA H100 80GB HBM3")
+    a100 = lookup_gpu("NVIDIA A100-SXM4-80GB")
+    runner = SweepRunner(RunConfig())
+    runner.model, runner.dtype, runner.n_gpus = resolve_model("tiny"), "bf16", 2
+    runner.loaded_idle_power_w = None
+    runner.gpu_specs = [h100, a100]
+    cond = runner.conditions()
+    assert cond.n_gpus * cond.peak_flops_per_gpu == pytest.approx(
+        peak_flops(h100, "bf16") + peak_flops(a100, "bf16"))
+    assert cond.n_gpus * cond.peak_bw_bytes_s == pytest.approx(
+        peak_bandwidth_bytes_s(h100) + peak_bandwidth_bytes_s(a100))
+    assert cond.gpu_specs == (h100, a100)
+    runner.gpu_specs = [h100, None]
+    cond = runner.conditions()
+    assert cond.model is None and cond.peak_flops_per_gpu is None and cond.peak_bw_bytes_s is None
+
+
+def test_repeats_average_each_gpus_energy_as_they_average_the_sum() -> None:
+    from carbontop.core.records import PointResult
+    from carbontop.core.repeats import combine_repeats
+
+    first = PointResult(8, PointStatus.OK, energy_j=1000.0, energy_per_gpu_j="0=600;1=400", repeat=1)
+    second = PointResult(8, PointStatus.OK, energy_j=800.0, energy_per_gpu_j="0=500;1=300", repeat=2)
+    both = combine_repeats([first, second])
+    assert both.energy_j == 900.0 and both.energy_per_gpu_j == "0=550;1=350"

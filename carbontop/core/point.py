@@ -254,4 +254,19 @@ def point_figures(run: EngineRun, window: Window, energy: PointEnergy, cond: Run
         energy_incomplete=not energy.end_read,
         j_per_token_drift=drift.value if drift is not None else None,
         j_per_token_drift_ci95=drift.half_width if drift is not None else None,
+        energy_per_gpu_j=per_gpu_text(energy.reading.per_gpu_j),
     )
+
+
+def per_gpu_text(per_gpu_j: dict[int, float]) -> str:
+    """{0: 600.0, 1: 400.0} -> "0=600;1=400" (GPUs only: a CPU's reading has no index >= 0)."""
+    return ";".join(f"{gpu}={j:.6g}" for gpu, j in sorted(per_gpu_j.items()) if gpu >= 0)
+
+
+def parse_per_gpu(text: str) -> dict[int, float]:
+    """points.csv's energy_per_gpu_j back as {GPU index: joules}."""
+    out: dict[int, float] = {}
+    for part in filter(None, str(text or "").split(";")):
+        gpu, _, joules = part.partition("=")
+        out[int(gpu)] = float(joules)
+    return out

@@ -234,3 +234,6 @@ class PointResult:
     # half-width; a drift whose interval excludes 0 means W was not yet steady (the row says so)
     j_per_token_drift: float | None = None
     j_per_token_drift_ci95: float | None = None
+    # energy_j split by GPU over the same window, "index=joules" joined by ";" in NVML's order
+    # (empty where nothing was read per GPU): several GPUs in use sum to energy_j
+    energy_per_gpu_j: str = ""

@@ -15,6 +15,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 
+from carbontop.core.point import parse_per_gpu, per_gpu_text
 from carbontop.core.records import PointResult, PointStatus
 from carbontop.core.stats import mean_ci
 
@@ -81,6 +82,10 @@ def combine_repeats(measures: Sequence[PointResult]) -> PointResult:
         if all(v is not None for v in values):
             est = mean_ci(values)
             changes.update({figure: est.value, ci_name: est.half_width, cv_name: est.cv})
+    per_gpu = [parse_per_gpu(m.energy_per_gpu_j) for m in measures]
+    if per_gpu[0] and all(p.keys() == per_gpu[0].keys() for p in per_gpu):
+        changes["energy_per_gpu_j"] = per_gpu_text(
+            {gpu: sum(p[gpu] for p in per_gpu) / len(per_gpu) for gpu in per_gpu[0]})
     messages = list(dict.fromkeys(m.message for m in measures if m.message))
     changes.update(ci_batches=len(measures), repeats=len(measures), repeat=0,
                    message="; ".join(messages),

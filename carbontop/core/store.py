@@ -388,7 +388,7 @@ def point_from_row(row: dict[str, Any]) -> PointResult:
     kw = {k: v for k, v in row.items() if k in names}
     kw["status"] = PointStatus(str(kw.get("status", "ok")))
     kw["message"] = "" if kw.get("message") is None else str(kw["message"])
-    for name in ("energy_source", "batching"):
+    for name in ("energy_source", "batching", "energy_per_gpu_j"):
         kw[name] = "" if kw.get(name) is None else str(kw[name])
     for name in _BOOL_COLUMNS:
         if name in kw:

@@ -749,14 +749,20 @@ class SweepRunner:
         return point
 
     def conditions(self) -> RunConditions:
-        spec0 = self.gpu_specs[0] if self.gpu_specs and all(self.gpu_specs) else None
+        specs = [s for s in self.gpu_specs if s is not None]
+        known = bool(specs) and len(specs) == len(self.gpu_specs)
+        flops = [peak_flops(s, self.dtype) for s in specs]
+        # MFU and MBU divide by n_gpus x the mean peak: the sum of the peaks of every GPU in use,
+        # the same cards or not
         return RunConditions(
-            model=self.model if spec0 is not None else None,
+            model=self.model if known else None,
             dtype=self.dtype,
             gpu_specs=tuple(self.gpu_specs),
             n_gpus=self.n_gpus,
-            peak_flops_per_gpu=peak_flops(spec0, self.dtype) if spec0 is not None else None,
-            peak_bw_bytes_s=peak_bandwidth_bytes_s(spec0) if spec0 is not None else None,
+            peak_flops_per_gpu=(sum(flops) / len(flops)  # type: ignore[arg-type]
+                                if known and None not in flops else None),
+            peak_bw_bytes_s=(sum(peak_bandwidth_bytes_s(s) for s in specs) / len(specs)
+                             if known else None),
             loaded_idle_power_w=self.loaded_idle_power_w,
             lifetime_years=self.config.lifetime_years,
         )
