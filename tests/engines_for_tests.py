@@ -355,18 +355,19 @@ class TokensInNotes:
         return _Logged(spec, emit)
 
 
-class Rank1FailsMidPoint:
-    """The built-in engine whose rank 1 fails part-way through a point's measured stream, at its
-    first progress report (RANK1_FAILURE: "oom" raises an out-of-memory error, "kill" kills the
-    process)."""
+class RankFailsMidPoint:
+    """The built-in engine whose rank FAILING_RANK (default 1) fails part-way through a point's
+    measured stream, at its first progress report (RANK_FAILURE: "oom" raises an out-of-memory
+    error, "kill" kills the process)."""
 
     def __new__(cls, spec, emit):
         base = _hf_engine_class()
-        how = os.environ.get("RANK1_FAILURE", "oom")
+        how = os.environ.get("RANK_FAILURE", "oom")
+        failing = int(os.environ.get("FAILING_RANK", "1"))
 
         class _Failing(base):
             def _progress(self, *args):
-                if self.ranks.rank == 1:
+                if self.ranks.rank == failing:
                     if how == "kill":
                         os.kill(os.getpid(), signal.SIGKILL)
                     raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (on purpose)")

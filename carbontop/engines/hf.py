@@ -129,6 +129,10 @@ class HFEngine:
                     from carbontop.engines.hf_ranks import shard
 
                     model = shard(model, spec.tp, spec.device)
+                    if spec.device == "cuda":
+                        # the other ranks' shards, built and dropped: back to the driver, so
+                        # NVML's memory readings show this rank's shard only
+                        torch.cuda.empty_cache()
         except torch.cuda.OutOfMemoryError as exc:
             raise EngineOOM(f"the weights alone do not fit: {exc}") from None
         model.eval()

@@ -129,14 +129,6 @@ def _ranked(rank: int, reply: ChildReply, loading: bool) -> ChildReply:
     return PointCrashed(f"rank {rank} answered {type(reply).__name__} {what}", "")
 
 
-def unrecoverable(reply: ChildReply) -> ChildReply:
-    """Rank 0's own failure with N ranks: the others are stuck or gone, so an out-of-memory
-    failure is never recovered in place."""
-    if isinstance(reply, PointOOM):
-        return PointOOM(reply.message, recovered=False)
-    return reply
-
-
 class _Answer:
     """What rank 0 sends the parent, from its main thread or from the watcher: the engine's
     notes, and one answer per step (loading, or a point), whichever thread has it first."""
@@ -312,8 +304,11 @@ def lead_ranks(conn: Any, spec: EngineSpec, log_path: str | None) -> None:
         if others.wait_failure(FAILURE_GRACE_S):
             _wait_for_exit()  # the watcher answers with the other rank's failure and ends this process
         others.kill()
-        answer.send(unrecoverable(reply))
-        return
+        answer.send(_ranked(0, reply, loading=False))
+        # at once: a process group left with a collective half-done can hang the interpreter's exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     others.stop()
     try:
         engine.close()
