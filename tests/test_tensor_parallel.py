@@ -43,29 +43,50 @@ def _host_point(spec: EngineSpec, plan: PointPlan):
         host.stop()
 
 
+def _host_points(spec: EngineSpec, plans: list[PointPlan]):
+    """(engine info, the outcomes) of several points in one real engine host."""
+    from carbontop.engines.host import EngineHost
+
+    host = EngineHost(spec, stall_timeout_s=60.0)
+    try:
+        info = host.start(lambda _m: None, lambda: False)
+        return info, [host.run_point(plan, lambda _m: None, lambda: False) for plan in plans]
+    finally:
+        host.stop()
+
+
+def _tokens(outcome) -> dict[int, list[int]]:
+    note = next(n for n in outcome.run.notes if n.startswith("tokens "))
+    return {int(k): v for k, v in json.loads(note.removeprefix("tokens ")).items()}
+
+
 def test_two_ranks_on_gloo_decode_the_one_rank_tokens() -> None:
     """The tiny model over two ranks (rank 0 under the host, rank 1 following it) makes the very
-    greedy tokens one rank makes, request by request, for an in-flight point."""
+    greedy tokens one rank makes, request by request, in flight and in static batches."""
     pytest.importorskip("transformers")
     from carbontop.engines.hf import HFEngine
 
-    # outputs of 16 tokens or more: the point ends at its first finish (cap 0 s), so every
-    # request has made at least 16 tokens by then
-    plan = PointPlan(3, Batching.INFLIGHT, _prompts(7, min_out=16), min_window_s=60.0, max_point_s=0.0)
+    # outputs of 16 tokens or more; a cap of 0 s ends the in-flight point at its first finish
+    # (every request has made 16 tokens by then) and the static point after its first batch
+    prompts = _prompts(7, min_out=16)
+    plans = [PointPlan(3, batching, prompts, min_window_s=60.0, max_point_s=0.0)
+             for batching in (Batching.INFLIGHT, Batching.STATIC)]
     one_rank = HFEngine(SPEC, lambda _note: None)
     one_rank.load()
-    one_rank.token_log = {}
-    one_rank.run_point(plan)
-    expected = one_rank.token_log
+    expected = []
+    for plan in plans:
+        one_rank.token_log = {}
+        one_rank.run_point(plan)
+        expected.append(one_rank.token_log)
+    assert len(expected[0]) >= 3 and all(len(tokens) >= 16 for tokens in expected[0].values())
+    assert sorted(expected[1]) == [0, 1, 2]
+    assert [len(t) for t in expected[1].values()] == [p.output_tokens for p in prompts[:3]]
 
-    info, outcome, _ = _host_point(
-        dataclasses.replace(SPEC, engine="engines_for_tests:TokensInNotes", tp=2), plan)
+    info, outcomes = _host_points(
+        dataclasses.replace(SPEC, engine="engines_for_tests:TokensInNotes", tp=2), plans)
     assert info["tp"] == 2 and info["tp_backend"] == "gloo"
-    assert outcome.status is PointStatus.OK, outcome.message
-    note = next(n for n in outcome.run.notes if n.startswith("tokens "))
-    two_ranks = {int(k): v for k, v in json.loads(note.removeprefix("tokens ")).items()}
-    assert len(expected) >= 3 and all(len(tokens) >= 16 for tokens in expected.values())
-    assert two_ranks == expected
+    assert all(o.status is PointStatus.OK for o in outcomes), [o.message for o in outcomes]
+    assert [_tokens(o) for o in outcomes] == expected
 
 
 @pytest.mark.parametrize("rank", [1, 0])
@@ -109,7 +130,6 @@ def test_tp_defaults_to_the_gpus_named(settings, device, gpus, ranks) -> None:
     ({"tp": 2}, [0], "--tp 2 runs one rank per GPU, but --gpus names 1"),
     ({"tp": 3}, [0, 1, 2], "has 8 attention heads and 4 key-value heads; --tp 3 must divide both"),
     ({"tp": 8}, list(range(8)), "--tp 8 must divide both"),
-    ({"tp": 2, "batching": "static"}, [0, 1], "--batching static runs on one rank"),
     ({"tp": 2, "quant": "int8-wo"}, [0, 1], "--quant runs on one rank"),
     ({"tp": 4, "engine": "trtllm"}, [0, 1], "TensorRT-LLM shards over every GPU named"),
 ])
@@ -162,11 +182,7 @@ def test_two_ranks_on_nccl_decode_the_one_gpu_tokens() -> None:
     _, outcome, _ = _host_point(
         dataclasses.replace(spec, engine="engines_for_tests:TokensInNotes", gpus=(0, 1), tp=2), plan)
     assert reference.status is PointStatus.OK and outcome.status is PointStatus.OK, outcome.message
-
-    def tokens(o):
-        return next(n for n in o.run.notes if n.startswith("tokens "))
-
-    assert tokens(outcome) == tokens(reference)
+    assert _tokens(outcome) == _tokens(reference)
     assert "decode: cuda-graph" in outcome.run.notes
 
 

@@ -276,7 +276,9 @@ class HFEngine:
         """Run one batch's prefill and a few decode steps, compiling and capturing the decode
         step for this batch size. Nothing here is timed."""
         torch = self.torch
-        want_compile = self.spec.compile and self.spec.device == "cuda" and not self._compile_failed
+        # several ranks decode uncompiled, as in flight (hf_slots.SlotRunner says why)
+        want_compile = (self.spec.compile and self.spec.device == "cuda" and not self._compile_failed
+                        and self.ranks.world == 1)
         phase = Phase.COMPILING if want_compile else Phase.WARMUP
         self.emit(PhaseUpdate(phase, f"batch {state.batch_size}"))
         state.start_batch(self._input_ids(batch, state.batch_size))
@@ -304,6 +306,10 @@ class HFEngine:
                 except Exception as exc:  # noqa: BLE001 - fall back to eager replay
                     self._graph_failed = True
                     print(f"carbontop: CUDA graph capture failed, decoding eagerly: {exc}", flush=True)
+                    state.graph = None
+                if self.ranks.any(self._graph_failed):
+                    # every rank decodes the same way, so their collectives stay in step
+                    self._graph_failed = True
                     state.graph = None
         for _ in range(WARMUP_DECODE_STEPS):
             state.advance()
@@ -350,6 +356,10 @@ class HFEngine:
         state.start_batch(self._input_ids(batch, batch_size))
         steps = max(p.output_tokens for p in batch) - 1
         token_times = state.generate(steps, start_s)
+        if self.token_log is not None:
+            for j, prompt in enumerate(batch):
+                self.token_log[index * batch_size + j] = [
+                    row[j] for row in state.tokens_made[:prompt.output_tokens]]
         records = []
         for j, prompt in enumerate(batch):
             records.append(
@@ -422,6 +432,7 @@ class _PointState:
         self.graph_out: Any = None
         self.prompt_len = 0
         self.cursor = 0  # cache position the next decode token is written to
+        self.tokens_made: list[list[int]] = []  # tests only (engine.token_log): each step's picks
 
     # -- batch set-up --
 
@@ -505,17 +516,25 @@ class _PointState:
         else:
             self.eager_step()
 
+    def _keep_tokens(self) -> None:
+        """Tests only: the step's greedy picks, one per row (a host sync per step)."""
+        if self.engine.token_log is not None:
+            self.tokens_made.append(self.next_tokens.tolist())
+
     def generate(self, steps: int, start_s: float) -> list[float]:
         """Prefill and `steps` decode steps; returns the Unix time each output token was ready."""
         torch = self.torch
         if steps + self.prompt_len > self.cache_len:
             raise ValueError("cache too short for this batch")
+        self.tokens_made = []
         if self.engine.spec.device != "cuda":
             self.prefill()
+            self._keep_tokens()
             times = [time.time()]
             for _ in range(steps):
                 self.advance()
                 self.step()
+                self._keep_tokens()
                 times.append(time.time())
             return times
         # On the GPU: events instead of syncs, so the host keeps queuing work.
@@ -523,10 +542,12 @@ class _PointState:
         events[0].record()
         host_t0 = time.time()
         self.prefill()
+        self._keep_tokens()
         events[1].record()
         for s in range(steps):
             self.advance()
             self.step()
+            self._keep_tokens()
             events[s + 2].record()
         events[-1].synchronize()
         # events[0] ran as soon as it was queued (the stream was idle after the batch's sync)

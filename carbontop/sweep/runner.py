@@ -157,9 +157,6 @@ def tensor_parallel_ranks(cfg: RunConfig, device: str, gpus: list[int], model: M
             f"heads; --tp {tp} must divide both.", "tp")
     if tp > 1 and cfg.quant != "none":
         raise ConfigError(f"--quant runs on one rank; leave it out with --tp {tp}.", "quant")
-    if tp > 1 and cfg.batching == "static":
-        raise ConfigError("--batching static runs on one rank; use --batching inflight with "
-                          f"--tp {tp}.", "batching")
     return tp
 
 
