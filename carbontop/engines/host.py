@@ -154,7 +154,7 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
         # one process per tensor-parallel rank: this one is rank 0, the others follow it
         from carbontop.engines.ranks import lead_ranks
 
-        lead_ranks(conn, spec, log_path)
+        lead_ranks(conn, spec)
         return
     from carbontop.engines import load_engine_class
 

@@ -113,9 +113,11 @@ def _how_ended(proc: Any) -> str:
 
 
 def _ranked(rank: int, reply: ChildReply, loading: bool) -> ChildReply:
-    """Another rank's failure as rank 0's answer: named by its rank, and never recoverable in
-    place (the ranks that did not fail are left inside a collective)."""
+    """A rank's failure as rank 0's answer to the parent: named by its rank, and never
+    recoverable in place (the ranks that did not fail are left inside a collective)."""
     if isinstance(reply, LoadFailed):
+        if reply.why is LoadFailure.UNAVAILABLE:
+            return reply  # the user's to fix (a missing plan, a package): the same on every rank
         return LoadFailed(reply.why, f"rank {rank}: {reply.message}")
     if isinstance(reply, PointOOM):
         return PointOOM(f"rank {rank}: {reply.message}", recovered=False)
@@ -253,7 +255,7 @@ class _OtherRanks:
         self.kill()
 
 
-def lead_ranks(conn: Any, spec: EngineSpec, log_path: str | None) -> None:
+def lead_ranks(conn: Any, spec: EngineSpec) -> None:
     """Rank 0: the host's engine child, with ranks 1..N-1 beside it."""
     from carbontop.engines import load_engine_class
 
@@ -273,12 +275,13 @@ def lead_ranks(conn: Any, spec: EngineSpec, log_path: str | None) -> None:
                                name="carbontop-ranks-watcher", daemon=True)
     watcher.start()
     engine, reply = load_reply(lambda: load_engine_class(spec.engine)(spec, answer.note))
-    if engine is None or not others.wait_all(None):
-        if not others.wait_failure(FAILURE_GRACE_S if engine is None else 0.0):
-            others.kill()
-            answer.send(reply)
-        _wait_for_exit()
-        return
+    if engine is None:
+        # rank 0's own sentence ("no tensor-parallel plan for ...") is the one the user reads
+        others.kill()
+        answer.send(reply)
+        _exit_now()
+    if not others.wait_all(None):
+        _wait_for_exit()  # another rank failed to load: the watcher answers and ends this process
     assert isinstance(reply, Loaded)
     answer.send(Loaded({**reply.info, "tp": spec.tp}))
 
@@ -305,15 +308,20 @@ def lead_ranks(conn: Any, spec: EngineSpec, log_path: str | None) -> None:
             _wait_for_exit()  # the watcher answers with the other rank's failure and ends this process
         others.kill()
         answer.send(_ranked(0, reply, loading=False))
-        # at once: a process group left with a collective half-done can hang the interpreter's exit
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
+        _exit_now()
     others.stop()
     try:
         engine.close()
     except Exception:  # noqa: BLE001 - closing must not hide the answers already sent
         traceback.print_exc()
+
+
+def _exit_now() -> None:
+    """End rank 0 once it has answered: at once, since a process group left with a collective
+    half-done can hang the interpreter's exit."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _wait_for_exit() -> None:
