@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -162,18 +162,25 @@ def _child_main(conn: Any, spec: EngineSpec, log_path: str | None, parent_pid: i
     conn.send(reply)
     if engine is None:
         return
-    while True:
-        try:
-            command = conn.recv()
-        except EOFError:
-            break
-        if not isinstance(command, RunPoint):
-            break
+    for command in point_commands(conn):
         conn.send(point_reply(engine, command.plan))
     try:
         engine.close()
     except Exception:  # noqa: BLE001 - closing must not hide the result already sent
         traceback.print_exc()
+
+
+def point_commands(conn: Any) -> Iterator[RunPoint]:
+    """The points the other end asks for, until it closes the pipe or sends anything else (its
+    way of saying stop)."""
+    while True:
+        try:
+            command = conn.recv()
+        except EOFError:
+            return
+        if not isinstance(command, RunPoint):
+            return
+        yield command
 
 
 def load_reply(make_and_load: Callable[[], Any]) -> tuple[Any, Loaded | LoadFailed]:

@@ -45,6 +45,7 @@ from carbontop.engines.host import (
     RunPoint,
     Stop,
     load_reply,
+    point_commands,
     point_reply,
 )
 from carbontop.engines.procgroup import tie_to_parent
@@ -91,13 +92,7 @@ def _rank_main(conn: Any, spec: EngineSpec, rank: int, port: int, leader_pid: in
     conn.send(reply)
     if engine is None:
         return
-    while True:
-        try:
-            command = conn.recv()
-        except EOFError:
-            break
-        if not isinstance(command, RunPoint):
-            break
+    for command in point_commands(conn):
         reply = point_reply(engine, command.plan)
         # rank 0 reports the point's figures; the others only say how their point ended
         conn.send(PointDone(None) if isinstance(reply, PointDone) else reply)  # type: ignore[arg-type]
@@ -285,13 +280,7 @@ def lead_ranks(conn: Any, spec: EngineSpec) -> None:
     assert isinstance(reply, Loaded)
     answer.send(Loaded({**reply.info, "tp": spec.tp}))
 
-    while True:
-        try:
-            command = conn.recv()
-        except EOFError:
-            break
-        if not isinstance(command, RunPoint):
-            break
+    for command in point_commands(conn):
         others.begin_step()
         answer.begin("point")
         others.send(command)
