@@ -33,7 +33,7 @@ from carbontop.core.modelspec import resolve_model  # noqa: E402
 from carbontop.engines import hf_slots  # noqa: E402
 from carbontop.engines.base import EngineSpec  # noqa: E402
 from carbontop.engines.hf import HFEngine  # noqa: E402
-from carbontop.engines.hf_slots import ATTENTION_NAME, SlotRunner, _decode_step  # noqa: E402
+from carbontop.engines.hf_slots import SlotRunner, register_attention  # noqa: E402
 
 
 def step_times(runner: SlotRunner, b: int, context: int, steps: int, profile: bool) -> tuple[float, list[str]]:
@@ -44,11 +44,7 @@ def step_times(runner: SlotRunner, b: int, context: int, steps: int, profile: bo
     on_gpu = engine.spec.device == "cuda"
     try:
         cache.lengths.fill_(context)
-        cache.live.fill_(1)
-        step = runner._step_fn()
-        for _ in range(3):
-            step(runner.base, runner.head, cache)
-        graph = runner._capture(cache, step) if on_gpu and not runner._graph_failed else None
+        step, graph = runner._prepare_decode(cache)  # as a sweep point warms and captures it
         cache.lengths.fill_(context)
 
         def once() -> None:
@@ -112,12 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     engine.load()
     torch = engine.torch
     runner = SlotRunner(engine, static_batch=args.static_batch)
-    from carbontop.engines.hf_slots import register_attention
-
     register_attention()
-    engine.model.config._attn_implementation = ATTENTION_NAME
-    runner.base = engine.model.base_model
-    runner.head = engine.model.get_output_embeddings()
+    runner._bind_model()
     peak_bw = None
     if gpu:
         gpu_spec = lookup_gpu(torch.cuda.get_device_name(0))
@@ -132,11 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for b in (int(x) for x in args.batch_sizes.split(",")):
             ms, top = step_times(runner, b, args.context, args.steps, args.profile)
-            mode = "compiled" if runner._step_fn() is not _decode_step else "eager"
             read = weight_bytes + b * (args.context + args.steps / 2) * kv_per_token
             mbu = f"{read / (ms / 1000) / peak_bw * 100:5.1f}%" if peak_bw else "    –"
-            print(f"{b:5d}  {ms:7.2f}  {mbu}  {mode}{'+cuda-graph' if gpu and not runner._graph_failed else ''}",
-                  flush=True)
+            print(f"{b:5d}  {ms:7.2f}  {mbu}  {runner.decode_mode}", flush=True)
             for line in top:
                 print("       " + line)
     return 0

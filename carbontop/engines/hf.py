@@ -35,6 +35,7 @@ from carbontop.core.records import (
 from carbontop.core.synthetic import prompt_seed, synthetic_token_ids
 from carbontop.core.window import keep_admitting, steady_window
 from carbontop.engines.base import Emit, EngineOOM, EngineSpec, Phase, PhaseUpdate, Progress
+from carbontop.engines.cuda_graphs import capture
 from carbontop.engines.quant import apply_weight_only
 from carbontop.errors import EngineUnavailable, first_line
 
@@ -485,19 +486,15 @@ class _PointState:
         # The cache's write cursor lives on the device and advances inside the step, so the
         # captured graph is valid for every position. Warm up on a side stream, then capture.
         saved = self.cache_cursor_snapshot()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self.eager_step()
-                self.restore_cursor(saved)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.graph_out = self.step_fn(self.engine.model, self.engine.cache_kw, self.cache,
-                                          self.tokens, self.positions, self.mask)
-        self.graph = graph
-        torch.cuda.synchronize()
+
+        def warm() -> None:
+            self.eager_step()
+            self.restore_cursor(saved)
+
+        self.graph, self.graph_out = capture(
+            torch, lambda: self.step_fn(self.engine.model, self.engine.cache_kw, self.cache,
+                                        self.tokens, self.positions, self.mask),
+            warm=warm, warmups=2)
 
     def cache_cursor_snapshot(self) -> list[Any]:
         return [layer.cumulative_length.clone() for layer in self._layers()]

@@ -48,6 +48,7 @@ from carbontop.core.records import (
 )
 from carbontop.core.window import keep_admitting, steady_window
 from carbontop.engines.base import Phase
+from carbontop.engines.cuda_graphs import capture
 from carbontop.engines.slot_prefill import (
     PREFILL_CHUNK_TOKENS,
     Prefill,
@@ -213,7 +214,6 @@ class SlotRunner:
         self._warm_buckets: set[int] = set()  # prefill lengths this process has run once
         self._prefill_graph_failed = self._graph_failed
         self._prefill_graphs: PrefillGraphs | None = None  # the running point's
-        self.prefill_mode = "eager"
 
     # ---- the decode step, compiled once, captured per batch size ----------------------------
 
@@ -251,51 +251,29 @@ class SlotRunner:
         return cache
 
     def _capture(self, cache: _SlotCache, step: Any) -> Any:
-        torch = self.torch
         saved = (cache.lengths.clone(), cache.tokens.clone())
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                step(self.base, self.head, cache)
-        torch.cuda.current_stream().wait_stream(stream)
-        cache.lengths.copy_(saved[0])
-        cache.tokens.copy_(saved[1])
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step(self.base, self.head, cache)
-        torch.cuda.synchronize()
+
+        def restore() -> None:  # the warm-up steps moved every slot on
+            cache.lengths.copy_(saved[0])
+            cache.tokens.copy_(saved[1])
+
+        graph, _ = capture(self.torch, lambda: step(self.base, self.head, cache), warmups=2,
+                           before_capture=restore)
         return graph
 
-    # ---- one point -----------------------------------------------------------------------
-
-    def run(self, plan: PointPlan, emit_phase: Any, emit_progress: Any) -> EngineRun:
-        global _ACTIVE
-        try:
-            return self._run(plan, emit_phase, emit_progress)
-        finally:
-            # nothing of the point outlives it, an out-of-memory failure included: the engine
-            # checks that memory is back to the loaded model's before it goes on in this process
-            _ACTIVE = None
-            self._prefill_graphs = None
-
-    def _run(self, plan: PointPlan, emit_phase: Any, emit_progress: Any) -> EngineRun:
-        torch = self.torch
-        eng = self.engine
-        model = eng.model
+    def _bind_model(self) -> None:
+        """Route the engine's model through the slot cache (its attention is slot_attention)."""
+        model = self.engine.model
         model.config._attn_implementation = ATTENTION_NAME
         self.base = model.base_model
         self.head = model.get_output_embeddings()
-        b = plan.batch_size
-        max_len = max(p.input_tokens + p.output_tokens for p in plan.prompts)
-        cache = self._make_cache(b, max_len)
-        on_gpu = eng.spec.device == "cuda"
-        # ---- warm-up: compile, capture, one prefill and a few steps (outside the window) ----
-        emit_phase(Phase.COMPILING if not self._compile_failed else Phase.WARMUP, f"batch {b}")
+
+    def _prepare_decode(self, cache: _SlotCache) -> tuple[Any, Any]:
+        """The decode step for this cache's batch size, compiled (eager where the compiler
+        fails), warmed on every slot and captured as a CUDA graph (None where capture fails);
+        decode_mode says which."""
+        torch = self.torch
         step = self._step_fn()
-        warm = list(itertools.islice(plan.stream(), b))
-        self._prefill(cache, [(i, p) for i, p in enumerate(warm)])
-        buckets = self._warm_prefill_buckets(cache, plan.prompts + plan.warm_start, b)
         cache.live.fill_(1)
         try:
             for _ in range(WARMUP_DECODE_STEPS):
@@ -316,14 +294,41 @@ class SlotRunner:
             except Exception as exc:  # noqa: BLE001 - replaying eagerly is slower, not wrong
                 self._graph_failed = True
                 print(f"carbontop: CUDA graph capture failed, decoding eagerly: {exc}", flush=True)
-            if eng.ranks.any(self._graph_failed):
+            if self.engine.ranks.any(self._graph_failed):
                 # every rank decodes the same way, so their collectives stay in step
                 self._graph_failed = True
                 graph = None
         compiled = step is not _decode_step
         self.decode_mode = ("compiled+" if compiled else "") + ("cuda-graph" if graph is not None else "eager")
+        return step, graph
+
+    # ---- one point -----------------------------------------------------------------------
+
+    def run(self, plan: PointPlan, emit_phase: Any, emit_progress: Any) -> EngineRun:
+        global _ACTIVE
+        try:
+            return self._run(plan, emit_phase, emit_progress)
+        finally:
+            # nothing of the point outlives it, an out-of-memory failure included: the engine
+            # checks that memory is back to the loaded model's before it goes on in this process
+            _ACTIVE = None
+            self._prefill_graphs = None
+
+    def _run(self, plan: PointPlan, emit_phase: Any, emit_progress: Any) -> EngineRun:
+        torch = self.torch
+        eng = self.engine
+        self._bind_model()
+        b = plan.batch_size
+        max_len = max(p.input_tokens + p.output_tokens for p in plan.prompts)
+        cache = self._make_cache(b, max_len)
+        on_gpu = eng.spec.device == "cuda"
+        # ---- warm-up: compile, capture, one prefill and a few steps (outside the window) ----
+        emit_phase(Phase.COMPILING if not self._compile_failed else Phase.WARMUP, f"batch {b}")
+        warm = list(itertools.islice(plan.stream(), b))
+        self._prefill(cache, [(i, p) for i, p in enumerate(warm)])
+        buckets = self._warm_prefill_buckets(cache, plan.prompts + plan.warm_start, b)
+        step, graph = self._prepare_decode(cache)
         self._capture_prefills(cache, buckets)
-        self.prefill_mode = "cuda-graph" if self._prefill_graphs is not None else "eager"
         cache.reset()
         self._sync()
 
@@ -409,7 +414,7 @@ class SlotRunner:
             window_end_s=window.end_s if window else times.at(len(times.end_s) - 1),
             records=tuple(records),
             notes=(f"decode: {self.decode_mode}", f"attention: {self.attention}",
-                   f"prefill: {self.prefill_mode}"),
+                   f"prefill: {'cuda-graph' if self._prefill_graphs is not None else 'eager'}"),
             batching=Batching.INFLIGHT,
             timeline=steps.facts.timeline(times.end_s),
         )

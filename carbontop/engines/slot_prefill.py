@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from carbontop.engines.cuda_graphs import capture
+
 PREFILL_CHUNK_TOKENS = 4096  # prompt tokens per packed prefill (its mask is chunk^2 booleans)
 PREFILL_MIN_BUCKET = 16  # the smallest padded prefill length; buckets double up to the chunk size
 
@@ -159,14 +161,7 @@ class PrefillGraphs:
         torch = self.torch
         inputs = torch.tensor(pack([], [], scratch_pos, length=n).rows(), dtype=torch.long,
                               device=self.device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            forward(inputs)  # lazy initialisation (library handles, workspaces) before capture
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            hidden = forward(inputs)
+        graph, hidden = capture(torch, lambda: forward(inputs), pool=self.pool)
         self._graphs[n] = (graph, inputs, hidden)
 
     def __contains__(self, n: int) -> bool:

@@ -131,7 +131,6 @@ def detect_device() -> str:
         pynvml.nvmlShutdown()
 
 
-
 def tensor_parallel_ranks(cfg: RunConfig, device: str, gpus: list[int], model: ModelSpec | None) -> int:
     """The built-in engine's tensor-parallel ranks: --tp, else one per GPU named; a count
     that the GPUs named or the model's heads cannot take is one sentence."""
